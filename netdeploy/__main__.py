@@ -1,0 +1,3 @@
+from netdeploy.cli import main
+
+raise SystemExit(main())

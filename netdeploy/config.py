@@ -1,0 +1,358 @@
+"""Load and validate ``netdeploy.toml``.
+
+Every problem is reported as ``file:line: key.path: what is wrong (what is allowed)``, all of
+them at once, so an admin fixes a broken config in one pass. Nothing downstream ever sees a
+config that failed validation: :func:`load_config` either returns a complete :class:`Config`
+or raises :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.tomlpos import line_of
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "netdeploy.toml"
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_RELEASE = re.compile(r"^(sequential|manual|waves:([1-9][0-9]*))$")
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    bind: str = "0.0.0.0"
+    http_port: Port | None = None  # None: 80 when we may bind it, else 8080
+    tftp_port: Port | None = None  # None: 69 when we may bind it, else 6969
+    public_url: str | None = None  # how booting machines reach us; default from bind/port
+    database: str | None = None  # SQLAlchemy URL; default sqlite in state_dir
+    state_dir: Path = Path("/var/lib/netdeploy")
+    bootfiles_dir: Path = REPO_ROOT / "bootfiles"
+    images_dir: Path = Path("/var/lib/netdeploy/images")
+    templates_dir: Path = REPO_ROOT / "config" / "templates"
+    admin_token: str | None = None  # None: generated at first start, kept in state_dir
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("must be an http:// or https:// URL such as http://10.0.0.1:8080")
+        return value.rstrip("/") if value else value
+
+
+class TftpConfig(_Section):
+    enabled: bool = True
+    max_transfers: Annotated[int, Field(ge=1)] = 2000
+    max_per_client: Annotated[int, Field(ge=1)] = 16
+    timeout: Seconds = 1.0  # first retransmission; doubles up to `retries` times
+    retries: Annotated[int, Field(ge=1, le=20)] = 5
+    max_blksize: Annotated[int, Field(ge=512, le=65464)] = 65464
+    max_windowsize: Annotated[int, Field(ge=1, le=65535)] = 64
+
+
+class HttpConfig(_Section):
+    max_image_streams: Annotated[int, Field(ge=1)] = 32
+    gate_poll_timeout: Seconds = 60.0
+
+
+class MassStorageDriver(_Section):
+    """One ``[SysprepMassStorage]`` line: ``hardware_id = "inf", "dir", "desc", "tag"``."""
+
+    hardware_id: str
+    inf: str
+    disk_directory: str = ""
+    disk_description: str = ""
+    disk_tag: str = ""
+
+
+class HardwareProfile(_Section):
+    description: str = ""
+    mass_storage: list[MassStorageDriver] = []
+
+
+class ImageConfig(_Section):
+    file: Path  # relative paths are under server.images_dir
+    format: Literal["raw", "raw+zstd"] = "raw"
+    sha256: str | None = None
+    description: str = ""
+    hardware: list[str] = []
+
+
+class SharedDisk(_Section):
+    volume: Annotated[int, Field(ge=0)]
+    letter: Annotated[str, Field(pattern=r"^[D-Zd-z]$")]
+
+
+class Timeouts(_Section):
+    imaging: Seconds = 3600.0
+    starting: Seconds = 1800.0
+    joining: Seconds = 1800.0
+
+
+class ClusterConfig(_Section):
+    image: str
+    first_node: str | None = None
+    release: str = "sequential"
+    answer_files: list[str] = ["sysprep.inf"]
+    service_account: str | None = None
+    shared_disks: list[SharedDisk] = []
+    timeouts: Timeouts = Timeouts()
+    vars: dict[str, Any] = {}
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, value: str) -> str:
+        if not _RELEASE.match(value):
+            raise ValueError(
+                f"{value!r} is not a release policy; use sequential, waves:N or manual"
+            )
+        return value
+
+
+class NodeConfig(_Section):
+    mac: str
+    hostname: str
+    cluster: str | None = None
+    hardware: str | None = None
+    image: str | None = None  # standalone nodes; a cluster node uses its cluster's image
+    answer_files: list[str] | None = None
+    vars: dict[str, Any] = {}
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        try:
+            return normalize_mac(value)
+        except BadMac as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not _HOSTNAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a host name; use letters, digits and '-', 1-63 characters"
+            )
+        return value
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    tftp: TftpConfig = TftpConfig()
+    http: HttpConfig = HttpConfig()
+    images: dict[str, ImageConfig] = {}
+    hardware: dict[str, HardwareProfile] = {}
+    clusters: dict[str, ClusterConfig] = {}
+    nodes: list[NodeConfig] = []
+    source: Path | None = Field(default=None, exclude=True)
+
+    def node_by_mac(self, mac: str) -> NodeConfig | None:
+        return next((n for n in self.nodes if n.mac == mac), None)
+
+    def node_by_hostname(self, hostname: str) -> NodeConfig | None:
+        wanted = hostname.lower()
+        return next((n for n in self.nodes if n.hostname.lower() == wanted), None)
+
+    def cluster_nodes(self, cluster: str) -> list[NodeConfig]:
+        return [n for n in self.nodes if n.cluster == cluster]
+
+    def image_for(self, node: NodeConfig) -> str | None:
+        if node.image:
+            return node.image
+        return self.clusters[node.cluster].image if node.cluster else None
+
+    def answer_files_for(self, node: NodeConfig) -> list[str]:
+        if node.answer_files is not None:
+            return node.answer_files
+        return self.clusters[node.cluster].answer_files if node.cluster else []
+
+    def image_path(self, name: str) -> Path:
+        return self.server.images_dir / self.images[name].file
+
+    @property
+    def database_url(self) -> str:
+        if self.server.database:
+            return self.server.database
+        return f"sqlite+aiosqlite:///{self.server.state_dir / 'netdeploy.db'}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` lists every reason, each with file and line."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_PATH_KEYS = ("state_dir", "bootfiles_dir", "images_dir", "templates_dir")
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    server = data.get("server")
+    if isinstance(server, dict):
+        for key in _PATH_KEYS:
+            if isinstance(server.get(key), str):
+                server[key] = str((base / server[key]).resolve())
+        if "images_dir" not in server and isinstance(server.get("state_dir"), str):
+            server["images_dir"] = str(Path(server["state_dir"]) / "images")
+
+
+def _pydantic_problems(exc: ValidationError, file: str, source: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling; see README 'Config reference')"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        problems.append(Problem(file, line_of(source, loc), _dotted(loc), message))
+    return problems
+
+
+def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(loc: tuple[str | int, ...], message: str) -> None:
+        problems.append(Problem(file, line_of(source, loc), _dotted(loc), message))
+
+    seen_mac: dict[str, int] = {}
+    seen_host: dict[str, int] = {}
+    for i, node in enumerate(cfg.nodes):
+        if node.mac in seen_mac:
+            add(("nodes", i, "mac"), f"{node.mac} is already used by nodes[{seen_mac[node.mac]}]")
+        seen_mac.setdefault(node.mac, i)
+        host = node.hostname.lower()
+        if host in seen_host:
+            add(
+                ("nodes", i, "hostname"),
+                f"{node.hostname!r} is already used by nodes[{seen_host[host]}]",
+            )
+        seen_host.setdefault(host, i)
+        if node.cluster is not None and node.cluster not in cfg.clusters:
+            add(
+                ("nodes", i, "cluster"),
+                f"unknown cluster {node.cluster!r}; "
+                f"defined: {', '.join(sorted(cfg.clusters)) or 'none'}",
+            )
+        if node.hardware is not None and node.hardware not in cfg.hardware:
+            add(
+                ("nodes", i, "hardware"),
+                f"unknown hardware profile {node.hardware!r}; "
+                f"defined: {', '.join(sorted(cfg.hardware)) or 'none'}",
+            )
+        if node.image is not None and node.image not in cfg.images:
+            add(
+                ("nodes", i, "image"),
+                f"unknown image {node.image!r}; defined: {', '.join(sorted(cfg.images)) or 'none'}",
+            )
+        if node.cluster is None and node.image is None:
+            add(("nodes", i), f"standalone node {node.hostname!r} needs an image (or a cluster)")
+    for name, cluster in cfg.clusters.items():
+        if cluster.image not in cfg.images:
+            add(
+                ("clusters", name, "image"),
+                f"unknown image {cluster.image!r}; "
+                f"defined: {', '.join(sorted(cfg.images)) or 'none'}",
+            )
+        members = [n for n in cfg.nodes if n.cluster == name]
+        if not members:
+            add(
+                ("clusters", name),
+                "cluster has no nodes; add [[nodes]] with cluster = "
+                f"{name!r} or remove the cluster",
+            )
+        if cluster.first_node is None:
+            add(
+                ("clusters", name, "first_node"),
+                "a cluster needs a first_node: the one node that starts alone and forms it",
+            )
+        elif cluster.first_node.lower() not in {n.hostname.lower() for n in members}:
+            add(
+                ("clusters", name, "first_node"),
+                f"{cluster.first_node!r} is not a node of "
+                f"this cluster; members: {', '.join(n.hostname for n in members) or 'none'}",
+            )
+        letters = [d.letter.upper() for d in cluster.shared_disks]
+        if len(set(letters)) != len(letters):
+            add(("clusters", name, "shared_disks"), "a drive letter is assigned twice")
+    for name, image in cfg.images.items():
+        for j, profile in enumerate(image.hardware):
+            if profile not in cfg.hardware:
+                add(("images", name, "hardware", j), f"unknown hardware profile {profile!r}")
+        if image.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", image.sha256):
+            add(("images", name, "sha256"), "must be 64 lower-case hex digits")
+    return problems
+
+
+def load_config(path: Path | str | None = None, **server_overrides: Any) -> Config:
+    """Read, validate and cross-check a config file; raise :class:`ConfigError` on any problem.
+
+    ``server_overrides`` (from the command line) replace keys of ``[server]`` before validation,
+    so they are checked exactly like values from the file.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG
+    file = str(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(file, None, "", "no such file; pass --config PATH")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(file, None, "", f"cannot read: {exc}")]) from None
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = int(match.group(1)) if match else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError([Problem(file, line, "", f"not valid TOML: {message}")]) from None
+    overrides = {k: v for k, v in server_overrides.items() if v is not None}
+    if overrides:
+        data.setdefault("server", {}).update(
+            {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+        )
+    if not isinstance(data.get("server", {}), dict):
+        raise ConfigError(
+            [Problem(file, line_of(source, ("server",)), "server", "must be a table: [server]")]
+        )
+    data.setdefault("server", {})
+    _resolve_paths(data, path.resolve().parent)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc, file, source)) from None
+    problems = _cross_check(cfg, file, source)
+    if problems:
+        raise ConfigError(problems)
+    return cfg.model_copy(update={"source": path.resolve()})

@@ -1,0 +1,1 @@
+"""aiohttp adapters: thin handlers that parse, ask the domain, and render."""

@@ -1,0 +1,79 @@
+"""Read-only JSON status: ``GET /api/nodes``, ``/api/nodes/{mac}``, ``/api/clusters``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+import netdeploy
+from netdeploy.http.common import ctx_of, mac_param
+from netdeploy.store.models import Cluster, Node
+
+routes = web.RouteTableDef()
+
+
+def node_json(node: Node) -> dict[str, Any]:
+    return {
+        "mac": node.mac,
+        "hostname": node.hostname,
+        "cluster": node.cluster,
+        "hardware": node.hardware,
+        "image": node.image,
+        "state": node.state,
+        "state_since": node.state_since.isoformat() if node.state_since else None,
+        "progress": node.progress,
+        "message": node.message,
+        "last_seen": node.last_seen.isoformat() if node.last_seen else None,
+        "last_ip": node.last_ip,
+    }
+
+
+def cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
+    return {
+        "name": cluster.name,
+        "image": cluster.image,
+        "first_node": cluster.first_node,
+        "release_policy": cluster.release_policy,
+        "gate": cluster.gate,
+        "gate_detail": cluster.gate_detail,
+        "formed_at": cluster.formed_at.isoformat() if cluster.formed_at else None,
+        "nodes": [n.hostname or n.mac for n in nodes],
+    }
+
+
+@routes.get("/api/version")
+async def version(_request: web.Request) -> web.Response:
+    return web.json_response({"name": "netdeploy", "version": netdeploy.__version__})
+
+
+@routes.get("/api/nodes")
+async def list_nodes(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessions() as session:
+        nodes = (await session.scalars(select(Node).order_by(Node.cluster, Node.hostname))).all()
+    return web.json_response({"nodes": [node_json(n) for n in nodes]})
+
+
+@routes.get("/api/nodes/{mac}")
+async def get_node(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    async with ctx_of(request).sessions() as session:
+        node = await session.get(Node, mac)
+    if node is None:
+        raise web.HTTPNotFound(text=f"no node with MAC {mac}")
+    return web.json_response(node_json(node))
+
+
+@routes.get("/api/clusters")
+async def list_clusters(request: web.Request) -> web.Response:
+    async with ctx_of(request).sessions() as session:
+        clusters = (await session.scalars(select(Cluster).order_by(Cluster.name))).all()
+        nodes = (await session.scalars(select(Node).order_by(Node.hostname))).all()
+    return web.json_response(
+        {"clusters": [cluster_json(c, [n for n in nodes if n.cluster == c.name]) for c in clusters]}
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)

@@ -1,0 +1,27 @@
+"""Helpers every route module shares: the context key, MAC parsing, JSON errors."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.server import Context
+
+CTX = web.AppKey("ctx", Context)
+
+
+def ctx_of(request: web.Request) -> Context:
+    return request.app[CTX]
+
+
+def json_error(status: int, message: str, **extra: object) -> web.Response:
+    """Every API error has one shape: ``{"error": "...", ...}`` with a message to act on."""
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def mac_param(request: web.Request) -> str:
+    """The ``{mac}`` path segment in canonical form, or a 400 that says what was wrong."""
+    try:
+        return normalize_mac(request.match_info["mac"])
+    except BadMac as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None

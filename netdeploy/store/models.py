@@ -1,0 +1,101 @@
+"""SQLAlchemy 2.0 models. Nothing outside ``netdeploy.store`` writes SQL.
+
+Inventory tables (images, hardware profiles, clusters, nodes) mirror the config and are
+rewritten by :func:`netdeploy.store.sync.import_config`; the runtime columns of ``nodes``
+(state, progress, token, ...) and ``clusters`` (gate) survive every import. ``events`` is
+append-only: every state change is one row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16), default="raw")
+    description: Mapped[str] = mapped_column(Text, default="")
+    hardware: Mapped[list[Any]] = mapped_column(default=list)
+    # catalog facts, filled by `netdeploy image add` (hashing) and checked before serving
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="unhashed")  # unhashed|ok|bad|missing
+    status_detail: Mapped[str] = mapped_column(Text, default="")
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    added_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class HardwareProfile(Base):
+    __tablename__ = "hardware_profiles"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    mass_storage: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    image: Mapped[str] = mapped_column(String(128))
+    first_node: Mapped[str] = mapped_column(String(63))  # hostname
+    release_policy: Mapped[str] = mapped_column(String(32), default="sequential")
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # runtime: waiting | formed | releasing | complete | stopped
+    gate: Mapped[str] = mapped_column(String(16), default="waiting")
+    gate_detail: Mapped[str] = mapped_column(Text, default="")
+    formed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rollout: Mapped[int] = mapped_column(Integer, default=1)  # bumped by `reset`
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    mac: Mapped[str] = mapped_column(String(17), primary_key=True)
+    hostname: Mapped[str | None] = mapped_column(String(63), unique=True)
+    cluster: Mapped[str | None] = mapped_column(
+        ForeignKey("clusters.name", ondelete="SET NULL"), index=True
+    )
+    hardware: Mapped[str | None] = mapped_column(String(128))
+    image: Mapped[str | None] = mapped_column(String(128))
+    vars: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    in_config: Mapped[bool] = mapped_column(default=True)
+    # runtime
+    state: Mapped[str] = mapped_column(String(16), default="registered", index=True)
+    state_since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    progress: Mapped[float | None] = mapped_column()
+    message: Mapped[str] = mapped_column(Text, default="")
+    token: Mapped[str | None] = mapped_column(String(64))
+    release_seq: Mapped[int | None] = mapped_column(Integer)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_ip: Mapped[str | None] = mapped_column(String(45))
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_mac_id", "mac", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # state|boot|tftp|http|auth|config|...
+    mac: Mapped[str | None] = mapped_column(String(17))
+    cluster: Mapped[str | None] = mapped_column(String(128), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
