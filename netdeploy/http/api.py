@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import prometheus_client
 from aiohttp import web
 from sqlalchemy import select
 
@@ -46,6 +47,13 @@ def cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
 @routes.get("/api/version")
 async def version(_request: web.Request) -> web.Response:
     return web.json_response({"name": "netdeploy", "version": netdeploy.__version__})
+
+
+@routes.get("/metrics")
+async def metrics(_request: web.Request) -> web.Response:
+    """Prometheus text format; each module registers its own metrics on the default registry."""
+    body = prometheus_client.generate_latest()
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
 @routes.get("/api/nodes")

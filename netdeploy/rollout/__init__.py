@@ -1,0 +1,1 @@
+"""Rollout orchestration: the node state machine and the cluster gate (see DESIGN)."""
