@@ -351,7 +351,17 @@ def load_config(path: Path | str | None = None, **server_overrides: Any) -> Conf
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, file, source)) from None
+        problems = _pydantic_problems(exc, file, source)
+        # a bad value given on the command line is reported as such, not as a config line
+        flags = {
+            f"server.{key}": "--" + key.replace("_", "-").replace("database", "db")
+            for key in overrides
+        }
+        problems = [
+            Problem("command line", None, flags[p.key], p.message) if p.key in flags else p
+            for p in problems
+        ]
+        raise ConfigError(problems) from None
     problems = _cross_check(cfg, file, source)
     if problems:
         raise ConfigError(problems)

@@ -40,7 +40,13 @@ def create_engine(url: str) -> AsyncEngine:
     url = _async_url(url)
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open or upgrade database {url!r}: cannot create "
+                f"its directory: {exc.strerror or exc}"
+            ) from None
     engine = create_async_engine(url, pool_pre_ping=not parsed.drivername.startswith("sqlite"))
     if parsed.drivername.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

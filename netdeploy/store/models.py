@@ -13,10 +13,32 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps.
+
+    SQLite stores no offset and hands back naive datetimes; comparing those with ``utcnow()``
+    would raise. Everything is stored as UTC and read back as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -38,7 +60,7 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(16), default="unhashed")  # unhashed|ok|bad|missing
     status_detail: Mapped[str] = mapped_column(Text, default="")
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    added_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    added_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class HardwareProfile(Base):
@@ -60,7 +82,7 @@ class Cluster(Base):
     # runtime: waiting | formed | releasing | complete | stopped
     gate: Mapped[str] = mapped_column(String(16), default="waiting")
     gate_detail: Mapped[str] = mapped_column(Text, default="")
-    formed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    formed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rollout: Mapped[int] = mapped_column(Integer, default=1)  # bumped by `reset`
 
 
@@ -78,12 +100,12 @@ class Node(Base):
     in_config: Mapped[bool] = mapped_column(default=True)
     # runtime
     state: Mapped[str] = mapped_column(String(16), default="registered", index=True)
-    state_since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     progress: Mapped[float | None] = mapped_column()
     message: Mapped[str] = mapped_column(Text, default="")
     token: Mapped[str | None] = mapped_column(String(64))
     release_seq: Mapped[int | None] = mapped_column(Integer)
-    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_ip: Mapped[str | None] = mapped_column(String(45))
 
 
@@ -92,7 +114,7 @@ class Event(Base):
     __table_args__ = (Index("ix_events_mac_id", "mac", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(32))  # state|boot|tftp|http|auth|config|...
     mac: Mapped[str | None] = mapped_column(String(17))
     cluster: Mapped[str | None] = mapped_column(String(128), index=True)

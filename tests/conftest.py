@@ -1,0 +1,130 @@
+"""Fixtures shared by every test: free ports, a state dir, a real `netdeploy serve` process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "config" / "netdeploy.toml"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A real `netdeploy serve` subprocess on loopback."""
+
+    proc: subprocess.Popen
+    url: str
+    http_port: int
+    tftp_port: int
+    state_dir: Path
+    log: Path
+
+    def get_json(self, path: str) -> object:
+        import json
+
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.load(response)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(
+    state_dir: Path,
+    *,
+    config: Path = DEMO_CONFIG,
+    extra: tuple[str, ...] = (),
+    http_port: int | None = None,
+    tftp_port: int | None = None,
+) -> ServerProcess:
+    http_port = http_port or free_port()
+    tftp_port = tftp_port or free_port(socket.SOCK_DGRAM)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir / f"serve-{http_port}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "netdeploy",
+        "serve",
+        "--config",
+        str(config),
+        "--state-dir",
+        str(state_dir),
+        "--bind",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--tftp-port",
+        str(tftp_port),
+        *extra,
+    ]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    server = ServerProcess(
+        proc, f"http://127.0.0.1:{http_port}", http_port, tftp_port, state_dir, log
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"netdeploy serve exited {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            server.get_json("/api/version")
+            return server
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"netdeploy serve did not answer within 30 s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def server(state_dir: Path) -> Iterator[ServerProcess]:
+    proc = start_server(state_dir)
+    yield proc
+    proc.stop()
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "netdeploy", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
