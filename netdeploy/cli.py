@@ -98,6 +98,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ports = choose_ports(cfg)
     if ports.note:
         print(f"netdeploy: {ports.note}", file=sys.stderr)
+    from netdeploy.media.build import media_status
+
+    if media := media_status(cfg.server.bootfiles_dir):
+        print(f"netdeploy: {media}", file=sys.stderr)
     try:
         asyncio.run(serve(cfg, ports))
     except ServiceError as exc:
@@ -136,6 +140,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"OK: {cfg.source}: {len(cfg.nodes)} nodes, {len(cfg.clusters)} clusters, "
         f"{len(cfg.images)} images, {len(cfg.hardware)} hardware profiles"
     )
+    from netdeploy.media.build import media_status
+
+    if media := media_status(cfg.server.bootfiles_dir):
+        print(f"note: {media}")
     for name in missing:
         print(
             f"note: image {name!r} has no file yet at {cfg.image_path(name)}; "
@@ -222,6 +230,28 @@ COMMANDS: list[Command] = [
         ),
     ),
 ]
+
+
+def _media_options(parser: argparse.ArgumentParser) -> None:
+    from netdeploy.media.cli import add_options
+
+    add_options(parser)
+
+
+def _media(args: argparse.Namespace) -> int:
+    from netdeploy.media.cli import cmd_media
+
+    return cmd_media(args)
+
+
+COMMANDS.append(
+    (
+        "media",
+        "build the startup media (kernel + initramfs with the imaging agent)",
+        _media,
+        _media_options,
+    )
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Startup media: the kernel + busybox initramfs that a network-booted machine runs."""
