@@ -1,0 +1,134 @@
+"""Build a small but real master image for end-to-end tests.
+
+Layout: an MBR whose boot code prints ``NETDEPLOY-LOCAL-DISK-BOOT`` through the BIOS (SeaBIOS
+mirrors it to the serial console) and then exits QEMU through the ``isa-debug-exit`` device, and
+one FAT partition from 1 MiB holding a few files, like a sysprep'd system partition. When a test
+sees that marker, the machine has booted its local disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+LOCAL_BOOT_MARKER = "NETDEPLOY-LOCAL-DISK-BOOT"
+PARTITION_OFFSET = 1024 * 1024  # bytes; mtools addresses it as IMAGE@@1M
+
+
+def boot_code() -> bytes:
+    """16-bit real-mode code at 0x7c00: write the marker to COM1, then outb to 0xf4 (exit)."""
+    message = (LOCAL_BOOT_MARKER + "\r\n").encode() + b"\0"
+    code = bytes(
+        [
+            0xFA,  # cli
+            0x31,
+            0xC0,  # xor ax, ax
+            0x8E,
+            0xD8,  # mov ds, ax
+            0xBE,
+            0x20,
+            0x7C,  # mov si, 0x7c20 (message)
+            0xFC,  # cld
+            0xAC,  # .loop: lodsb
+            0x08,
+            0xC0,  # or al, al
+            0x74,
+            0x06,  # jz .done
+            0xBA,
+            0xF8,
+            0x03,  # mov dx, 0x3f8 (COM1 data)
+            0xEE,  # out dx, al
+            0xEB,
+            0xF5,  # jmp .loop
+            0xB0,
+            0x01,  # .done: mov al, 1
+            0xBA,
+            0xF4,
+            0x00,  # mov dx, 0xf4 (isa-debug-exit: QEMU exits with status 3)
+            0xEE,  # out dx, al
+            0xF4,  # hlt
+            0xEB,
+            0xFE,  # jmp $
+            0x90,
+            0x90,
+            0x90,  # pad to 0x20
+        ]
+    )
+    assert len(code) == 0x20
+    return code + message
+
+
+def mbr(total_bytes: int) -> bytes:
+    sectors = total_bytes // 512
+    start = PARTITION_OFFSET // 512
+    entry = struct.pack(
+        "<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x0E, b"\xfe\xff\xff", start, sectors - start
+    )  # active, FAT16 (LBA), CHS unused
+    sector = bytearray(512)
+    code = boot_code()
+    sector[: len(code)] = code
+    sector[446:462] = entry
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+def make_image(path: Path, size_mib: int = 64, seed: bytes = b"netdeploy") -> dict:
+    """Write the image; return the files it holds (name -> bytes) and its sha256 and size."""
+    total = size_mib * 1024 * 1024
+    with open(path, "wb") as fh:
+        fh.truncate(total)
+        fh.write(mbr(total))
+    subprocess.run(
+        [
+            "mkfs.vfat",
+            "-F",
+            "16",
+            "-n",
+            "SYSTEM",
+            "--offset",
+            str(PARTITION_OFFSET // 512),
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    rng = hashlib.sha256(seed).digest()
+    files = {
+        "WINDOWS/SYSTEM32/CONFIG/SYSTEM": os.urandom(0) + (rng * 4096 * 64)[: 8 * 1024 * 1024],
+        "WINDOWS/SYSTEM32/BIG.DLL": bytes(range(256)) * 16384,
+        "BOOT.INI": b"[boot loader]\r\ntimeout=0\r\n",
+        "sysprep/README.TXT": b"sysprep -reseal -mini was run on the master\r\n",
+    }
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for name, data in files.items():
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            subprocess.run(
+                ["mmd", "-D", "s", "-i", f"{path}@@1M", "::/" + "/".join(parts[:i])],
+                env=env,
+                capture_output=True,
+            )
+        local = path.parent / ".mcopy.tmp"
+        local.write_bytes(data)
+        subprocess.run(
+            ["mcopy", "-o", "-i", f"{path}@@1M", str(local), "::/" + name],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        local.unlink()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"files": files, "sha256": digest, "size": total}
+
+
+def read_file(image: Path, name: str) -> bytes | None:
+    """A file from the image's FAT partition, or None when it is absent."""
+    done = subprocess.run(
+        ["mtype", "-i", f"{image}@@1M", "::/" + name],
+        capture_output=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
+    return done.stdout if done.returncode == 0 else None

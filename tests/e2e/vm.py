@@ -1,0 +1,108 @@
+"""Run one QEMU guest for a test: TCG, iPXE NIC ROM, slirp networking, serial log with times.
+
+KVM is present on these machines but unusable (no nested VMX), so guests run under TCG; see
+../shared/RECIPES.md. Under slirp the guest sees the host's loopback as 10.0.2.2.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+
+
+def qemu_available() -> str | None:
+    """None when QEMU and the iPXE NIC ROMs are installed, else why not."""
+    if shutil.which(QEMU) is None:
+        return "qemu-system-x86_64 not installed (Debian: qemu-system-x86)"
+    if not Path("/usr/lib/ipxe/qemu/efi-virtio.rom").exists():
+        return "iPXE NIC ROMs not installed (Debian: ipxe-qemu)"
+    return None
+
+
+@dataclass
+class VM:
+    name: str
+    mac: str
+    log: Path
+    disk: Path | None = None
+    bootfile: str = ""
+    memory: int = 512
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+
+    def command(self) -> list[str]:
+        netdev = "user,id=n0" + (f",bootfile={self.bootfile}" if self.bootfile else "")
+        cmd = [
+            QEMU,
+            "-accel",
+            "tcg",
+            "-m",
+            str(self.memory),
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-boot",
+            "order=nc",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-netdev",
+            netdev,
+            "-device",
+            f"virtio-net-pci,netdev=n0,mac={self.mac}",
+        ]
+        if self.disk:
+            cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]
+        return cmd
+
+    def start(self) -> VM:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc and self.proc.stdout
+        with open(self.log, "a", encoding="utf-8") as out:
+            for raw in self.proc.stdout:
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                stamp = time.monotonic() - self.started
+                self.lines.append((stamp, text))
+                out.write(f"[{stamp:7.2f}] {text}\n")
+                out.flush()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for QEMU to exit; kill it (only it) after ``timeout`` seconds."""
+        assert self.proc
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(
+                f"{self.name} still running after {timeout:.0f}s; serial log: {self.log}"
+            ) from None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for _, line in self.lines)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
