@@ -124,7 +124,9 @@ class RawClient:
             op = int.from_bytes(packet[:2], "big")
             if op == Op.OACK:
                 fields = packet[2:].split(b"\0")
-                blksize = int(dict(zip(fields[::2], fields[1::2])).get(b"blksize", 512))
+                blksize = int(
+                    dict(zip(fields[::2], fields[1::2], strict=False)).get(b"blksize", 512)
+                )
                 await self.ack(0, addr)
                 continue
             assert op == Op.DATA, packet
@@ -139,7 +141,7 @@ class RawClient:
 
 def options_of(oack: bytes) -> dict[str, str]:
     fields = oack[2:].split(b"\0")[:-1]
-    return {k.decode(): v.decode() for k, v in zip(fields[::2], fields[1::2])}
+    return {k.decode(): v.decode() for k, v in zip(fields[::2], fields[1::2], strict=False)}
 
 
 async def run(*argv: str, cwd: Path | None = None, timeout: float = 60.0) -> tuple[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from pathlib import Path
 
@@ -133,7 +134,7 @@ async def test_stranger_gets_error_5_and_the_transfer_goes_on(root: Path) -> Non
     async with tftp_server(root) as (server, finished):
         client, stranger = RawClient(server.port), RawClient(server.port)
         await client.rrq("odd.bin", blksize=1024)
-        oack, tid = await client.recv()
+        _, tid = await client.recv()
         await client.ack(0, tid)
         first, _ = await client.recv()
         assert block(first) == 1
@@ -186,7 +187,7 @@ async def test_retransmission_backs_off_then_gives_up(root: Path) -> None:
             if op(packet) == Op.ERROR:
                 break
             assert block(packet) == 1
-        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert len(gaps) == 4  # three retransmissions, then the error
         assert gaps[1] > 1.5 * gaps[0] and gaps[2] > 1.5 * gaps[1]  # doubling backoff
         stats = (await finished.wait(1))[0]
