@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from netdeploy.tftp import packets
 from netdeploy.tftp.files import Content
 from netdeploy.tftp.packets import ErrorCode, Op
 
+_DATA = struct.Struct("!HH")  # DATA header: opcode 3, block number mod 2**16
 MAX_BACKOFF = 8.0  # seconds; a doubled timeout never waits longer than this (or the RFC 2349 one)
 
 
@@ -140,23 +142,35 @@ class Transfer:
         else:
             first = self.acked + 1
             last = min(self.acked + self.windowsize, self.last_block)
-            blksize, content, stats = self.blksize, self.content, self.stats
+            blksize, data, stats = self.blksize, self.content.data, self.stats
+            sendto, peer = self.sock.sendto, self.peer
             for block in range(first, last + 1):
-                if self.done:
+                offset = (block - 1) * blksize
+                if data is not None:
+                    payload = data[offset : offset + blksize]
+                else:
+                    payload = self.content.block(offset, blksize)
+                try:
+                    sendto(_DATA.pack(3, block & 0xFFFF) + payload, peer)
+                except (BlockingIOError, InterruptedError):
+                    pass  # a full socket buffer is a lost packet: the timer recovers
+                except OSError as exc:
+                    self.finish("error", f"send failed: {exc.strerror or exc}")
                     return
-                payload = content.block((block - 1) * blksize, blksize)
-                self._send(packets.data_header(block) + payload)
                 stats.bytes_sent += len(payload)
                 if block <= self.sent:
                     stats.retransmits += 1
-                else:
-                    stats.blocks += 1
-            self.sent = max(self.sent, last)
+            if last > self.sent:
+                stats.blocks += last - self.sent
+                self.sent = last
         self._arm()
 
     # -- timing --------------------------------------------------------------------------
     def _arm(self) -> None:
-        wait = min(self.timeout * (1 << self.tries), max(self.timeout, MAX_BACKOFF))
+        if self.tries:
+            wait = min(self.timeout * (1 << self.tries), max(self.timeout, MAX_BACKOFF))
+        else:
+            wait = self.timeout
         self.deadline = self.loop.time() + wait
         if self.timer is None:
             self.timer = self.loop.call_at(self.deadline, self._expired)
@@ -178,18 +192,20 @@ class Transfer:
 
     # -- receiving -----------------------------------------------------------------------
     def _readable(self) -> None:
-        for _ in range(32):  # drain a few datagrams per wake-up; stay fair to other transfers
-            if self.done:
-                return
-            try:
-                packet, addr = self.sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # ICMP port unreachable from an earlier send: the peer is gone
-                continue
-            if addr[0] != self.peer[0] or addr[1] != self.peer[1]:
-                self._stranger(packet, addr)
-                continue
+        # One datagram per wake-up: the loop is level-triggered and calls again while more
+        # wait, and a lockstep transfer has one ACK in flight, so draining would mostly buy
+        # a BlockingIOError per packet.
+        try:
+            packet, addr = self.sock.recvfrom(1024)  # ACK/ERROR; longer junk is cut short
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ICMP port unreachable from an earlier send: the peer is gone
+            return
+        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
+            self._stranger(packet, addr)
+        elif len(packet) >= 4 and packet[1] == Op.ACK and packet[0] == 0:
+            self._acked(packet[2] << 8 | packet[3])
+        else:
             self._from_peer(packet)
 
     def _stranger(self, packet: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
@@ -200,10 +216,6 @@ class Transfer:
             self.sock.sendto(packets.error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
 
     def _from_peer(self, packet: bytes) -> None:
-        block = packets.parse_ack(packet)
-        if block is not None:
-            self._acked(block)
-            return
         err = packets.parse_error(packet)
         if err is not None:
             self.finish("aborted", f"client sent error {err[0]}: {err[1]}")
