@@ -40,6 +40,9 @@ Refused = Callable[[str], None]
 RESOLVE_TIMEOUT = 10.0  # seconds the boot decision may take before the request fails
 LISTEN_RCVBUF = 4 << 20  # a storm's RRQs arrive together; do not drop them in the kernel
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 does not export it
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux 4.18+ UDP GSO
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # one GSO send is still one UDP datagram before it is cut
 WILDCARDS = ("", "0.0.0.0", "::")
 
 
@@ -65,6 +68,23 @@ def _listen_socket(family: int, host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _enable_gso(sock: socket.socket, blksize: int, windowsize: int) -> int:
+    """DATA packets per send for a windowed transfer: UDP GSO when the kernel has it, else 1."""
+    if windowsize < 2:
+        return 1
+    with contextlib.suppress(OSError):  # let a whole window sit in the kernel at once
+        want = windowsize * (blksize + 64)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(want, 8 << 20))
+    batch = min(windowsize, GSO_MAX_SEGMENTS, GSO_MAX_BYTES // (blksize + 4))
+    if batch < 2:
+        return 1
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, blksize + 4)
+    except OSError:  # Linux before 4.18, or not Linux
+        return 1
+    return batch
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
@@ -252,10 +272,7 @@ class TftpServer:
                 raise
             return
         stats.blksize, stats.windowsize = chosen.blksize, chosen.windowsize
-        if chosen.windowsize > 1:  # let a whole window sit in the kernel at once
-            with contextlib.suppress(OSError):
-                want = chosen.windowsize * (chosen.blksize + 64)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(want, 8 << 20))
+        gso_batch = _enable_gso(sock, chosen.blksize, chosen.windowsize)
         transfer = Transfer(
             sock,
             peer,
@@ -267,6 +284,7 @@ class TftpServer:
             retries=self.config.retries,
             oack=packets.oack(chosen.reply) if chosen.reply else None,
             on_done=self._transfer_done,
+            gso_batch=gso_batch,
         )
         self.transfers[key] = transfer
         transfer.start()
