@@ -2,7 +2,8 @@
 
 Under slirp the guest reaches the host's loopback as 10.0.2.2 (shared/RECIPES.md §1); port
 69 there is slirp's own TFTP, so the server listens on a high port. The script prints a
-marker, waits a second (so the serial line drains) and reboots, which ``-no-reboot`` turns into QEMU exiting.
+marker, waits a second (so the serial line drains) and reboots, which ``-no-reboot`` turns
+into QEMU exiting.
 """
 
 from __future__ import annotations
