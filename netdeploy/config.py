@@ -60,6 +60,10 @@ class TftpConfig(_Section):
     retries: Annotated[int, Field(ge=1, le=20)] = 5
     max_blksize: Annotated[int, Field(ge=512, le=65464)] = 65464
     max_windowsize: Annotated[int, Field(ge=1, le=65535)] = 64
+    # Boot files up to cache_file_max_bytes are kept in memory (bounded by cache_max_bytes)
+    # so a boot storm reads each file once; larger files are read per block.
+    cache_max_bytes: Annotated[int, Field(ge=0)] = 256 << 20
+    cache_file_max_bytes: Annotated[int, Field(ge=0)] = 64 << 20
 
 
 class HttpConfig(_Section):

@@ -160,8 +160,15 @@ class ServiceError(Exception):
     """A service cannot start; the message says why and what to do."""
 
 
+async def start_tftp(ctx: Context) -> Stopper:
+    """TFTP on ``server.bind``:``ports.tftp`` (a wildcard bind listens on IPv4 and IPv6)."""
+    from netdeploy.tftp.service import start
+
+    return await start(ctx)
+
+
 # Each protocol service is one coroutine: start, then hand back how to stop.
-SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [start_http]
+SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [start_http, start_tftp]
 
 
 async def serve(

@@ -1,0 +1,162 @@
+"""What a transfer sends: rooted file lookup, a cache of hot boot files, netascii.
+
+Serving is rooted in two steps. :func:`clean_name` refuses names that could point outside
+the root before the disk is touched (``..``, absolute paths, backslashes, NUL, control
+characters). :func:`open_rooted` then opens the file and checks where the opened
+descriptor really lives (``/proc/self/fd``), so a symlink inside the root that points out of
+it is refused without a window between check and open.
+
+During a boot storm hundreds of machines fetch the same few files; :class:`FileCache` keeps
+small files in memory (keyed by device, inode, size and mtime, so a replaced file is reread)
+and every transfer slices the same bytes. Large files are read per block with ``os.pread``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import OrderedDict
+from pathlib import Path
+
+from netdeploy.tftp.packets import BadPacket, ErrorCode
+
+
+def clean_name(name: str) -> str:
+    """The request's file name as a relative path under the root, or BadPacket."""
+    if "\0" in name:
+        raise BadPacket(ErrorCode.ACCESS_VIOLATION, "file name contains NUL")
+    if "\\" in name:
+        raise BadPacket(ErrorCode.ACCESS_VIOLATION, "backslashes are refused; use '/'")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise BadPacket(ErrorCode.ACCESS_VIOLATION, "file name contains control characters")
+    if name.startswith("/"):
+        raise BadPacket(
+            ErrorCode.ACCESS_VIOLATION, "absolute paths are refused; ask relative to the root"
+        )
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BadPacket(ErrorCode.ACCESS_VIOLATION, "'..' is refused; files come from the root")
+    if not parts:
+        raise BadPacket(ErrorCode.NOT_FOUND, f"{name!r} names no file")
+    return "/".join(parts)
+
+
+def open_rooted(root: Path, name: str) -> int:
+    """Open ``root/name`` (a :func:`clean_name` result) read-only; the caller closes the fd."""
+    real_root = os.path.realpath(root)
+    path = os.path.join(real_root, name)
+    try:
+        # O_NONBLOCK: a FIFO planted in the root must not block the event loop.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise BadPacket(ErrorCode.NOT_FOUND, f"{name} not found") from None
+    except (PermissionError, IsADirectoryError):
+        raise BadPacket(ErrorCode.ACCESS_VIOLATION, f"{name} is not readable") from None
+    except OSError as exc:
+        raise BadPacket(ErrorCode.NOT_FOUND, f"{name}: {exc.strerror}") from None
+    try:
+        where = _opened_path(fd, path)
+        if not where.startswith(real_root.rstrip("/") + "/"):
+            raise BadPacket(ErrorCode.ACCESS_VIOLATION, f"{name} leads outside the root")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadPacket(ErrorCode.NOT_FOUND, f"{name} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _opened_path(fd: int, path: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: fall back to resolving the name (racy, but still rooted)
+        return os.path.realpath(path)
+
+
+def to_netascii(data: bytes) -> bytes:
+    """RFC 764 NVT-ASCII as RFC 1350 asks: LF becomes CR LF and a bare CR becomes CR NUL."""
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
+class Content:
+    """The bytes of one transfer: in memory (virtual, cached, netascii) or read per block."""
+
+    def __init__(self, size: int, data: bytes | None = None, fd: int | None = None):
+        self.size = size
+        self.data = data
+        self.fd = fd
+
+    @classmethod
+    def of(cls, data: bytes) -> Content:
+        return cls(len(data), data=data)
+
+    def block(self, offset: int, length: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        assert self.fd is not None
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class FileCache:
+    """Least-recently-used cache of whole small files, bounded in bytes."""
+
+    def __init__(self, max_bytes: int, max_file: int):
+        self.max_bytes = max_bytes
+        self.max_file = max_file
+        self._entries: OrderedDict[tuple[int, int, int, int], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, fd: int) -> bytes | None:
+        """Whole contents of ``fd`` when it is small enough to keep, else None."""
+        st = os.fstat(fd)
+        if st.st_size > self.max_file:
+            return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        data = self._entries.get(key)
+        if data is not None:
+            self._entries.move_to_end(key)
+            return data
+        data = _read_all(fd, st.st_size)
+        if len(data) != st.st_size:  # changed while we read it: serve, do not keep
+            return data
+        self._entries[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= len(old)
+        return data
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def load(root: Path, name: str, mode: str, cache: FileCache) -> Content:
+    """Content for ``name`` under ``root`` in ``mode`` (octet or netascii)."""
+    fd = open_rooted(root, name)
+    try:
+        data = cache.get(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if data is None and mode == "octet":
+        return Content(os.fstat(fd).st_size, fd=fd)  # large: read per block, fd kept open
+    os.close(fd)
+    if data is None:
+        raise BadPacket(
+            ErrorCode.UNDEFINED,
+            f"{name} is too large for netascii (over {cache.max_file} bytes); use octet",
+        )
+    return Content.of(to_netascii(data) if mode == "netascii" else data)

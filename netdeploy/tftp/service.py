@@ -1,0 +1,69 @@
+"""``netdeploy serve`` runs TFTP through :func:`start`: engine, boot-decision seam, records."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from netdeploy.tftp import record
+from netdeploy.tftp.engine import TftpServer
+from netdeploy.tftp.transfer import TransferStats
+
+if TYPE_CHECKING:
+    from netdeploy.server import Context
+
+log = logging.getLogger("netdeploy.tftp")
+
+
+async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
+    """Serve ``server.bootfiles_dir`` and per-MAC virtual files on ``bind``:``ports.tftp``."""
+    from netdeploy.boot.tftp import virtual_file
+    from netdeploy.server import ServiceError
+
+    cfg = ctx.config
+    if not cfg.tftp.enabled:
+        log.info("TFTP disabled ([tftp] enabled = false)")
+
+        async def nothing() -> None:
+            return None
+
+        return nothing
+    root = cfg.server.bootfiles_dir
+    if not root.is_dir():
+        log.warning("TFTP root %s does not exist; only virtual files will be served", root)
+    writer = record.EventWriter(ctx)
+
+    def finished(stats: TransferStats) -> None:
+        record.count_transfer(stats)
+        writer.add(stats)
+
+    async def resolve(path: str, client_ip: str) -> bytes | None:
+        return await virtual_file(ctx, path, client_ip)
+
+    server = TftpServer(
+        root,
+        cfg.tftp,
+        resolver=resolve,
+        on_finished=finished,
+        on_refused=record.count_dropped,
+    )
+    host, port = cfg.server.bind, ctx.ports.tftp
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        hint = "run as root or with CAP_NET_BIND_SERVICE, or " if port < 1024 else ""
+        raise ServiceError(
+            f"cannot listen for TFTP on {host}:{port}: {exc.strerror or exc}; "
+            f"{hint}pick another --tftp-port"
+        ) from None
+    record.ACTIVE.set_function(lambda: server.active)
+    writer.start()
+    ctx.services["tftp"] = server
+    log.info("TFTP on %s:%d serving %s", host, server.port, root)
+
+    async def stop() -> None:
+        await server.stop()
+        await writer.close()
+
+    return stop

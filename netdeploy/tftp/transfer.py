@@ -1,0 +1,279 @@
+"""One read transfer: its own socket (the server's TID), windows of DATA, ACKs, retransmission.
+
+The data path is kept short on purpose: the socket is read straight from the event loop
+(``add_reader``), an ACK is four bytes compared in place, and the retransmission timer is
+lazy (one timer per timeout period, not one per packet). Block numbers are tracked as
+absolute integers and only folded to 16 bits on the wire, so files past 65535 blocks roll
+over cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from netdeploy.tftp import packets
+from netdeploy.tftp.files import Content
+from netdeploy.tftp.packets import ErrorCode, Op
+
+_DATA = struct.Struct("!HH")  # DATA header: opcode 3, block number mod 2**16
+MAX_BACKOFF = 8.0  # seconds; a doubled timeout never waits longer than this (or the RFC 2349 one)
+
+
+@dataclass
+class TransferStats:
+    """What one request came to; becomes metrics and an event row."""
+
+    client_ip: str
+    client_port: int
+    filename: str
+    outcome: str = "ok"  # ok | timeout | aborted | error | refused
+    message: str = ""
+    size: int = 0
+    bytes_sent: int = 0  # payload bytes put on the wire, retransmissions included
+    blocks: int = 0
+    retransmits: int = 0
+    blksize: int = 512
+    windowsize: int = 1
+    virtual: bool = False
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+
+    def detail(self) -> dict[str, object]:
+        detail: dict[str, object] = {
+            "file": self.filename,
+            "client": self.client_ip,
+            "outcome": self.outcome,
+            "bytes": self.size if self.outcome == "ok" else self.bytes_sent,
+            "seconds": round(self.duration, 4),
+            "retransmits": self.retransmits,
+            "blksize": self.blksize,
+            "windowsize": self.windowsize,
+        }
+        if self.virtual:
+            detail["virtual"] = True
+        if self.message:
+            detail["message"] = self.message
+        return detail
+
+
+class Transfer:
+    """Sends ``content`` to ``peer`` from ``sock``; calls ``on_done(self)`` exactly once."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        content: Content,
+        stats: TransferStats,
+        *,
+        blksize: int,
+        windowsize: int,
+        timeout: float,
+        retries: int,
+        oack: bytes | None,
+        on_done: Callable[[Transfer], None],
+        gso_batch: int = 1,
+    ):
+        self.sock = sock
+        self.peer = peer
+        self.content = content
+        self.stats = stats
+        self.blksize = blksize
+        self.windowsize = windowsize
+        self.timeout = timeout
+        self.retries = retries
+        self.oack = oack
+        self.on_done = on_done
+        self.gso_batch = gso_batch  # DATA packets per sendto (UDP_SEGMENT); 1 = one each
+        self.loop = asyncio.get_running_loop()
+        # Absolute block numbers. The last block is shorter than blksize, possibly empty.
+        self.last_block = content.size // blksize + 1
+        self.acked = -1 if oack else 0  # -1: waiting for ACK 0 of our OACK (RFC 2347)
+        self.sent = 0
+        self.tries = 0
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._send_window()
+
+    def finish(self, outcome: str, message: str = "") -> None:
+        if self.done:
+            return
+        self.done = True
+        self.stats.outcome = outcome
+        self.stats.message = message
+        self.stats.duration = time.monotonic() - self.stats.started
+        if self.timer:
+            self.timer.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.content.close()
+        self.on_done(self)
+
+    def abort(self, code: ErrorCode, message: str) -> None:
+        """End the transfer and tell the client why (server shutting down, limits)."""
+        if not self.done:
+            self._send(packets.error(code, message))
+            self.finish("error", message)
+
+    # -- sending -------------------------------------------------------------------------
+    def _send(self, packet: bytes) -> None:
+        try:
+            self.sock.sendto(packet, self.peer)
+        except (BlockingIOError, InterruptedError):
+            pass  # a full socket buffer is a lost packet: the retransmission timer recovers
+        except OSError as exc:  # e.g. network unreachable: nothing will get through
+            self.finish("error", f"send failed: {exc.strerror or exc}")
+
+    def _send_window(self) -> None:
+        """Send the window after the last acknowledged block (RFC 7440 §4), or the OACK."""
+        if self.acked < 0:
+            assert self.oack is not None
+            self._send(self.oack)
+            self.stats.retransmits += self.tries > 0
+        else:
+            first = self.acked + 1
+            last = min(self.acked + self.windowsize, self.last_block)
+            if first < last and self.gso_batch > 1:
+                sent = self._send_segmented(first, last)
+            else:
+                sent = self._send_each(first, last)
+            if not sent:
+                return
+            stats = self.stats
+            stats.bytes_sent += (
+                min(last * self.blksize, self.content.size) - (first - 1) * self.blksize
+            )
+            if first <= self.sent:
+                stats.retransmits += min(last, self.sent) - first + 1
+            if last > self.sent:
+                stats.blocks += last - self.sent
+                self.sent = last
+        self._arm()
+
+    def _payload(self, block: int) -> bytes:
+        offset = (block - 1) * self.blksize
+        data = self.content.data
+        if data is not None:
+            return data[offset : offset + self.blksize]
+        return self.content.block(offset, self.blksize)
+
+    def _send_each(self, first: int, last: int) -> bool:
+        sendto, peer = self.sock.sendto, self.peer
+        for block in range(first, last + 1):
+            try:
+                sendto(_DATA.pack(3, block & 0xFFFF) + self._payload(block), peer)
+            except (BlockingIOError, InterruptedError):
+                pass  # a full socket buffer is a lost packet: the timer recovers
+            except OSError as exc:
+                self.finish("error", f"send failed: {exc.strerror or exc}")
+                return False
+        return True
+
+    def _send_segmented(self, first: int, last: int) -> bool:
+        """Hand the kernel up to ``gso_batch`` DATA packets in one call (UDP GSO).
+
+        With UDP_SEGMENT set to 4 + blksize the kernel cuts the buffer into one datagram
+        per block, so a window costs one system call instead of one per block; the
+        client sees ordinary DATA packets.
+        """
+        for start in range(first, last + 1, self.gso_batch):
+            end = min(start + self.gso_batch - 1, last)
+            buffer = b"".join(
+                _DATA.pack(3, block & 0xFFFF) + self._payload(block)
+                for block in range(start, end + 1)
+            )
+            try:
+                self.sock.sendto(buffer, self.peer)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:  # the route refuses segmentation (MTU below a block): go singly
+                self.gso_batch = 1
+                return self._send_each(start, last)
+        return True
+
+    # -- timing --------------------------------------------------------------------------
+    def _arm(self) -> None:
+        if self.tries:
+            wait = min(self.timeout * (1 << self.tries), max(self.timeout, MAX_BACKOFF))
+        else:
+            wait = self.timeout
+        self.deadline = self.loop.time() + wait
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.loop.time() < self.deadline:  # progress since this timer was set: re-arm lazily
+            self.timer = self.loop.call_at(self.deadline, self._expired)
+            return
+        if self.tries >= self.retries:
+            # Say why before letting go, so a client still listening does not wait in vain.
+            self._send(packets.error(ErrorCode.UNDEFINED, "timed out waiting for ACK"))
+            self.finish("timeout", f"no ACK after {self.retries} retransmissions")
+            return
+        self.tries += 1  # back off: RFC 1350 leaves the schedule to us; we double it
+        self._send_window()
+
+    # -- receiving -----------------------------------------------------------------------
+    def _readable(self) -> None:
+        # One datagram per wake-up: the loop is level-triggered and calls again while more
+        # wait, and a lockstep transfer has one ACK in flight, so draining would mostly buy
+        # a BlockingIOError per packet.
+        try:
+            packet, addr = self.sock.recvfrom(1024)  # ACK/ERROR; longer junk is cut short
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ICMP port unreachable from an earlier send: the peer is gone
+            return
+        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
+            self._stranger(packet, addr)
+        elif len(packet) >= 4 and packet[1] == Op.ACK and packet[0] == 0:
+            self._acked(packet[2] << 8 | packet[3])
+        else:
+            self._from_peer(packet)
+
+    def _stranger(self, packet: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        # RFC 1350 §4: a packet from a foreign TID gets error 5; the transfer goes on.
+        if packets.opcode(packet) == Op.ERROR:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.sendto(packets.error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
+
+    def _from_peer(self, packet: bytes) -> None:
+        err = packets.parse_error(packet)
+        if err is not None:
+            self.finish("aborted", f"client sent error {err[0]}: {err[1]}")
+        elif len(packet) >= 2:
+            code = packets.opcode(packet)
+            self._send(packets.error(ErrorCode.ILLEGAL_OPERATION, f"unexpected opcode {code}"))
+            self.finish("error", f"client sent opcode {code} during a read")
+        # shorter than an opcode: noise, ignore
+
+    def _acked(self, wire: int) -> None:
+        # Map the 16-bit number onto the newest absolute block it can mean (<= self.sent).
+        block = self.sent - ((self.sent - wire) & 0xFFFF)
+        if block <= self.acked:
+            # Duplicate or stale ACK: never answer it with data (Sorcerer's Apprentice,
+            # RFC 1123 §4.2.3.1); the timer alone retransmits.
+            return
+        self.acked = block
+        self.tries = 0
+        if block >= self.last_block:
+            self.finish("ok")
+            return
+        # A full window acknowledged: send the next. An ACK inside the window means the
+        # client saw a gap after `block` (RFC 7440 §4): resend from there.
+        self._send_window()
