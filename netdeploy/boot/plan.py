@@ -124,7 +124,7 @@ def _why(node: NodeFacts, action: BootAction) -> str:
         return "discovered, not in the config: discovery agent until the admin adds it"
     if state == NodeState.FAILED:
         return "failed: agent reports and waits for the admin to retry (never re-imaged alone)"
-    if action == BootAction.IMAGE and node.image is None:
+    if _BY_STATE[state] == BootAction.IMAGE and node.image is None:
         return f"{state}: no image configured; agent waits (add an image to the config)"
     if action == BootAction.IMAGE:
         return f"{state}: imaging agent writes image {node.image}"
