@@ -96,6 +96,7 @@ async def _answer_once(ctx: Context, mac: str, *, via: str, path: str, ip: str) 
     events: list[Event] = []
     async with ctx.sessions() as session, session.begin():
         node, cluster = await _node_and_cluster(session, mac)
+        first_boot = node is None  # the plan says so: "not in the inventory, recorded"
         if node is None:
             node, created = _discovered(mac, ip, via)
             session.add(node)
@@ -109,7 +110,7 @@ async def _answer_once(ctx: Context, mac: str, *, via: str, path: str, ip: str) 
                         session, node, advance, reason=f"boot script fetched via {via}", detail={}
                     )
                 )
-        plan = boot_plan(facts_of(node, mac, cluster), urls_of(ctx))
+        plan = boot_plan(facts_of(None if first_boot else node, mac, cluster), urls_of(ctx))
         token = None
         if plan.boots_agent:
             token, node.token = issue_token()
