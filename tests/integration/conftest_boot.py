@@ -75,7 +75,7 @@ async def boot_server(
     **overrides: str,
 ) -> AsyncIterator[Server]:
     """The demo lab on 127.0.0.1:<free port>, served by the real aiohttp app."""
-    port = free_port()
+    port = int(overrides.pop("http_port", 0)) or free_port()
     cfg = load_config(
         config,
         state_dir=str(tmp / "state"),
