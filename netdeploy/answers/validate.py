@@ -81,14 +81,14 @@ def _unattend(name: str, text: str) -> list[FileProblem]:
     }
     for pass_name, paths in required.items():
         for path in paths:
-            component, _, rest = path.partition("/")
-            xpath = f"u:settings[@pass='{pass_name}']/u:component[@name='{component}']/{rest}"
+            name_of, _, rest = path.partition("/")
+            xpath = f"u:settings[@pass='{pass_name}']/u:component[@name='{name_of}']/{rest}"
             found = root.find(xpath, ns)
             if found is None or not (found.text or "").strip():
                 element = rest.replace("u:", "")
                 problems.append(
                     FileProblem(
-                        name, None, f"pass {pass_name}: {component} {element} is missing or empty"
+                        name, None, f"pass {pass_name}: {name_of} {element} is missing or empty"
                     )
                 )
     join = root.find(
