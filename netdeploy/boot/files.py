@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -29,6 +30,11 @@ from netdeploy.tokens import token_digest, token_matches
 
 log = logging.getLogger("netdeploy.boot.files")
 
+ANSWER_FILES = Counter(
+    "netdeploy_answer_files",
+    "Answer-file requests by outcome (served, refused: 403, broken: 500 template or validation)",
+    ["outcome"],
+)
 SECRET_STATES = frozenset({NodeState.PXE, NodeState.IMAGING})
 CONTENT_TYPES = {
     ".xml": "application/xml; charset=utf-8",
@@ -82,6 +88,7 @@ async def _refuse(
         ),
     )
     log.warning("refused %s to %s from %s: %s", name, node.mac, ip, reason)
+    ANSWER_FILES.labels("refused").inc()
     return FileAnswer.error(403, f"{name} for {node.mac} refused: {reason}")
 
 
@@ -125,6 +132,7 @@ async def serve_node_file(
             ctx,
             Event(kind="answer", mac=mac, cluster=node.cluster, detail={"file": name, "ip": ip}),
         )
+    ANSWER_FILES.labels("served").inc()
     return answer
 
 
@@ -142,6 +150,7 @@ async def _broken(
         ),
     )
     log.error("refusing broken %s for %s: %s", name, mac, problem)
+    ANSWER_FILES.labels("broken").inc()
     return FileAnswer.error(
         500, f"{name} for {mac} is refused: {problem}; fix the template or the config vars"
     )

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +24,12 @@ from netdeploy.store.models import Cluster, Event, Node, utcnow
 from netdeploy.tokens import issue_token
 
 log = logging.getLogger("netdeploy.boot")
+
+BOOT_REQUESTS = Counter(
+    "netdeploy_boot_requests",
+    "Boot requests answered, by protocol and decision (chain, image, wait, discover, local)",
+    ["via", "decision"],
+)
 
 # Booting the agent is "the node is in PXE": registered → pxe (DESIGN). A failed node stays
 # failed until the admin retries it (decision 0002); every other state is left as it is.
@@ -119,6 +126,7 @@ async def _answer_once(ctx: Context, mac: str, *, via: str, path: str, ip: str) 
         events.append(boot_event(mac, node.cluster, via=via, path=path, ip=ip, plan=plan))
         session.add_all(events)
     ctx.bus.publish(events)
+    BOOT_REQUESTS.labels(via, plan.action.value).inc()
     return BootAnswer(plan, token)
 
 
@@ -158,3 +166,4 @@ async def record_first_stage(ctx: Context, *, via: str, path: str, ip: str) -> N
     async with ctx.sessions() as session, session.begin():
         session.add(event)
     ctx.bus.publish(event)
+    BOOT_REQUESTS.labels(via, "chain").inc()

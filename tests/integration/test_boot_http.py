@@ -37,8 +37,15 @@ async def test_first_stage_chains_on_the_public_url(tmp_path: Path) -> None:
         }
 
 
+def image_boots(metrics: str) -> float:
+    line = 'netdeploy_boot_requests_total{decision="image",via="http"} '
+    found = [x for x in metrics.splitlines() if x.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
 async def test_every_mac_notation_reaches_the_same_node(tmp_path: Path) -> None:
     async with boot_server(tmp_path) as srv:
+        before = image_boots((await curl(f"{srv.url}/metrics")).text)
         tokens = []
         for notation in NOTATIONS:
             got = await curl(f"{srv.url}/boot/{notation}.ipxe")
@@ -47,6 +54,8 @@ async def test_every_mac_notation_reaches_the_same_node(tmp_path: Path) -> None:
             assert "BOOTIF=01-52-54-00-00-10-01" in got.text
             tokens.append(token_in(got.text))
         assert len(set(tokens)) == len(tokens)  # a fresh token per render
+        after = image_boots((await curl(f"{srv.url}/metrics")).text)
+        assert after - before == len(NOTATIONS)
         node = await srv.node(SQL_N1)
         assert node is not None and node.state == NodeState.PXE
         assert token_matches(tokens[-1], node.token)
