@@ -68,3 +68,24 @@ async def test_ipxe_guest_chains_to_its_per_mac_script(tmp_path: Path) -> None:
         ("52:54:00:00:10:01", "/boot/52-54-00-00-10-01.ipxe", "image"),
     ]
     assert node is not None and node.state == "pxe"
+
+
+async def test_unknown_ipxe_guest_gets_the_discovery_script(tmp_path: Path) -> None:
+    bootfiles = tmp_path / "bootfiles"
+    shutil.copytree(ROOT / "bootfiles" / "templates", bootfiles / "templates")
+    port = free_port()
+    async with boot_server(
+        tmp_path,
+        public_url=f"http://10.0.2.2:{port}",
+        http_port=str(port),
+        bootfiles_dir=str(bootfiles),
+    ) as srv:
+        serial = await run_guest(port, "52:54:00:ab:cd:ef")
+        node = await srv.node("52:54:00:ab:cd:ef")
+        boots = await srv.events("boot", "52:54:00:ab:cd:ef")
+    tail = serial[-3000:]
+    assert "netdeploy: 52:54:00:ab:cd:ef (unknown): discover: MAC not in the inventory" in serial, (
+        tail
+    )
+    assert node is not None and (node.state, node.in_config) == ("discovered", False)
+    assert [b.detail["decision"] for b in boots] == ["discover"]
