@@ -131,7 +131,7 @@ def _why(node: NodeFacts, action: BootAction) -> str:
     if action == BootAction.WAIT:
         gate = f" (gate {node.gate})" if node.gate else ""
         return f"{state}: agent waits until {who} releases it{gate}; never the local disk"
-    return f"{state}: released; boot from the local disk"
+    return f"{state}: past release; boot from the local disk"
 
 
 def boot_plan(node: NodeFacts, urls: BootUrls) -> BootPlan:
