@@ -128,6 +128,15 @@ def _check_paths(cfg: Config) -> list[str]:
 CHECKS.append(_check_paths)
 
 
+def _check_templates(cfg: Config) -> list[str]:
+    from netdeploy.answers.check import check_answer_files, check_boot_templates
+
+    return check_boot_templates(cfg) + check_answer_files(cfg)
+
+
+CHECKS.append(_check_templates)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     problems = [line for check in CHECKS for line in check(cfg)]
@@ -198,6 +207,34 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- render
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from netdeploy.answers.check import find_node, render_checked, server_url
+    from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem
+    from netdeploy.answers.validate import InvalidAnswerFile
+
+    cfg = config_from_args(args)
+    node = find_node(cfg, args.node)
+    if node is None:
+        raise CommandError(f"no node {args.node!r} in {cfg.source}; give a MAC or a host name")
+    files = cfg.answer_files_for(node)
+    if args.file not in files:
+        listed = ", ".join(files) or "none"
+        raise CommandError(f"{args.file!r} is not a file of {node.hostname}; its files: {listed}")
+    try:
+        rendered = render_checked(
+            cfg, node, args.file, token=args.token or PLACEHOLDER_TOKEN, url=server_url(cfg)
+        )
+    except TemplateProblem as exc:
+        raise CommandError(str(exc)) from None
+    except InvalidAnswerFile as exc:
+        raise CommandError(f"{node.hostname}: refused: {exc}") from None
+    sys.stdout.write(rendered.text)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 # Each entry: (name, help, handler, function that adds the command's own options).
@@ -219,6 +256,21 @@ COMMANDS: list[Command] = [
         "validate the config and templates; exit 1 with one line per problem",
         cmd_check,
         add_config_options,
+    ),
+    (
+        "render",
+        "print a node's answer file exactly as it is served (validated)",
+        cmd_render,
+        lambda p: (
+            add_config_options(p),
+            p.add_argument(
+                "node", metavar="MAC", help="the node: MAC in any notation, or host name"
+            ),
+            p.add_argument("file", metavar="FILE", help="answer file name, e.g. sysprep.inf"),
+            p.add_argument(
+                "--token", default=None, help="token to render in place of the one issued at boot"
+            ),
+        ),
     ),
     (
         "nodes",

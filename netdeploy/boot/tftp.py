@@ -7,12 +7,32 @@ from here, rendered from the node's boot plan. ``None`` means "not a virtual fil
 
 from __future__ import annotations
 
+import re
+
+from netdeploy.boot import scripts
+from netdeploy.boot.service import answer_boot, record_first_stage, urls_of
+from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.server import Context
+
+# pxelinux asks for pxelinux.cfg/01-<mac> first (ARP type 1 = Ethernet); we answer every MAC,
+# known or not, so it never falls through to its UUID / IP-hex / "default" guesses.
+PXELINUX_MAC = re.compile(r"^pxelinux\.cfg/01-([0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})$")
+FIRST_STAGE = "boot.ipxe"
 
 
 async def virtual_file(ctx: Context, path: str, client_ip: str) -> bytes | None:
-    """Bytes for a per-MAC virtual file, or None to let the engine serve from its root.
-
-    Implemented by the boot-decisions work (issue 4); until then no path is virtual.
-    """
-    return None
+    """Bytes for a per-MAC virtual file, or None to let the engine serve from its root."""
+    name = path.replace("\\", "/").lstrip("/")  # PXE ROMs send both; the root is ours anyway
+    if name == FIRST_STAGE:
+        await record_first_stage(ctx, via="tftp", path=name, ip=client_ip)
+        return scripts.first_stage_ipxe(ctx.config.server.bootfiles_dir, urls_of(ctx)).encode()
+    match = PXELINUX_MAC.match(name)
+    if match is None:
+        return None
+    try:
+        mac = normalize_mac(match.group(1))
+    except BadMac:  # the pattern admits only valid MACs; keep the seam total anyway
+        return None
+    answer = await answer_boot(ctx, mac, via="tftp", path=name, ip=client_ip)
+    text = scripts.pxelinux_config(ctx.config.server.bootfiles_dir, answer.plan, answer.token)
+    return text.encode()

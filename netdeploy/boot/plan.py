@@ -1,0 +1,167 @@
+"""The boot decision: one pure function of (node, state, cluster, server URLs) → :class:`BootPlan`.
+
+The rule (DESIGN, node state machine):
+
+========================================  ============================================
+state                                     next boot
+========================================  ============================================
+registered, pxe, imaging                  imaging agent (``nd.mode=image``)
+imaged, held, failed                      agent in wait mode (``nd.mode=wait``)
+released, starting, joined                local disk
+discovered, or a MAC not in the store     discovery agent (``nd.mode=discover``)
+========================================  ============================================
+
+An imaged or held machine is never sent to its local disk: until its cluster releases it, a reboot
+brings it back to the agent, which waits on the gate (a held machine that reboots stays held).
+A failed node is not re-imaged behind the admin's back either: its agent reports and waits until
+the admin retries it (docs/decisions/0002-boot-plan-and-tokens.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from netdeploy.inventory import NodeState, mac_hyphens
+
+# Where the agent's startup media live under the bootfiles root (built by `netdeploy media build`).
+KERNEL_PATH = "media/vmlinuz"
+INITRD_PATH = "media/initrd.gz"
+# The EFI program a UEFI HTTP-boot client is pointed at; it then runs /boot.ipxe.
+UEFI_LOADER_PATH = "ipxe.efi"
+
+
+class BootAction(StrEnum):
+    IMAGE = "image"  # agent writes the node's image to disk
+    WAIT = "wait"  # agent reports, then waits on the gate; never touches the disk
+    DISCOVER = "discover"  # agent reports hardware facts of an unknown machine; never images
+    LOCAL = "local"  # boot from the first local disk
+
+
+AGENT_ACTIONS = frozenset({BootAction.IMAGE, BootAction.WAIT, BootAction.DISCOVER})
+
+_BY_STATE: dict[NodeState, BootAction] = {
+    NodeState.REGISTERED: BootAction.IMAGE,
+    NodeState.PXE: BootAction.IMAGE,
+    NodeState.IMAGING: BootAction.IMAGE,
+    NodeState.IMAGED: BootAction.WAIT,
+    NodeState.HELD: BootAction.WAIT,
+    NodeState.FAILED: BootAction.WAIT,
+    NodeState.RELEASED: BootAction.LOCAL,
+    NodeState.STARTING: BootAction.LOCAL,
+    NodeState.JOINED: BootAction.LOCAL,
+    NodeState.DISCOVERED: BootAction.DISCOVER,
+}
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the decision needs to know about one MAC; ``state=None``: not in the store at all."""
+
+    mac: str
+    state: NodeState | None
+    hostname: str | None = None
+    cluster: str | None = None
+    gate: str | None = None  # the cluster's gate (waiting, formed, releasing, ...)
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class BootUrls:
+    """Where a booting machine finds us; always built from the configured public URL."""
+
+    server: str
+
+    @property
+    def kernel(self) -> str:
+        return f"{self.server}/bootfiles/{KERNEL_PATH}"
+
+    @property
+    def initrd(self) -> str:
+        return f"{self.server}/bootfiles/{INITRD_PATH}"
+
+    @property
+    def uefi_loader(self) -> str:
+        return f"{self.server}/bootfiles/{UEFI_LOADER_PATH}"
+
+    def node_script(self, mac: str) -> str:
+        return f"{self.server}/boot/{mac_hyphens(mac)}.ipxe"
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """One decision: what ``mac`` boots now and why (the why is shown to admins, per MAC)."""
+
+    mac: str
+    action: BootAction
+    why: str
+    state: NodeState | None
+    hostname: str | None
+    args: tuple[tuple[str, str], ...] = ()  # kernel arguments except the token, in order
+    kernel: str | None = None  # HTTP URL of the agent kernel (None for LOCAL)
+    initrd: str | None = None
+
+    @property
+    def boots_agent(self) -> bool:
+        """Agent plans carry a fresh token on the kernel command line."""
+        return self.action in AGENT_ACTIONS
+
+    def cmdline(self, token: str) -> str:
+        """The agent's kernel command line (docs/boot.md, "Kernel command line")."""
+        if not self.boots_agent:
+            raise ValueError(f"a {self.action} plan boots no kernel")
+        parts = [f"{key}={value}" if value else key for key, value in self.args]
+        parts.append(f"nd.token={token}")
+        return " ".join(parts)
+
+
+def _why(node: NodeFacts, action: BootAction) -> str:
+    state = node.state
+    who = f"cluster {node.cluster}" if node.cluster else "the admin"
+    if state is None:
+        return "MAC not in the inventory: recorded as discovered; discovery agent, never imaged"
+    if state == NodeState.DISCOVERED:
+        return "discovered, not in the config: discovery agent until the admin adds it"
+    if state == NodeState.FAILED:
+        return "failed: agent reports and waits for the admin to retry (never re-imaged alone)"
+    if _BY_STATE[state] == BootAction.IMAGE and node.image is None:
+        return f"{state}: no image configured; agent waits (add an image to the config)"
+    if action == BootAction.IMAGE:
+        return f"{state}: imaging agent writes image {node.image}"
+    if action == BootAction.WAIT:
+        gate = f" (gate {node.gate})" if node.gate else ""
+        return f"{state}: agent waits until {who} releases it{gate}; never the local disk"
+    return f"{state}: past release; boot from the local disk"
+
+
+def boot_plan(node: NodeFacts, urls: BootUrls) -> BootPlan:
+    """Decide what ``node`` boots now. Pure: the same facts always give the same plan."""
+    action = BootAction.DISCOVER if node.state is None else _BY_STATE[node.state]
+    if action == BootAction.IMAGE and node.image is None:
+        action = BootAction.WAIT  # nothing to write; never guess an image
+    why = _why(node, action)
+    if action == BootAction.LOCAL:
+        return BootPlan(node.mac, action, why, node.state, node.hostname)
+    args: list[tuple[str, str]] = [
+        ("initrd", "initrd.gz"),  # the EFI stub needs it to find iPXE's initrd; harmless on BIOS
+        ("console", "tty0"),
+        ("console", "ttyS0,115200n8"),  # the last console= is /dev/console: serial first
+        ("panic", "30"),
+        ("BOOTIF", f"01-{mac_hyphens(node.mac)}"),
+        ("nd.server", urls.server),
+        ("nd.mode", str(action)),
+    ]
+    if node.hostname:
+        args.append(("nd.hostname", node.hostname))
+    if action == BootAction.IMAGE and node.image:
+        args.append(("nd.image", node.image))
+    return BootPlan(
+        node.mac,
+        action,
+        why,
+        node.state,
+        node.hostname,
+        tuple(args),
+        urls.kernel,
+        urls.initrd,
+    )
