@@ -84,6 +84,24 @@ class MassStorageDriver(_Section):
 class HardwareProfile(_Section):
     description: str = ""
     mass_storage: list[MassStorageDriver] = []
+    # the disk the agent writes the image to; "auto": the first of vd*, sd*, nvme*n*
+    disk: Annotated[str, Field(pattern=r"^(auto|/dev/[A-Za-z0-9/_-]+)$")] = "auto"
+
+
+class InjectTarget(_Section):
+    """Where the agent puts one rendered answer file inside the freshly written image."""
+
+    file: str  # an answer file of the node, e.g. "sysprep.inf"
+    partition: Annotated[int, Field(ge=1, le=128)] = 1
+    fs: Literal["vfat", "ext4"] = "vfat"
+    path: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]+$")]  # inside that filesystem
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative path inside the filesystem, without '..'")
+        return value
 
 
 class ImageConfig(_Section):
@@ -111,6 +129,7 @@ class ClusterConfig(_Section):
     release: str = "sequential"
     answer_files: list[str] = ["sysprep.inf"]
     service_account: str | None = None
+    inject: list[InjectTarget] = []
     shared_disks: list[SharedDisk] = []
     timeouts: Timeouts = Timeouts()
     vars: dict[str, Any] = {}
@@ -132,6 +151,7 @@ class NodeConfig(_Section):
     hardware: str | None = None
     image: str | None = None  # standalone nodes; a cluster node uses its cluster's image
     answer_files: list[str] | None = None
+    inject: list[InjectTarget] | None = None
     vars: dict[str, Any] = {}
 
     @field_validator("mac")
@@ -181,6 +201,11 @@ class Config(_Section):
         if node.answer_files is not None:
             return node.answer_files
         return self.clusters[node.cluster].answer_files if node.cluster else []
+
+    def inject_for(self, node: NodeConfig) -> list[InjectTarget]:
+        if node.inject is not None:
+            return node.inject
+        return self.clusters[node.cluster].inject if node.cluster else []
 
     def image_path(self, name: str) -> Path:
         return self.server.images_dir / self.images[name].file
@@ -281,6 +306,15 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
                 ("nodes", i, "image"),
                 f"unknown image {node.image!r}; defined: {', '.join(sorted(cfg.images)) or 'none'}",
             )
+        if node.inject is not None and (node.cluster is None or node.cluster in cfg.clusters):
+            files = cfg.answer_files_for(node)
+            for j, target in enumerate(node.inject):
+                if target.file not in files:
+                    add(
+                        ("nodes", i, "inject", j, "file"),
+                        f"{target.file!r} is not an answer "
+                        f"file of this node; its answer_files: {', '.join(files) or 'none'}",
+                    )
         if node.cluster is None and node.image is None:
             add(("nodes", i), f"standalone node {node.hostname!r} needs an image (or a cluster)")
     for name, cluster in cfg.clusters.items():
@@ -308,6 +342,13 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
                 f"{cluster.first_node!r} is not a node of "
                 f"this cluster; members: {', '.join(n.hostname for n in members) or 'none'}",
             )
+        for j, target in enumerate(cluster.inject):
+            if target.file not in cluster.answer_files:
+                add(
+                    ("clusters", name, "inject", j, "file"),
+                    f"{target.file!r} is not one of "
+                    f"the cluster's answer_files: {', '.join(cluster.answer_files)}",
+                )
         letters = [d.letter.upper() for d in cluster.shared_disks]
         if len(set(letters)) != len(letters):
             add(("clusters", name, "shared_disks"), "a drive letter is assigned twice")

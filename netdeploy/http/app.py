@@ -7,14 +7,14 @@ import logging
 
 from aiohttp import web
 
-from netdeploy.http import api, boot_routes
+from netdeploy.http import agent_plan, api, boot_routes
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.http")
 
 # Modules with a ``setup(app)`` that adds their routes; each area of the product owns one.
-ROUTE_MODULES = [api, boot_routes]
+ROUTE_MODULES = [api, boot_routes, agent_plan]
 
 
 @web.middleware

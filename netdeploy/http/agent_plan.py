@@ -1,0 +1,115 @@
+"""``GET /api/nodes/{mac}/plan``: everything the imaging agent needs for this boot, in one answer.
+
+The boot script tells the agent *that* it images or waits (``nd.mode``); the plan tells it *what*:
+the image URL, its size and sha256 (the agent verifies the written disk against it), the target
+disk, and where each answer file goes inside the written image. ``?format=sh`` answers with shell
+assignments the busybox agent sources; values are single-quoted so nothing in them is executed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from aiohttp import web
+
+from netdeploy.boot.plan import BootAction, boot_plan
+from netdeploy.boot.service import facts_of, urls_of
+from netdeploy.http.boot_routes import request_token
+from netdeploy.http.common import ctx_of, json_error, mac_param
+from netdeploy.store.models import Cluster, Event, Image, Node
+from netdeploy.tokens import token_matches
+
+routes = web.RouteTableDef()
+
+
+def image_plan(ctx, node: Node, image: Image | None) -> tuple[dict[str, Any] | None, str]:  # type: ignore[no-untyped-def]
+    """The image part of the plan, or None and why the node cannot be imaged now."""
+    if node.image is None:
+        return None, "no image is configured for this node"
+    if image is None or image.status != "ok" or not image.sha256 or not image.size:
+        status = image.status if image else "unknown"
+        return None, (
+            f"image {node.image} is not ready to serve (status {status}); "
+            f"run `netdeploy image add {node.image} PATH`"
+        )
+    url = f"{ctx.public_url}/images/{image.name}?mac={node.mac}"
+    return {"name": image.name, "url": url, "sha256": image.sha256, "size": image.size}, ""
+
+
+@routes.get("/api/nodes/{mac}/plan")
+async def plan(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    mac = mac_param(request)
+    async with ctx.sessions() as session:
+        node = await session.get(Node, mac)
+        if node is None:
+            return json_error(404, f"no node with MAC {mac}; boot it first to be discovered")
+        if not token_matches(request_token(request), node.token):
+            async with session.begin():
+                session.add(
+                    Event(
+                        kind="auth",
+                        mac=mac,
+                        cluster=node.cluster,
+                        detail={
+                            "path": request.path,
+                            "ip": request.remote,
+                            "reason": "bad or missing token",
+                        },
+                    )
+                )
+            return json_error(
+                403,
+                "this plan needs the node's current token (Authorization: Bearer, from nd.token=)",
+            )
+        cluster = await session.get(Cluster, node.cluster) if node.cluster else None
+        image = await session.get(Image, node.image) if node.image else None
+    decision = boot_plan(facts_of(node, mac, cluster), urls_of(ctx))
+    body: dict[str, Any] = {
+        "mac": mac,
+        "hostname": node.hostname,
+        "state": node.state,
+        "mode": str(decision.action),
+        "why": decision.why,
+        "image": None,
+        "disk": "auto",
+        "inject": [],
+    }
+    node_cfg = ctx.config.node_by_mac(mac)
+    if node_cfg is not None:
+        if node_cfg.hardware:
+            body["disk"] = ctx.config.hardware[node_cfg.hardware].disk
+        body["inject"] = [t.model_dump() for t in ctx.config.inject_for(node_cfg)]
+    if decision.action == BootAction.IMAGE:
+        body["image"], problem = image_plan(ctx, node, image)
+        if problem:
+            body.update(mode="error", why=problem)
+    if request.query.get("format") == "sh":
+        return web.Response(
+            text=as_shell(body), content_type="text/plain", headers={"Cache-Control": "no-store"}
+        )
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def as_shell(body: dict[str, Any]) -> str:
+    image = body["image"] or {}
+    values = {
+        "ND_STATE": body["state"],
+        "ND_MODE": body["mode"],
+        "ND_WHY": body["why"],
+        "ND_HOSTNAME": body["hostname"] or "",
+        "ND_IMAGE": image.get("name", ""),
+        "ND_IMAGE_URL": image.get("url", ""),
+        "ND_IMAGE_SHA256": image.get("sha256", ""),
+        "ND_IMAGE_SIZE": str(image.get("size", "")),
+        "ND_DISK": body["disk"],
+        "ND_INJECT": " ".join(
+            f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
+        ),
+    }
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)
