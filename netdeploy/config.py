@@ -67,6 +67,13 @@ class HttpConfig(_Section):
     gate_poll_timeout: Seconds = 60.0
 
 
+class DashboardConfig(_Section):
+    """``[dashboard]``: who may look at ``GET /`` and the event stream without logging in."""
+
+    public_read: bool = False  # true: a wall screen shows the read-only view without the token
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # admin login lifetime
+
+
 class MassStorageDriver(_Section):
     """One ``[SysprepMassStorage]`` line: ``hardware_id = "inf", "dir", "desc", "tag"``."""
 
@@ -152,6 +159,7 @@ class Config(_Section):
     server: ServerConfig = ServerConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     images: dict[str, ImageConfig] = {}
     hardware: dict[str, HardwareProfile] = {}
     clusters: dict[str, ClusterConfig] = {}

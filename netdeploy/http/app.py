@@ -7,14 +7,14 @@ import logging
 
 from aiohttp import web
 
-from netdeploy.http import api
+from netdeploy.http import api, dashboard, events_routes
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.http")
 
 # Modules with a ``setup(app)`` that adds their routes; each area of the product owns one.
-ROUTE_MODULES = [api]
+ROUTE_MODULES = [api, dashboard, events_routes]
 
 
 @web.middleware
@@ -33,8 +33,19 @@ async def errors_as_json(request: web.Request, handler):  # type: ignore[no-unty
         return json_error(400, f"request body is not valid JSON: {exc}")
 
 
+@web.middleware
+async def store_metrics(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Before ``GET /metrics`` renders, read the node/cluster gauges from the store."""
+    if request.path == "/metrics":
+        from netdeploy import metrics
+
+        streams = request.app.get(events_routes.STREAMS, set())
+        await metrics.refresh(request.app[CTX].sessions, event_streams=len(streams))
+    return await handler(request)
+
+
 def build_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=1024**2)
+    app = web.Application(middlewares=[errors_as_json, store_metrics], client_max_size=1024**2)
     app[CTX] = ctx
     for module in ROUTE_MODULES:
         module.setup(app)
