@@ -86,6 +86,13 @@ ENV.filters.update(since=_since, size=_size)
 ENV.globals.update(static_version=_static_version(), gate_labels=GATE_LABELS)
 
 
+def script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no ``</script>`` or ``<!--`` can end it early
+    (HTML §4.12.1.3), whatever a node's name or message says."""
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def render(template: str, status: int = 200, **values: Any) -> web.Response:
     body = ENV.get_template(template).render(**values)
     response = web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
@@ -117,11 +124,15 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "dashboard.html",
         view=view,
         session=session,
-        # `</` cannot end the JSON's <script> element early (HTML §4.12.1.3)
-        page_data=json.dumps(page_data).replace("</", "<\\/"),
+        page_data=script_json(page_data),
     )
     response.enable_compression()
     return response
+
+
+def _see_dashboard() -> web.Response:
+    # 303: the browser follows with a GET, so a reload never re-posts the form (RFC 9110 §15.4.4)
+    return web.Response(status=303, headers={"Location": "/"})
 
 
 @routes.post("/login")
@@ -136,7 +147,7 @@ async def login(request: web.Request) -> web.Response:
             "(or [server] admin_token in the config).",
             public_read=ctx_of(request).config.dashboard.public_read,
         )
-    response = web.HTTPSeeOther("/")
+    response = _see_dashboard()
     auth.set_session_cookie(request, response)
     log.info("dashboard login from %s", request.remote)
     return response
@@ -148,7 +159,7 @@ async def logout(request: web.Request) -> web.Response:
     form = await request.post()
     if session is not None and not auth.check_csrf(request, session, str(form.get("csrf", ""))):
         return _answer(request, 403, "the form is stale (CSRF token mismatch); reload the page")
-    response = web.HTTPSeeOther("/")
+    response = _see_dashboard()
     auth.clear_session_cookie(response)
     return response
 
