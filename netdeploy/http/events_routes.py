@@ -50,11 +50,18 @@ def describe(ev: dict[str, Any]) -> str:
         text = f"{ev['from']} → {ev['to']}" if ev.get("from") else f"new → {ev['to']}"
         extra = reason or message
         return f"{text}: {extra}" if extra else text
-    head = message or reason
-    rest = ", ".join(
-        f"{k}={v}" for k, v in detail.items() if isinstance(v, str | int | float | bool)
+    parts = [message or reason]
+    progress, done, total = detail.pop("progress", None), detail.pop("bytes", None), None
+    if isinstance(progress, int | float):
+        parts.append(f"{progress:.0f}%")
+    if isinstance(done, int) and isinstance(total := detail.pop("total", None), int):
+        parts.append(f"{done / 1e9:.1f} of {total / 1e9:.1f} GB")
+    elif done is not None:
+        detail["bytes"] = done
+    parts.append(
+        ", ".join(f"{k}={v}" for k, v in detail.items() if isinstance(v, str | int | float | bool))
     )
-    return "; ".join(part for part in (head, rest) if part) or str(ev.get("kind"))
+    return "; ".join(part for part in parts if part) or str(ev.get("kind"))
 
 
 def with_text(ev: dict[str, Any]) -> dict[str, Any]:

@@ -189,7 +189,7 @@ async def test_event_log_filters_by_node_cluster_and_pages(tmp_path):
         status, body = await log("node=sql-n2")
         assert status == 200
         assert [e["kind"] for e in body["events"]] == ["progress", "state", "state"]
-        assert body["events"][0]["text"] == "writing disk; progress=50.0"
+        assert body["events"][0]["text"] == "writing disk; 50%"
         _, by_mac = await log("mac=52-54-00-00-10-02")
         assert by_mac["events"] == body["events"]
         _, cluster = await log("cluster=sqlclu&limit=1000")
