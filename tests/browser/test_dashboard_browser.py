@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import REPO
+from tests.conftest import REPO, start_server
 from tests.integration.dashboard_helpers import (
     SQL_N1,
     SQL_N2,
@@ -242,3 +242,31 @@ async def test_phone_layout_and_labels(browser, tmp_path):
         assert unlabeled == []
         await page.keyboard.press("Tab")  # the first stop is the skip link, then the login
         assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+
+
+async def test_netdeploy_serve_asks_for_the_token_then_shows_the_demo(browser, tmp_path):
+    """The real `netdeploy serve` process with the demo config (no public read)."""
+    server = await asyncio.to_thread(start_server, tmp_path / "state")
+    try:
+        token = (tmp_path / "state" / "admin-token").read_text().strip()
+        page = await (await browser.new_context(viewport=WALL)).new_page()
+        await page.goto(server.url + "/")
+        await expect(page.get_by_role("heading", name="sqlclu")).to_have_count(0)
+        await page.get_by_label("Admin token").fill("not-the-token")
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.get_by_role("alert")).to_contain_text("not the admin token")
+        await page.get_by_label("Admin token").fill(token)
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.locator("#live")).to_have_text("live")
+        await expect(page.get_by_role("heading", name="sqlclu")).to_be_visible()
+        for host in ("sql-n1", "sql-n2", "sql-n3", "web-1"):
+            await expect(page.locator(f"tr[data-label={host}]")).to_have_count(1)
+        await page.get_by_role("button", name="Log out").click()
+        await expect(page.get_by_label("Admin token")).to_be_visible()
+        status = await page.evaluate(
+            """async () => (await fetch('/actions/reset', {method: 'POST',
+                 body: new URLSearchParams({cluster: 'sqlclu'})})).status"""
+        )
+        assert status == 401  # logged out: the action is refused
+    finally:
+        await asyncio.to_thread(server.stop)
