@@ -34,7 +34,7 @@ KEEPALIVE_S = 15.0  # a comment line keeps proxies and NAT from closing an idle 
 WRITE_TIMEOUT_S = 10.0  # a client whose socket accepts nothing for this long is cut off
 RETRY_MS = 2000  # how long a browser waits before reconnecting (the SSE `retry:` field)
 REPLAY_MAX = 5000  # more missed events than this: tell the page to reload instead
-STREAMS = web.AppKey("event_streams", set)
+STREAMS: web.AppKey[set[Subscription]] = web.AppKey("event_streams")
 
 
 class LogFilterError(ValueError):

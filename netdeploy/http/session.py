@@ -105,5 +105,5 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
 
 def check_csrf(request: web.Request, session: Session, form_value: str | None) -> bool:
     """The form field or ``X-CSRF-Token`` header must carry this session's CSRF token."""
-    given = form_value or request.headers.get("X-CSRF-Token", "")
+    given = form_value or request.headers.get("X-CSRF-Token") or ""
     return hmac.compare_digest(given.encode(), session.csrf.encode())
