@@ -238,7 +238,8 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
 
 async def _end_streams(app: web.Application) -> None:
     """On shutdown end every stream at once, rather than waiting out the shutdown timeout."""
-    for sub in list(app[STREAMS]):
+    streams: set[Subscription] = app[STREAMS]
+    for sub in list(streams):
         sub.close()
         while not sub.queue.empty():
             sub.queue.get_nowait()
@@ -246,6 +247,6 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def setup(app: web.Application) -> None:
-    app[STREAMS] = set()
+    app[STREAMS] = set[Subscription]()
     app.on_shutdown.append(_end_streams)
     app.add_routes(routes)
