@@ -119,6 +119,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "gateLabels": GATE_LABELS,
         "nodeActions": NODE_ACTIONS,
         "logFilter": {"node": view.log_node, "cluster": view.log_cluster},
+        "progressHistory": view.progress_history,
     }
     response = render(
         "dashboard.html",

@@ -119,6 +119,10 @@ async def test_page_lists_the_demo_cluster_and_progress_moves_without_reload(bro
         assert await page.evaluate("window.sameDocument") is True
         assert page.errors == []  # type: ignore[attr-defined]
         await shot(page, "wall-imaging")
+        await page.reload()  # rendered afresh: bar, rate and ETA from the stored reports
+        await expect(bar).to_have_js_property("value", 40)
+        await expect(row(page, SQL_N1).locator(".rate")).to_contain_text("40% · ")
+        await expect(row(page, SQL_N1).locator(".rate")).to_contain_text(" MB/s · ETA ")
         print(f"progress event to progress bar in the browser: {latency * 1000:.0f} ms")
 
 

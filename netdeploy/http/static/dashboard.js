@@ -328,6 +328,15 @@
   for (const time of document.querySelectorAll("#log-rows time")) {
     time.textContent = localTime(time.dateTime);
   }
+  // the last reports before this page was rendered: rate and ETA show at once after a reload
+  for (const [mac, reports] of Object.entries(data.progressHistory || {})) {
+    const row = rowOf(mac);
+    for (const ev of row ? reports : []) {
+      const d = ev.detail;
+      const percent = typeof d.progress === "number" ? d.progress : (100 * d.bytes) / d.total;
+      if (Number.isFinite(percent)) showProgress(row, ev, percent, d);
+    }
+  }
   tick();
   setInterval(tick, 1000);
   live("off", "connecting…");
