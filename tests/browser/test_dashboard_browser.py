@@ -187,10 +187,12 @@ async def test_the_page_resumes_after_the_stream_drops(browser, tmp_path):
         app_streams.close()
         app_streams.queue.put_nowait(None)  # as the server does to a client that fell behind
         await expect(page.locator("#live")).to_have_text("reconnecting…")
-        await move(srv.ctx, SQL_N3, "failed", reason="disk not found")  # nobody listening now
+        # nobody listening now: the page must get this from the store when it reconnects
+        await move(srv.ctx, SQL_N3, "failed", reason="timeout", message="disk not found")
         await expect(row(page, SQL_N3).locator(".state")).to_have_text("failed")
         await expect(page.locator("#live")).to_have_text("live")
         await expect(row(page, SQL_N3).locator(".msg")).to_have_text("disk not found")
+        await expect(page.locator("#log-rows tr").first).to_contain_text("→ failed: timeout")
         assert STREAMS  # imported to document where the server keeps its streams
 
 
@@ -274,3 +276,23 @@ async def test_netdeploy_serve_asks_for_the_token_then_shows_the_demo(browser, t
         assert status == 401  # logged out: the action is refused
     finally:
         await asyncio.to_thread(server.stop)
+
+
+CONTRAST_JS = (Path(__file__).parent / "contrast.js").read_text()
+
+
+async def test_every_state_is_readable_text_with_aa_contrast(browser, tmp_path):
+    async with running_server(tmp_path) as srv:
+        await move(srv.ctx, SQL_N1, "joined", message="cluster service healthy")
+        await move(srv.ctx, SQL_N2, "failed", reason="image checksum mismatch")
+        await move(srv.ctx, SQL_N3, "imaging")
+        await report(srv.ctx, SQL_N3, progress=12.0)
+        page = await (await browser.new_context(viewport=WALL)).new_page()
+        await page.goto(srv.url + "/")
+        await login(page, srv.ctx.admin_token)
+        await move(srv.ctx, "52:54:00:00:20:01", "held")  # standalone: buttons appear live
+        await expect(page.get_by_role("button", name="Release web-1")).to_be_visible()
+        await page.get_by_role("button", name="Retry sql-n2").focus()
+        low = await page.evaluate(CONTRAST_JS)
+        assert low == [], f"text below WCAG AA contrast (4.5:1): {low}"
+        await shot(page, "admin-states")

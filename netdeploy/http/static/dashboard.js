@@ -177,8 +177,8 @@
       percent = (100 * detail.bytes) / detail.total;
     }
     if (percent !== null && row.dataset.state === "imaging") showProgress(row, ev, percent, detail);
-    const message = detail.message ?? (ev.kind === "state" ? detail.reason : undefined);
-    if (typeof message === "string") setText(row.querySelector("td.msg"), message);
+    // the node's own last word (the store's `message`); a transition's reason is in the log
+    if (typeof detail.message === "string") setText(row.querySelector("td.msg"), detail.message);
     row.classList.remove("flash");
     void row.offsetWidth; // restart the highlight animation
     row.classList.add("flash");
