@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from prometheus_client import Counter
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -19,6 +21,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from netdeploy.inventory import NodeState
 from netdeploy.store.models import Cluster, Image, Node
+
+HTTP_RESPONSES = Counter(
+    "netdeploy_http_responses",
+    "HTTP responses by route pattern (e.g. /boot/{mac}.ipxe) and status code",
+    ["route", "status"],
+)
 
 GATES = ("waiting", "formed", "releasing", "complete", "stopped")
 
@@ -102,3 +110,10 @@ async def refresh(sessions: async_sessionmaker, event_streams: int = 0) -> None:
         images=dict(images),
         event_streams=event_streams,
     )
+
+
+def count_response(request: Any, status: int) -> None:
+    """One HTTP response; the route label is the pattern, never the raw path (bounded labels)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    HTTP_RESPONSES.labels(route, str(status)).inc()

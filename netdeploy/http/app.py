@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from netdeploy import metrics
 from netdeploy.http import api, dashboard, events_routes
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
@@ -34,18 +35,25 @@ async def errors_as_json(request: web.Request, handler):  # type: ignore[no-unty
 
 
 @web.middleware
-async def store_metrics(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Before ``GET /metrics`` renders, read the node/cluster gauges from the store."""
+async def http_metrics(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Count every HTTP response by route and status; refresh the store gauges for /metrics."""
     if request.path == "/metrics":
-        from netdeploy import metrics
-
         streams = request.app.get(events_routes.STREAMS, set())
         await metrics.refresh(request.app[CTX].sessions, event_streams=len(streams))
-    return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.count_response(request, status)
 
 
 def build_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, store_metrics], client_max_size=1024**2)
+    app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
     app[CTX] = ctx
     for module in ROUTE_MODULES:
         module.setup(app)

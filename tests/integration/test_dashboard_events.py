@@ -215,9 +215,16 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
         async with srv.ctx.sessions() as session:
             (await session.get(Cluster, "sqlclu")).gate = "formed"
             await session.commit()
+        async with client.get(srv.url + "/api/nodes/52:54:00:99:99:99") as r:
+            assert r.status == 404
         async with client.get(srv.url + "/metrics") as r:
             text = await r.text()
     lines = set(text.splitlines())
+    # counters are process-wide (other tests add to them): the series must exist, counting up
+    assert any(
+        line.startswith('netdeploy_http_responses_total{route="/api/nodes/{mac}",status="404"}')
+        for line in lines
+    )
     for line in [
         'netdeploy_nodes{state="held"} 2.0',
         'netdeploy_nodes{state="registered"} 2.0',
