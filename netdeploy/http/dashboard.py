@@ -177,10 +177,15 @@ def _answer(request: web.Request, status: int, message: str) -> web.Response:
     return render("result.html", status=status, ok=status < 400, message=message)
 
 
-def _same_origin(request: web.Request) -> bool:
-    # Fetch and form POSTs from browsers carry Origin; a foreign one is refused outright.
+def _foreign_origin(request: web.Request) -> str | None:
+    """The ``Origin`` of a cross-site POST, or None when it is ours or absent (curl, scripts).
+
+    Browsers send Origin with every POST (Fetch standard); "null" (sandboxed frames, data:
+    URLs) is foreign too."""
     origin = request.headers.get("Origin")
-    return origin is None or origin == "null" or urlsplit(origin).netloc == request.host
+    if origin is None or (origin != "null" and urlsplit(origin).netloc == request.host):
+        return None
+    return origin
 
 
 @routes.post("/actions/{action}")
@@ -192,9 +197,14 @@ async def action(request: web.Request) -> web.Response:
     if session is None:
         return _answer(request, 401, "log in with the admin token first; nothing was changed")
     form = await request.post()
-    if not _same_origin(request) or not auth.check_csrf(
-        request, session, str(form.get("csrf", ""))
-    ):
+    if (origin := _foreign_origin(request)) is not None:
+        return _answer(
+            request,
+            403,
+            f"refused: the request came from {origin}, not from this dashboard ({request.host}); "
+            "behind a reverse proxy, pass the original Host header",
+        )
+    if not auth.check_csrf(request, session, str(form.get("csrf", ""))):
         return _answer(request, 403, "the form is stale (CSRF token mismatch); reload the page")
     actor = f"dashboard admin from {request.remote}"
     ctx = ctx_of(request)

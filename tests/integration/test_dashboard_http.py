@@ -103,6 +103,13 @@ async def test_actions_refuse_without_login_bad_csrf_and_unknown_targets(tmp_pat
             headers={**json, "Origin": "http://evil.example"},
         ) as r:
             assert r.status == 403
+            assert "came from http://evil.example" in (await r.json())["error"]
+        async with client.post(
+            srv.url + "/actions/release",
+            data={"mac": SQL_N2, "csrf": csrf},
+            headers={**json, "Origin": "null"},
+        ) as r:
+            assert r.status == 403
         async with client.post(
             srv.url + "/actions/release",
             data={"mac": "52:54:00:99:99:99", "csrf": csrf},
