@@ -296,3 +296,29 @@ async def test_every_state_is_readable_text_with_aa_contrast(browser, tmp_path):
         low = await page.evaluate(CONTRAST_JS)
         assert low == [], f"text below WCAG AA contrast (4.5:1): {low}"
         await shot(page, "admin-states")
+
+
+async def test_event_log_filters_live_and_without_javascript(browser, tmp_path):
+    async with running_server(tmp_path, public_read=True) as srv:
+        await move(srv.ctx, SQL_N2, "pxe")
+        page = await open_live(browser, srv.url)
+        await page.get_by_label("Node", exact=True).fill("sql-n2")
+        await page.get_by_role("button", name="Filter").click()
+        log_nodes = page.locator("#log-rows tr td:nth-child(2)")
+        await expect(log_nodes).to_have_text(["sql-n2", "sql-n2"])
+        await report(srv.ctx, SQL_N1, message="not for this filter")
+        await report(srv.ctx, SQL_N2, message="for this filter")
+        await expect(log_nodes).to_have_text(["sql-n2"] * 3)
+        await page.get_by_label("Node", exact=True).fill("nobody")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.get_by_role("alert")).to_have_text(
+            "no node with MAC or host name 'nobody'"
+        )
+
+        plain = await (await browser.new_context(java_script_enabled=False)).new_page()
+        await plain.goto(srv.url + "/")
+        await plain.get_by_label("Cluster", exact=True).select_option("sqlclu")
+        await plain.get_by_role("button", name="Filter").click()
+        assert "cluster=sqlclu" in plain.url
+        nodes = await plain.locator("#log-rows tr td:nth-child(2)").all_inner_texts()
+        assert nodes and "web-1" not in nodes and set(nodes) <= {"sql-n1", "sql-n2", "sql-n3"}
