@@ -46,11 +46,17 @@ def describe(ev: dict[str, Any]) -> str:
     detail = dict(ev.get("detail") or {})
     message = str(detail.pop("message", "") or "")
     reason = str(detail.pop("reason", "") or "")
-    if ev.get("kind") == "state" and ev.get("to"):
+    if ev.get("kind") in ("state", "gate") and ev.get("to"):
         text = f"{ev['from']} → {ev['to']}" if ev.get("from") else f"new → {ev['to']}"
+        text = f"gate {text}" if ev["kind"] == "gate" else text
         extra = reason or message
         return f"{text}: {extra}" if extra else text
-    parts = [message or reason]
+    error = str(detail.pop("error", "") or "")
+    if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
+        head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"
+        parts = [f"{head}: {reason}" if reason else head]
+    else:
+        parts = [f"refused: {error}" if error else message or reason]
     progress, done, total = detail.pop("progress", None), detail.pop("bytes", None), None
     if isinstance(progress, int | float):
         parts.append(f"{progress:.0f}%")
@@ -153,8 +159,11 @@ async def event_log(request: web.Request) -> web.Response:
 
 
 def sse_frame(ev: dict[str, Any]) -> bytes:
-    # one `data:` line: json.dumps never emits a raw newline, which would split the field
-    return f"id: {ev['id']}\ndata: {json.dumps(with_text(ev))}\n\n".encode()
+    # one `data:` line: json.dumps never emits a raw newline, which would split the field.
+    # Progress reports are announced without a row (no id): no `id:` line, so the browser's
+    # Last-Event-ID stays at the last recorded event (WHATWG HTML §9.2.6).
+    head = f"id: {ev['id']}\n" if ev.get("id") is not None else ""
+    return f"{head}data: {json.dumps(with_text(ev))}\n\n".encode()
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -225,7 +234,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
                 if sub.overflowed:
                     log.info("event stream to %s fell behind and was cut off", request.remote)
                 break
-            if item["id"] in replayed:
+            if item.get("id") is not None and item["id"] in replayed:
                 continue
             await _write(response, sse_frame(item))
     except (ConnectionError, TimeoutError):

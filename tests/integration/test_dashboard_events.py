@@ -72,6 +72,32 @@ async def test_a_change_reaches_a_listener_at_once(tmp_path):
         print(f"event reached the SSE client after {latency * 1000:.1f} ms")
 
 
+async def test_announced_only_progress_has_no_id_and_texts_read_well(tmp_path):
+    async with (
+        running_server(tmp_path, public_read=True) as srv,
+        ClientSession() as client,
+        client.get(srv.url + "/api/events") as resp,
+    ):
+        await read_frames(resp, 1)
+        # the rollout core announces progress without writing a row (no id)
+        srv.ctx.bus.publish(Event(kind="progress", mac=SQL_N1, detail={"progress": 42.5}))
+        gate = Event(id=9001, kind="gate", cluster="sqlclu", from_state="waiting")
+        gate.to_state, gate.detail = "formed", {"reason": "sql-n1 reported healthy"}
+        admin = Event(id=9002, kind="admin", mac=SQL_N2, detail={"action": "fail"})
+        admin.detail["actor"], admin.detail["reason"] = "admin", "bad disk"
+        refused = Event(id=9003, kind="rejected", mac=SQL_N3, detail={"error": "wrong state"})
+        for ev in (gate, admin, refused):
+            srv.ctx.bus.publish(ev)
+        frames = await read_frames(resp, 4)
+    assert "id" not in frames[0] and json.loads(frames[0]["data"])["text"] == "42%"
+    texts = [json.loads(f["data"])["text"] for f in frames[1:]]
+    assert texts == [
+        "gate waiting → formed: sql-n1 reported healthy",
+        "fail by admin: bad disk",
+        "refused: wrong state",
+    ]
+
+
 async def test_reconnect_with_last_event_id_replays_what_was_missed(tmp_path):
     async with running_server(tmp_path, public_read=True) as srv, ClientSession() as client:
         seen = await move(srv.ctx, SQL_N1, "pxe")

@@ -233,7 +233,8 @@
   }
 
   function prependLog(ev) {
-    if (!matchesFilter(ev)) return;
+    // progress reports without an id are announced, not recorded: the log shows the record
+    if (ev.id === null || ev.id === undefined || !matchesFilter(ev)) return;
     const body = byId("log-rows");
     body.prepend(logRow(ev));
     while (body.rows.length > MAX_LOG_ROWS) body.deleteRow(-1);
