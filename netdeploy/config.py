@@ -67,6 +67,16 @@ class HttpConfig(_Section):
     gate_poll_timeout: Seconds = 60.0
 
 
+class RolloutConfig(_Section):
+    """How the rollout core commits agent reports (see docs/decisions/0004)."""
+
+    # Batch concurrent reports into one transaction (one writer task). Off: one commit per
+    # report, the naive design, kept for the side-by-side benchmark.
+    group_commit: bool = True
+    max_batch: Annotated[int, Field(ge=1, le=10000)] = 1000
+    sweep_interval: Seconds = 5.0  # how often phase timeouts are checked
+
+
 class MassStorageDriver(_Section):
     """One ``[SysprepMassStorage]`` line: ``hardware_id = "inf", "dir", "desc", "tag"``."""
 
@@ -152,6 +162,7 @@ class Config(_Section):
     server: ServerConfig = ServerConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    rollout: RolloutConfig = RolloutConfig()
     images: dict[str, ImageConfig] = {}
     hardware: dict[str, HardwareProfile] = {}
     clusters: dict[str, ClusterConfig] = {}

@@ -164,6 +164,16 @@ class ServiceError(Exception):
 SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [start_http]
 
 
+async def start_rollout_sweeper(ctx: Context) -> Stopper:
+    """Phase timeouts and gate re-decisions after a restart (netdeploy.rollout)."""
+    from netdeploy.rollout.service import start_sweeper
+
+    return await start_sweeper(ctx)
+
+
+SERVICES.append(start_rollout_sweeper)
+
+
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
