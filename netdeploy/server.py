@@ -174,6 +174,16 @@ async def start_rollout_sweeper(ctx: Context) -> Stopper:
 SERVICES.append(start_rollout_sweeper)
 
 
+async def start_admin_url_file(ctx: Context) -> Stopper:
+    """Tell the admin CLI where this server listens (state_dir/admin-url)."""
+    from netdeploy.http.admin_cli import start_admin_url_file as start
+
+    return await start(ctx)
+
+
+SERVICES.append(start_admin_url_file)
+
+
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
