@@ -8,14 +8,14 @@ import logging
 from aiohttp import web
 
 from netdeploy import metrics
-from netdeploy.http import api, dashboard, events_routes
+from netdeploy.http import admin_routes, agent_routes, api, dashboard, events_routes
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.http")
 
 # Modules with a ``setup(app)`` that adds their routes; each area of the product owns one.
-ROUTE_MODULES = [api, dashboard, events_routes]
+ROUTE_MODULES = [api, agent_routes, admin_routes, dashboard, events_routes]
 
 
 @web.middleware

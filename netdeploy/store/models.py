@@ -11,7 +11,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -105,6 +115,8 @@ class Node(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     token: Mapped[str | None] = mapped_column(String(64))
     release_seq: Mapped[int | None] = mapped_column(Integer)
+    # failed, and the admin has not decided yet: stops the cluster's automatic releases
+    stops_rollout: Mapped[bool] = mapped_column(default=False, server_default=false())
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_ip: Mapped[str | None] = mapped_column(String(45))
 
