@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ import jinja2
 from aiohttp import web
 
 from netdeploy.http import session as auth
+from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
 from netdeploy.http.common import ctx_of
 from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import service as rollout
+from netdeploy.rollout.errors import RolloutError
 from netdeploy.store.models import Cluster, Node
 
 log = logging.getLogger("netdeploy.http.dashboard")
@@ -119,7 +122,6 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "gateLabels": GATE_LABELS,
         "nodeActions": NODE_ACTIONS,
         "logFilter": {"node": view.log_node, "cluster": view.log_cluster},
-        "progressHistory": view.progress_history,
     }
     response = render(
         "dashboard.html",
@@ -214,10 +216,11 @@ async def action(request: web.Request) -> web.Response:
             known = await db.get(Cluster, cluster) is not None
         if not known:
             return _answer(request, 404, f"no cluster named {cluster!r}; nothing was changed")
-        return await _call(request, name, cluster, rollout_call(name, ctx, cluster, actor, form))
-    raw_mac = str(form.get("mac", "")).strip()
+        return await _run(
+            request, rollout.reset_cluster(ctx, cluster, actor), f"cluster {cluster} reset"
+        )
     try:
-        mac = normalize_mac(raw_mac)
+        mac = normalize_mac(str(form.get("mac", "")))
     except BadMac as exc:
         return _answer(request, 400, f"{exc}; nothing was changed")
     async with ctx.sessions() as db:
@@ -225,40 +228,25 @@ async def action(request: web.Request) -> web.Response:
     if node is None:
         return _answer(request, 404, f"no node with MAC {mac}; nothing was changed")
     label = node.hostname or mac
-    return await _call(request, name, label, rollout_call(name, ctx, mac, actor, form))
-
-
-def rollout_call(name: str, ctx: Any, target: str, actor: str, form: Any) -> Any:
-    """The rollout service's admin function for ``name``, bound to its arguments."""
-    if name == "fail":
+    if name == "release":
+        change = rollout.release(ctx, mac, actor)
+    elif name == "retry":
+        change = rollout.retry(ctx, mac, actor)
+    else:
         reason = str(form.get("reason", "")).strip() or "marked failed from the dashboard"
-        return lambda fn: fn(ctx, target, actor, reason)
-    return lambda fn: fn(ctx, target, actor)
+        change = rollout.fail(ctx, mac, actor, reason)
+    return await _run(request, change, f"{name} {label}")
 
 
-ROLLOUT_FUNCTIONS = {
-    "release": "release",
-    "retry": "retry",
-    "fail": "fail",
-    "reset": "reset_cluster",
-}
-
-
-async def _call(request: web.Request, name: str, label: str, bound: Any) -> web.Response:
-    fn = getattr(rollout, ROLLOUT_FUNCTIONS[name], None)
-    if fn is None:
-        return _answer(
-            request,
-            501,
-            f"{name} is not available: netdeploy.rollout.service has no "
-            f"{ROLLOUT_FUNCTIONS[name]}() in this build; nothing was changed",
-        )
+async def _run(request: web.Request, change: Awaitable[Any], what: str) -> web.Response:
+    """Apply one rollout admin action; a refusal is shown as is (it changed nothing)."""
     try:
-        await bound(fn)
-    except (ValueError, LookupError) as exc:  # IllegalTransition and the service's own refusals
-        return _answer(request, 409, f"{name} {label} refused: {exc}")
-    log.info("dashboard: %s %s", name, label)
-    return _answer(request, 200, f"{name} {label}: done")
+        result = await change
+    except RolloutError as exc:
+        return _answer(request, ROLLOUT_STATUS.get(type(exc), 409), str(exc))
+    log.info("dashboard: %s by %s", what, request.remote)
+    state = getattr(result, "state", None)
+    return _answer(request, 200, f"{what}: done" + (f", now {state}" if state else ""))
 
 
 def setup(app: web.Application) -> None:

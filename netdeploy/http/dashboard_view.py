@@ -34,6 +34,7 @@ NODE_ACTIONS: dict[str, list[str]] = {
         NodeState.HELD,
         NodeState.RELEASED,
         NodeState.STARTING,
+        NodeState.FAILED,  # failed and stopping the rollout: "fail" = go on without it
     ],
 }
 
@@ -95,8 +96,6 @@ class DashboardView:
     log_cluster: str = ""
     log_error: str = ""
     all_nodes: list[NodeView] = field(default_factory=list)
-    # mac -> its last two progress reports, oldest first: the page shows rate and ETA at once
-    progress_history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -122,29 +121,6 @@ def _node_view(node: Node, clusters: dict[str, Cluster]) -> NodeView:
         message=node.message or "",
         last_ip=node.last_ip,
     )
-
-
-async def _progress_history(session: AsyncSession, macs: list[str]) -> dict[str, list[dict]]:
-    if not macs:
-        return {}
-    rows = (
-        await session.scalars(
-            select(Event)
-            .where(Event.mac.in_(macs), Event.kind != "state")
-            .order_by(Event.id.desc())
-            .limit(8 * len(macs))  # bounded: a few reports per imaging node is plenty
-        )
-    ).all()
-    history: dict[str, list[dict]] = {}
-    for ev in rows:
-        detail = ev.detail or {}
-        if not isinstance(detail.get("progress"), int | float) and "bytes" not in detail:
-            continue
-        reports = history.setdefault(ev.mac or "", [])
-        if len(reports) < 2:
-            keep = {k: detail[k] for k in ("progress", "bytes", "total") if k in detail}
-            reports.insert(0, {"at": ev.at.isoformat(), "detail": keep})
-    return history
 
 
 async def load_view(
@@ -178,9 +154,6 @@ async def load_view(
     except LogFilterError as exc:
         events, log_error = [], str(exc)
     return DashboardView(
-        progress_history=await _progress_history(
-            session, [v.mac for v in views if v.state == NodeState.IMAGING]
-        ),
         clusters=[
             ClusterView(
                 name=c.name,

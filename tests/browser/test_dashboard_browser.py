@@ -19,7 +19,10 @@ from tests.integration.dashboard_helpers import (
     SQL_N1,
     SQL_N2,
     SQL_N3,
+    agent_event,
+    agent_token,
     event_count,
+    form_cluster,
     move,
     report,
     running_server,
@@ -96,34 +99,53 @@ async def test_page_lists_the_demo_cluster_and_progress_moves_without_reload(bro
         await expect(row(page, SQL_N2).locator(".role")).to_have_text("member")
         await page.evaluate("window.sameDocument = true")  # gone if the page reloads
 
-        await move(srv.ctx, SQL_N1, "imaging", reason="agent started writing the disk")
+        # the imaging agent reports through the rollout API, with its node's boot token
+        await move(srv.ctx, SQL_N1, "pxe", reason="PXE-booted the imaging agent")
+        token = await agent_token(srv.ctx, SQL_N1)
         bar = row(page, SQL_N1).locator("progress")
+        await agent_event(
+            srv.url, SQL_N1, token, state="imaging", progress=0, message="partitioning"
+        )
+        await expect(bar).to_be_visible()
+        await expect(row(page, SQL_N1).locator(".msg")).to_have_text("partitioning")
         started = time.monotonic()
-        await report(srv.ctx, SQL_N1, progress=10.0, bytes=1_000_000_000, total=10_000_000_000)
+        await agent_event(srv.url, SQL_N1, token, state="imaging", progress=10)
         await expect(bar).to_have_js_property("value", 10)
         latency = time.monotonic() - started
         await asyncio.sleep(1.0)  # a second later, another report: now there is a rate
-        await report(
-            srv.ctx,
-            SQL_N1,
-            progress=40.0,
-            bytes=4_000_000_000,
-            total=10_000_000_000,
-            message="writing disk: 4.0 of 10.0 GB",
+        await agent_event(
+            srv.url, SQL_N1, token, state="imaging", progress=40, message="writing disk: 4 of 10 GB"
         )
         await expect(bar).to_have_js_property("value", 40)
-        await expect(row(page, SQL_N1).locator(".rate")).to_contain_text(" MB/s · ETA ")
-        await expect(row(page, SQL_N1).locator(".msg")).to_have_text("writing disk: 4.0 of 10.0 GB")
+        await expect(row(page, SQL_N1).locator(".rate")).to_contain_text("%/min · ETA ")
         await expect(row(page, SQL_N1).locator(".state")).to_have_text("imaging")
-        await expect(page.locator("#log-rows tr").first).to_contain_text("writing disk")
+        await expect(page.locator("#log-rows tr").first).to_contain_text("pxe → imaging")
         assert await page.evaluate("window.sameDocument") is True
         assert page.errors == []  # type: ignore[attr-defined]
         await shot(page, "wall-imaging")
-        await page.reload()  # rendered afresh: bar, rate and ETA from the stored reports
+        await page.reload()  # rendered afresh from the store; the tab kept its rates
         await expect(bar).to_have_js_property("value", 40)
         await expect(row(page, SQL_N1).locator(".rate")).to_contain_text("40% · ")
-        await expect(row(page, SQL_N1).locator(".rate")).to_contain_text(" MB/s · ETA ")
+        await expect(row(page, SQL_N1).locator(".rate")).to_contain_text("%/min · ETA ")
+        await expect(row(page, SQL_N1).locator(".msg")).to_have_text("writing disk: 4 of 10 GB")
         print(f"progress event to progress bar in the browser: {latency * 1000:.0f} ms")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollout: a progress report's message is stored (nodes.message) but the announced "
+    "progress event carries only {'progress': p} (rollout/actions.py agent_report), so the page "
+    "shows a new message only on the next state change or reload",
+)
+async def test_a_message_sent_with_progress_shows_live(browser, tmp_path):
+    async with running_server(tmp_path, public_read=True) as srv:
+        await move(srv.ctx, SQL_N1, "pxe")
+        token = await agent_token(srv.ctx, SQL_N1)
+        await agent_event(srv.url, SQL_N1, token, state="imaging", progress=0)
+        page = await open_live(browser, srv.url)
+        await agent_event(srv.url, SQL_N1, token, state="imaging", progress=5, message="5 of 10 GB")
+        await expect(row(page, SQL_N1).locator("progress")).to_have_js_property("value", 5)
+        await expect(row(page, SQL_N1).locator(".msg")).to_have_text("5 of 10 GB", timeout=2000)
 
 
 async def test_html_in_a_message_is_shown_as_text_live_and_rendered(browser, tmp_path):
@@ -140,19 +162,54 @@ async def test_html_in_a_message_is_shown_as_text_live_and_rendered(browser, tmp
 
 async def test_admin_releases_a_held_node_from_the_page(browser, tmp_path):
     async with running_server(tmp_path, public_read=True) as srv:
-        await move(srv.ctx, SQL_N2, "held", reason="waiting for the first node")
+        await move(srv.ctx, SQL_N2, "held", reason="held until the cluster is formed")
         page = await open_live(browser, srv.url)
         await expect(row(page, SQL_N2).get_by_role("button")).to_have_count(0)  # not logged in
         await login(page, srv.ctx.admin_token)
-        await row(page, SQL_N2).get_by_role("button", name="Release sql-n2").click()
-        await expect(page.locator("#notice")).to_contain_text("sql-n2")
+        release = row(page, SQL_N2).get_by_role("button", name="Release sql-n2")
+
+        # not formed yet: the rollout core refuses (two nodes on unprotected shared storage)
+        await release.click()
+        await expect(page.get_by_role("alert")).to_contain_text("cluster sqlclu is not formed")
+        assert await state_of(srv.ctx, SQL_N2) == "held"
+
+        await form_cluster(srv.ctx)
+        await expect(row(page, SQL_N1).locator(".state")).to_have_text("joined")
+        await release.click()
+        await expect(page.locator("#notice")).to_have_text("release sql-n2: done, now released")
         await expect(row(page, SQL_N2).locator(".state")).to_have_text("released")
-        await expect(page.locator("#log-rows tr").first).to_contain_text("held → released")
+        released = "held → released: released by dashboard admin from 127.0.0.1"
+        await expect(page.locator("#log-rows tr", has_text=released)).to_have_count(1)
+        # the gate moved on too, live: the gate event updates the cluster's badge
+        gate = page.locator("article[data-cluster=sqlclu] .gate")
+        await expect(gate).to_have_text("releasing")
+        await expect(page.locator("#log-rows tr").first).to_contain_text("gate formed → releasing")
         assert await state_of(srv.ctx, SQL_N2) == "released"
-        await expect(row(page, SQL_N2).get_by_role("button", name="Release sql-n2")).to_have_count(
-            0
-        )
+        await expect(release).to_have_count(0)  # a released node offers no release
         await shot(page, "admin-released")
+
+
+async def test_admin_fails_retries_and_resets_from_the_page(browser, tmp_path):
+    async with running_server(tmp_path, public_read=True) as srv:
+        await move(srv.ctx, SQL_N3, "imaging")
+        page = await open_live(browser, srv.url)
+        await login(page, srv.ctx.admin_token)
+        page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("bad disk")))
+        await row(page, SQL_N3).get_by_role("button", name="Fail sql-n3").click()
+        await expect(row(page, SQL_N3).locator(".state")).to_have_text("failed")
+        await expect(page.locator("#log-rows tr").first).to_contain_text("bad disk")
+        await row(page, SQL_N3).get_by_role("button", name="Retry sql-n3").click()
+        await expect(row(page, SQL_N3).locator(".state")).to_have_text("registered")
+
+        await move(srv.ctx, SQL_N2, "held")
+        page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.dismiss()))
+        await page.get_by_role("button", name="Reset cluster sqlclu").click()  # cancelled
+        await expect(row(page, SQL_N2).locator(".state")).to_have_text("held")
+        page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await page.get_by_role("button", name="Reset cluster sqlclu").click()
+        await expect(row(page, SQL_N2).locator(".state")).to_have_text("registered")
+        await expect(page.locator("#notice")).to_contain_text("cluster sqlclu reset: done")
+        assert await state_of(srv.ctx, SQL_N2) == "registered"
 
 
 async def test_actions_without_login_or_on_unknown_nodes_are_refused_visibly(browser, tmp_path):

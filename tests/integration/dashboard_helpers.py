@@ -22,7 +22,8 @@ from netdeploy.events import EventBus
 from netdeploy.http.app import build_app
 from netdeploy.rollout.service import set_state
 from netdeploy.server import Context, Ports, open_context
-from netdeploy.store.models import Cluster, Event, Node
+from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.tokens import issue_token
 from tests.conftest import DEMO_CONFIG, free_port
 
 SQL_N1, SQL_N2, SQL_N3, WEB_1 = (
@@ -132,3 +133,42 @@ async def seed_nodes(ctx: Context, count: int, cluster: str = "sqlclu") -> list[
             )
         await session.commit()
     return macs
+
+
+async def agent_token(ctx: Context, mac: str) -> str:
+    """Give a node a boot token as its PXE boot would; return the plain token for the agent."""
+    plain, digest = issue_token()
+    async with ctx.sessions() as session:
+        node = await session.get(Node, mac)
+        assert node is not None
+        node.token = digest
+        await session.commit()
+    return plain
+
+
+async def agent_event(url: str, mac: str, token: str, **body: Any) -> dict[str, Any]:
+    """``POST /api/nodes/{mac}/events`` exactly as the imaging agent sends it."""
+    async with (
+        ClientSession() as client,
+        client.post(
+            f"{url}/api/nodes/{mac}/events",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        answer = await response.json()
+        assert response.status == 200, answer
+        return answer
+
+
+async def form_cluster(ctx: Context, name: str = "sqlclu") -> None:
+    """The first node has joined and reported healthy: the cluster is formed."""
+    async with ctx.sessions() as session:
+        cluster = await session.get(Cluster, name)
+        assert cluster is not None
+        first = await session.scalar(select(Node).where(Node.hostname == cluster.first_node))
+        assert first is not None
+        event = set_state(session, first, "joined", reason="test: first node joined", force=True)
+        cluster.formed_at, cluster.gate = utcnow(), "formed"
+        await session.commit()
+    ctx.bus.publish(event)

@@ -76,8 +76,7 @@
 
   function showProgress(row, ev, percent, detail) {
     const bar = row.querySelector("progress");
-    const text = row.querySelector(".rate");
-    if (!bar || !text) return;
+    if (!bar) return;
     bar.hidden = false;
     bar.value = Math.max(0, Math.min(100, percent));
     // rate and ETA from successive reports, timed by the server's clock (ev.at), smoothed
@@ -93,13 +92,18 @@
       const now = (amount - prev.amount) / (t - prev.t);
       rate = rate === null ? now : 0.7 * rate + 0.3 * now;
     }
-    rates.set(mac, { t, amount, unit, rate });
+    const entry = { t, amount, total, unit, rate };
+    rates.set(mac, entry);
+    progressLine(row, percent, entry);
+  }
+
+  function progressLine(row, percent, { amount, total, unit, rate }) {
     let line = `${Math.round(percent)}%`;
     if (rate > 0) {
-      line += useBytes ? ` · ${(rate / 1e6).toFixed(1)} MB/s` : ` · ${(rate * 60).toFixed(1)} %/min`;
+      line += unit === "bytes" ? ` · ${(rate / 1e6).toFixed(1)} MB/s` : ` · ${(rate * 60).toFixed(1)} %/min`;
       line += ` · ETA ${duration((total - amount) / rate)}`;
     }
-    setText(text, line);
+    setText(row.querySelector(".rate"), line);
   }
 
   function hideProgress(row) {
@@ -169,6 +173,7 @@
       setText(badge, ev.to);
       row.querySelector("td.since").dataset.since = ev.at;
       if (ev.to !== "imaging") hideProgress(row);
+      else if (typeof detail.progress !== "number") showProgress(row, ev, 0, {}); // the bar, at 0
       renderActions(row, ev.to);
       recount();
     }
@@ -329,15 +334,23 @@
   for (const time of document.querySelectorAll("#log-rows time")) {
     time.textContent = localTime(time.dateTime);
   }
-  // the last reports before this page was rendered: rate and ETA show at once after a reload
-  for (const [mac, reports] of Object.entries(data.progressHistory || {})) {
-    const row = rowOf(mac);
-    for (const ev of row ? reports : []) {
-      const d = ev.detail;
-      const percent = typeof d.progress === "number" ? d.progress : (100 * d.bytes) / d.total;
-      if (Number.isFinite(percent)) showProgress(row, ev, percent, d);
+  // Progress reports are announced, not stored: keep the rates across a reload of this tab,
+  // so rate and ETA show at once instead of after the next two reports.
+  try {
+    const saved = JSON.parse(sessionStorage.getItem("nd-rates") || "{}");
+    for (const [mac, entry] of Object.entries(saved)) {
+      const row = rowOf(mac);
+      const bar = row && row.querySelector("progress");
+      if (!bar || bar.hidden || row.dataset.state !== "imaging") continue;
+      rates.set(mac, entry);
+      progressLine(row, bar.value, entry);
     }
+  } catch (err) {
+    sessionStorage.removeItem("nd-rates");
   }
+  addEventListener("pagehide", () => {
+    sessionStorage.setItem("nd-rates", JSON.stringify(Object.fromEntries(rates)));
+  });
   tick();
   setInterval(tick, 1000);
   live("off", "connecting…");
