@@ -37,6 +37,7 @@ class StoreSnapshot:
     gates: dict[str, str] = field(default_factory=dict)  # cluster -> gate
     images: dict[str, int] = field(default_factory=dict)  # status -> count
     event_streams: int = 0
+    gate_waits: int = 0
 
 
 class StoreCollector(Collector):
@@ -86,14 +87,21 @@ class StoreCollector(Collector):
             "Open Server-Sent Events streams (dashboards watching)",
             value=snap.event_streams,
         )
+        yield GaugeMetricFamily(
+            "netdeploy_gate_waiting_requests",
+            "Agents parked in the gate long-poll (GET /api/nodes/{mac}/gate) right now",
+            value=snap.gate_waits,
+        )
 
 
 COLLECTOR = StoreCollector()
 REGISTRY.register(COLLECTOR)
 
 
-async def refresh(sessions: async_sessionmaker, event_streams: int = 0) -> None:
-    """Read the store once and make the next scrape report it."""
+async def refresh(
+    sessions: async_sessionmaker, event_streams: int = 0, gate_waits: int = 0
+) -> None:
+    """Read the store once and make the next scrape report it (plus the live counts given)."""
     async with sessions() as session:
         rows = (
             await session.execute(
@@ -109,6 +117,7 @@ async def refresh(sessions: async_sessionmaker, event_streams: int = 0) -> None:
         gates=dict(gates),
         images=dict(images),
         event_streams=event_streams,
+        gate_waits=gate_waits,
     )
 
 

@@ -38,8 +38,11 @@ async def errors_as_json(request: web.Request, handler):  # type: ignore[no-unty
 async def http_metrics(request: web.Request, handler):  # type: ignore[no-untyped-def]
     """Count every HTTP response by route and status; refresh the store gauges for /metrics."""
     if request.path == "/metrics":
+        ctx = request.app[CTX]
         streams = request.app.get(events_routes.STREAMS, set())
-        await metrics.refresh(request.app[CTX].sessions, event_streams=len(streams))
+        rollout = ctx.services.get("rollout")  # the rollout engine, once anything used it
+        waits = len(rollout.waiters) if rollout is not None else 0
+        await metrics.refresh(ctx.sessions, event_streams=len(streams), gate_waits=waits)
     status = 500
     try:
         response = await handler(request)

@@ -18,6 +18,7 @@ from tests.integration.dashboard_helpers import (
     SQL_N2,
     SQL_N3,
     WEB_1,
+    agent_token,
     move,
     report,
     running_server,
@@ -243,6 +244,15 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
             await session.commit()
         async with client.get(srv.url + "/api/nodes/52:54:00:99:99:99") as r:
             assert r.status == 404
+        token = await agent_token(srv.ctx, SQL_N3)  # sql-n3 held: its agent waits at the gate
+        waiting = asyncio.create_task(
+            client.get(
+                srv.url + f"/api/nodes/{SQL_N3}/gate?timeout=30",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+        while not (engine := srv.ctx.services.get("rollout")) or not len(engine.waiters):
+            await asyncio.sleep(0.02)
         async with client.get(srv.url + "/metrics") as r:
             text = await r.text()
     lines = set(text.splitlines())
@@ -260,8 +270,10 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
         'netdeploy_cluster_gate{cluster="sqlclu",gate="waiting"} 0.0',
         'netdeploy_images{status="unhashed"} 2.0',
         "netdeploy_event_stream_clients 0.0",
+        "netdeploy_gate_waiting_requests 1.0",
     ]:
         assert line in lines, line
+    waiting.cancel()
 
 
 @pytest.mark.parametrize("path", ["/api/events", "/api/events/log"])
