@@ -21,6 +21,7 @@ import json
 import math
 from typing import Any
 
+import prometheus_client
 from aiohttp import web
 
 from netdeploy.http.common import ctx_of, json_error
@@ -38,6 +39,10 @@ from netdeploy.rollout.reports import parse_health, parse_report
 from netdeploy.rollout.service import engine_of
 
 routes = web.RouteTableDef()
+
+GATE_WAITERS = prometheus_client.Gauge(
+    "netdeploy_rollout_gate_waiters", "Agents parked on GET /api/nodes/{mac}/gate right now"
+)
 
 STATUS: dict[type[RolloutError], int] = {
     NotFound: 404,
@@ -137,6 +142,7 @@ async def get_gate(request: web.Request) -> web.Response:
     engine = engine_of(ctx_of(request))
     # register before reading: a release committed after the read still wakes us
     woken = engine.waiters.register(mac)
+    GATE_WAITERS.inc()
     try:
         view = await engine.run(actions.gate_check(mac, token, ip, timeout), [mac])
         if view["released"] or timeout == 0:
@@ -152,6 +158,7 @@ async def get_gate(request: web.Request) -> web.Response:
         return error_response(exc)
     finally:
         engine.waiters.discard(mac, woken)
+        GATE_WAITERS.dec()
 
 
 def setup(app: web.Application) -> None:

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
-from netdeploy.rollout.engine import Action, Batch, gate_view
+from netdeploy.rollout.engine import Action, Batch, LiveEvent, gate_view
 from netdeploy.rollout.errors import BadReport, Forbidden, NotFound, Refused
 from netdeploy.rollout.machine import (
     RELEASED_STATES,
@@ -24,6 +22,7 @@ from netdeploy.rollout.machine import (
     judge_report,
 )
 from netdeploy.rollout.reports import AgentReport, HealthReport
+from netdeploy.rollout.rows import NodeRow
 from netdeploy.store.models import Cluster, Event, Node
 from netdeploy.tokens import token_matches
 
@@ -34,7 +33,7 @@ from netdeploy.tokens import token_matches
 class NodeOutcome:
     """The node after the batch committed; ``changed`` is False for a harmless repeat."""
 
-    node: Node
+    node: NodeRow
     cluster: Cluster | None
     changed: bool
 
@@ -51,7 +50,7 @@ class NodeOutcome:
 
 def _refuse(
     batch: Batch,
-    node: Node | None,
+    node: NodeRow | None,
     mac: str | None,
     route: str,
     error: Exception,
@@ -80,13 +79,13 @@ def reject(mac: str | None, route: str, error: Exception, ip: str | None) -> Act
     return action
 
 
-def label(node: Node) -> str:
+def label(node: NodeRow) -> str:
     return f"{node.hostname} ({node.mac})" if node.hostname else node.mac
 
 
 async def _agent_node(
     batch: Batch, mac: str, token: str | None, route: str, ip: str | None
-) -> Node:
+) -> NodeRow:
     node = await batch.node(mac)
     if node is None:
         error = NotFound(f"no node with MAC {mac}; add it to the config as a [[nodes]] entry")
@@ -136,13 +135,13 @@ def agent_report(
             if report.state == S.IMAGING and report.progress is not None:
                 node.progress = report.progress
                 batch.transient.append(
-                    Event(
-                        kind="progress",
-                        at=batch.now,
-                        mac=node.mac,
-                        cluster=node.cluster,
-                        to_state=node.state,
-                        detail={"progress": report.progress},
+                    LiveEvent(
+                        "progress",
+                        node.mac,
+                        node.cluster,
+                        node.state,
+                        {"progress": report.progress},
+                        batch.now,
                     )
                 )
             return NodeOutcome(node, cluster, changed=False)
@@ -161,7 +160,7 @@ def agent_report(
     return action
 
 
-def _after_imaged(batch: Batch, node: Node, cluster: Cluster | None) -> None:
+def _after_imaged(batch: Batch, node: NodeRow, cluster: Cluster | None) -> None:
     first = cluster is not None and node.hostname == cluster.first_node
     if G.after_imaged(in_cluster=cluster is not None, is_first=first) == S.HELD:
         batch.move(node, S.HELD, reason="held until the cluster is formed and policy releases it")
@@ -247,9 +246,7 @@ def sweep(now: datetime) -> Action:
 
     async def action(batch: Batch) -> list[str]:
         failed = []
-        rows = await batch.session.scalars(select(Node).where(Node.state.in_(list(G.PHASE_OF))))
-        for node in rows:
-            batch.nodes.setdefault(node.mac, node)
+        for node in await batch.load(Node.state.in_(list(G.PHASE_OF))):
             cluster = batch.cluster_of(node)
             timeouts = (cluster.settings or {}).get("timeouts") if cluster else None
             phase = G.overdue(node.state, node.state_since, timeouts, now)

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.actions import NodeOutcome, label
 from netdeploy.rollout.engine import Action, Batch
 from netdeploy.rollout.errors import NotFound, Refused
 from netdeploy.rollout.machine import RELEASED_STATES
-from netdeploy.store.models import Cluster, Event, Node
+from netdeploy.rollout.rows import NodeRow
+from netdeploy.store.models import Cluster, Event
 
 
-async def _admin_node(batch: Batch, name: str) -> Node:
+async def _admin_node(batch: Batch, name: str) -> NodeRow:
     node = await batch.node_by_name(name)
     if node is None:
         raise NotFound(f"no node with MAC or host name {name!r}; `netdeploy nodes` lists them")
     return node
 
 
-def _admin_event(batch: Batch, node: Node, action: str, actor: str, **detail: Any) -> None:
+def _admin_event(batch: Batch, node: NodeRow, action: str, actor: str, **detail: Any) -> None:
     batch.record(
         Event(
             kind="admin",
@@ -46,12 +45,9 @@ def release(name: str, actor: str, *, force: bool = False) -> Action:
         if node.state not in (S.HELD, S.IMAGED):
             hint = " (`netdeploy retry` re-images a failed node)" if node.state == S.FAILED else ""
             raise Refused(f"{label(node)} is {node.state}; only a held node can be released{hint}")
+        members = await batch.members(cluster.name) if cluster is not None else []
         if cluster is not None and node.hostname != cluster.first_node and not force:
-            first = await batch.session.scalar(
-                select(Node).where(
-                    Node.cluster == cluster.name, Node.hostname == cluster.first_node
-                )
-            )
+            first = next((n for n in members if n.hostname == cluster.first_node), None)
             first_state = first.state if first else "missing"
             if cluster.formed_at is None or first_state not in (S.JOINED, S.STARTING, S.RELEASED):
                 raise Refused(
@@ -60,12 +56,7 @@ def release(name: str, actor: str, *, force: bool = False) -> Action:
                     "shared storage unprotected. Wait for the first node's health report, or "
                     "pass --force if you are sure"
                 )
-        seq = 0
-        if cluster is not None:
-            top = await batch.session.scalar(
-                select(func.max(Node.release_seq)).where(Node.cluster == cluster.name)
-            )
-            seq = (top or 0) + 1
+        seq = max((n.release_seq or 0 for n in members), default=-1) + 1
         node.release_seq = seq
         batch.move(
             node,
@@ -136,8 +127,7 @@ def reset_cluster(name: str, actor: str) -> Action:
         if cluster is None:
             known = ", ".join(sorted(batch.clusters)) or "none"
             raise NotFound(f"no cluster {name!r}; clusters: {known}")
-        for node in await batch.session.scalars(select(Node).where(Node.cluster == name)):
-            batch.nodes.setdefault(node.mac, node)
+        for node in await batch.members(name):
             node.stops_rollout = False
             node.release_seq = None
             node.message = ""

@@ -33,6 +33,7 @@ from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.errors import RolloutError, Unavailable
 from netdeploy.rollout.machine import RELEASED_STATES
+from netdeploy.rollout.rows import NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.service import set_state
 from netdeploy.rollout.waiters import Waiters
 from netdeploy.store.models import Cluster, Event, Node, utcnow
@@ -61,57 +62,84 @@ _GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED})
 
 
 @dataclass
+class LiveEvent:
+    """A bus-only event (imaging progress): same fields as an Event row, never stored.
+
+    Progress is not a state change, so it gets no row (1,000 nodes x 100 updates would swamp
+    the log); the dashboard still sees it live.
+    """
+
+    kind: str
+    mac: str
+    cluster: str | None
+    to_state: str
+    detail: dict[str, Any]
+    at: datetime
+    id: int | None = None
+    from_state: str | None = None
+
+
+@dataclass
 class Batch:
     """One transaction's worth of rollout changes and what to announce after commit."""
 
     session: AsyncSession
     now: datetime
     events: list[Event] = field(default_factory=list)
-    transient: list[Event] = field(default_factory=list)  # bus-only (progress), no row
-    woken: dict[str, Node] = field(default_factory=dict)
+    transient: list[LiveEvent] = field(default_factory=list)  # bus-only (progress), no row
+    woken: dict[str, NodeRow] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
-    nodes: dict[str, Node] = field(default_factory=dict)
+    nodes: dict[str, NodeRow] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
+
+    async def load(self, where: Any) -> list[NodeRow]:
+        """Nodes matching ``where``; a node this batch already holds is kept as it is now."""
+        rows = await load_rows(self.session, where)
+        return [self.nodes.setdefault(row.mac, row) for row in rows]
 
     async def prefetch(self, macs: Iterable[str]) -> None:
         """Load every node the batch will touch in one query instead of one per request."""
         wanted = [m for m in set(macs) if m not in self.nodes]
         for chunk in range(0, len(wanted), 500):
-            rows = await self.session.scalars(
-                select(Node).where(Node.mac.in_(wanted[chunk : chunk + 500]))
-            )
-            self.nodes.update((n.mac, n) for n in rows)
+            await self.load(Node.mac.in_(wanted[chunk : chunk + 500]))
         if not self.clusters:
             self.clusters = {c.name: c for c in await self.session.scalars(select(Cluster))}
 
-    async def node(self, mac: str) -> Node | None:
+    async def node(self, mac: str) -> NodeRow | None:
         if mac not in self.nodes:
-            node = await self.session.get(Node, mac)
-            if node is None:
-                return None
-            self.nodes[mac] = node
-        return self.nodes[mac]
+            await self.load(Node.mac == mac)
+        return self.nodes.get(mac)
 
-    async def node_by_name(self, name: str) -> Node | None:
+    async def node_by_name(self, name: str) -> NodeRow | None:
         """A node by canonical MAC or by host name (admins type either)."""
         node = await self.node(name)
         if node is None:
-            node = await self.session.scalar(select(Node).where(Node.hostname == name))
-            if node is not None:
-                self.nodes[node.mac] = node
+            found = await self.load(Node.hostname == name)
+            node = found[0] if found else None
         return node
 
-    def cluster_of(self, node: Node) -> Cluster | None:
+    async def members(self, cluster: str) -> list[NodeRow]:
+        return await self.load(Node.cluster == cluster)
+
+    def cluster_of(self, node: NodeRow) -> Cluster | None:
         return self.clusters.get(node.cluster) if node.cluster else None
 
+    def add(self, event: Event) -> None:
+        """Collect an event row (``set_state`` calls this as its session's ``add``)."""
+        self.events.append(event)
+
     def record(self, event: Event) -> Event:
-        self.session.add(event)
         self.events.append(event)
         return event
 
+    async def write(self) -> None:
+        """Send this batch's node changes and event rows to the store (not yet committed)."""
+        await write_rows(self.session, self.nodes.values())
+        await insert_events(self.session, self.events, self.now)
+
     def move(
         self,
-        node: Node,
+        node: NodeRow,
         to: S,
         *,
         reason: str,
@@ -119,8 +147,7 @@ class Batch:
         force: bool = False,
     ) -> Event:
         """``set_state`` plus what the batch must do after commit (wake, settle the gate)."""
-        event = set_state(self.session, node, to, reason=reason, detail=detail, force=force)
-        self.events.append(event)
+        event = set_state(self, node, to, reason=reason, detail=detail, force=force)
         self.woken[node.mac] = node
         if node.cluster and to in _GATE_INPUTS:
             self.dirty.add(node.cluster)
@@ -130,15 +157,12 @@ class Batch:
         """Decide the gate once per touched cluster: new gate state and nodes to release."""
         for name in sorted(self.dirty):
             cluster = self.clusters.get(name)
-            if cluster is None:
-                continue
-            members = list(await self.session.scalars(select(Node).where(Node.cluster == name)))
-            for node in members:
-                self.nodes.setdefault(node.mac, node)
-            await self.settle_cluster(cluster, members)
+            if cluster is not None:
+                await self.settle_cluster(cluster)
         self.dirty.clear()
 
-    async def settle_cluster(self, cluster: Cluster, members: list[Node]) -> None:
+    async def settle_cluster(self, cluster: Cluster) -> None:
+        rows = await self.members(cluster.name)
         view = G.ClusterView(
             name=cluster.name,
             first_node=cluster.first_node,
@@ -147,13 +171,14 @@ class Batch:
         )
         decision = G.decide(
             view,
-            [G.NodeView(n.mac, n.hostname or n.mac, S(n.state), n.stops_rollout) for n in members],
+            [G.NodeView(r.mac, r.hostname or r.mac, S(r.state), r.stops_rollout) for r in rows],
         )
-        by_mac = {n.mac: n for n in members}
-        seq = max((n.release_seq or 0 for n in members), default=0)
+        seq = max((r.release_seq or 0 for r in rows), default=0)
         for mac in decision.release:
             seq += 1
-            node = by_mac[mac]
+            node = self.nodes[mac]
+            if node.state != S.HELD:  # decide() only ever picks held nodes; never leak
+                raise RuntimeError(f"gate picked {mac} in state {node.state}; refusing")
             node.release_seq = seq
             self.move(
                 node,
@@ -181,7 +206,7 @@ class Batch:
         cluster.gate_detail = detail
 
 
-def gate_view(node: Node, cluster: Cluster | None) -> dict[str, Any]:
+def gate_view(node: Node | NodeRow, cluster: Cluster | None) -> dict[str, Any]:
     """What an agent's long-poll learns: may it boot its disk, and why (not)."""
     return {
         "mac": node.mac,
@@ -278,9 +303,10 @@ class RolloutEngine:
             views = {
                 mac: gate_view(node, batch.cluster_of(node)) for mac, node in batch.woken.items()
             }
+            await batch.write()
             await session.commit()
         # committed: now, and only now, tell the world
-        self.bus.publish(batch.events + batch.transient)
+        self.bus.publish(batch.events + batch.transient)  # type: ignore[operator]
         for mac, view in views.items():
             self.waiters.wake(mac, view)
         for job, result, error in outcomes:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,14 +25,19 @@ from netdeploy.store.models import Cluster, Event, Node, utcnow
 
 if TYPE_CHECKING:
     from netdeploy.rollout.engine import RolloutEngine
+    from netdeploy.rollout.rows import NodeRow
     from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.rollout")
 
 
+class EventSink(Protocol):
+    def add(self, instance: Any) -> None: ...
+
+
 def set_state(
-    session: AsyncSession,
-    node: Node,
+    session: AsyncSession | EventSink,
+    node: Node | NodeRow,
     to: NodeState | str,
     *,
     reason: str,
@@ -40,6 +45,9 @@ def set_state(
     force: bool = False,
 ) -> Event:
     """Move ``node`` to ``to`` inside the caller's transaction and add its event row.
+
+    ``session`` is the caller's session (or the rollout writer's batch, which collects event
+    rows the same way); ``node`` a :class:`Node` or the writer's ``NodeRow``.
 
     Raises :class:`~netdeploy.rollout.machine.IllegalTransition` unless the move is legal or
     ``force`` is set (admin actions). The caller commits, then publishes the returned event
@@ -85,7 +93,7 @@ def engine_of(ctx: Context) -> RolloutEngine:
     return engine
 
 
-async def release(ctx: Context, mac: str, actor: str, *, force: bool = False) -> Node:
+async def release(ctx: Context, mac: str, actor: str, *, force: bool = False) -> NodeRow:
     """Release a held node now (``mac`` may also be a host name).
 
     Refuses (``Refused``) a node that is not held, and, unless ``force``, any node but the
@@ -97,14 +105,14 @@ async def release(ctx: Context, mac: str, actor: str, *, force: bool = False) ->
     return outcome.node
 
 
-async def retry(ctx: Context, mac: str, actor: str) -> Node:
+async def retry(ctx: Context, mac: str, actor: str) -> NodeRow:
     """A failed node goes back to registered: it is re-imaged on its next PXE boot."""
     from netdeploy.rollout import admin
 
     return (await engine_of(ctx).run(admin.retry(mac, actor), [mac])).node
 
 
-async def fail(ctx: Context, mac: str, actor: str, reason: str) -> Node:
+async def fail(ctx: Context, mac: str, actor: str, reason: str) -> NodeRow:
     """Mark a node failed by decision of the admin; the rest of its cluster goes on."""
     from netdeploy.rollout import admin
 
