@@ -304,6 +304,11 @@ COMMANDS.append(
         _media_options,
     )
 )
+# rollout admin commands (clusters, release, retry, fail, reset) call the running server's
+# admin API; they live beside the routes they call
+from netdeploy.http import admin_cli  # noqa: E402
+
+COMMANDS.extend(admin_cli.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,6 +71,23 @@ class HttpConfig(_Section):
     gate_poll_timeout: Seconds = 60.0
 
 
+class DashboardConfig(_Section):
+    """``[dashboard]``: who may look at ``GET /`` and the event stream without logging in."""
+
+    public_read: bool = False  # true: a wall screen shows the read-only view without the token
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # admin login lifetime
+
+
+class RolloutConfig(_Section):
+    """How the rollout core commits agent reports (see docs/decisions/0004)."""
+
+    # Batch concurrent reports into one transaction (one writer task). Off: one commit per
+    # report, the naive design, kept for the side-by-side benchmark.
+    group_commit: bool = True
+    max_batch: Annotated[int, Field(ge=1, le=10000)] = 1000
+    sweep_interval: Seconds = 5.0  # how often phase timeouts are checked
+
+
 class MassStorageDriver(_Section):
     """One ``[SysprepMassStorage]`` line: ``hardware_id = "inf", "dir", "desc", "tag"``."""
 
@@ -176,6 +193,8 @@ class Config(_Section):
     server: ServerConfig = ServerConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    rollout: RolloutConfig = RolloutConfig()
     images: dict[str, ImageConfig] = {}
     hardware: dict[str, HardwareProfile] = {}
     clusters: dict[str, ClusterConfig] = {}

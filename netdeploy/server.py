@@ -171,6 +171,26 @@ async def start_tftp(ctx: Context) -> Stopper:
 SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [start_http, start_tftp]
 
 
+async def start_rollout_sweeper(ctx: Context) -> Stopper:
+    """Phase timeouts and gate re-decisions after a restart (netdeploy.rollout)."""
+    from netdeploy.rollout.service import start_sweeper
+
+    return await start_sweeper(ctx)
+
+
+SERVICES.append(start_rollout_sweeper)
+
+
+async def start_admin_url_file(ctx: Context) -> Stopper:
+    """Tell the admin CLI where this server listens (state_dir/admin-url)."""
+    from netdeploy.http.admin_cli import start_admin_url_file as start
+
+    return await start(ctx)
+
+
+SERVICES.append(start_admin_url_file)
+
+
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:

@@ -7,14 +7,23 @@ import logging
 
 from aiohttp import web
 
-from netdeploy.http import agent_plan, api, boot_routes
+from netdeploy import metrics
+from netdeploy.http import (
+    admin_routes,
+    agent_plan,
+    agent_routes,
+    api,
+    boot_routes,
+    dashboard,
+    events_routes,
+)
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.http")
 
 # Modules with a ``setup(app)`` that adds their routes; each area of the product owns one.
-ROUTE_MODULES = [api, boot_routes, agent_plan]
+ROUTE_MODULES = [api, boot_routes, agent_plan, agent_routes, admin_routes, dashboard, events_routes]
 
 
 @web.middleware
@@ -33,8 +42,29 @@ async def errors_as_json(request: web.Request, handler):  # type: ignore[no-unty
         return json_error(400, f"request body is not valid JSON: {exc}")
 
 
+@web.middleware
+async def http_metrics(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Count every HTTP response by route and status; refresh the store gauges for /metrics."""
+    if request.path == "/metrics":
+        ctx = request.app[CTX]
+        streams = request.app.get(events_routes.STREAMS, set())
+        rollout = ctx.services.get("rollout")  # the rollout engine, once anything used it
+        waits = len(rollout.waiters) if rollout is not None else 0
+        await metrics.refresh(ctx.sessions, event_streams=len(streams), gate_waits=waits)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.count_response(request, status)
+
+
 def build_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=1024**2)
+    app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
     app[CTX] = ctx
     for module in ROUTE_MODULES:
         module.setup(app)

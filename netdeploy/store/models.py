@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -115,6 +116,8 @@ class Node(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     token: Mapped[str | None] = mapped_column(String(64))
     release_seq: Mapped[int | None] = mapped_column(Integer)
+    # failed, and the admin has not decided yet: stops the cluster's automatic releases
+    stops_rollout: Mapped[bool] = mapped_column(default=False, server_default=false())
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_ip: Mapped[str | None] = mapped_column(String(45))
 

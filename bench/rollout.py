@@ -1,0 +1,246 @@
+"""Rollout core under load: 1,000 simulated nodes against a real `netdeploy serve` on SQLite.
+
+One asyncio client process drives every node through the whole state machine over HTTP:
+
+1. reports: each node sends imaging 0/25/50/75/100 % and imaged (6 reports each), all at once;
+   events/s sustained and p50/p99 latency;
+2. gate: every held node parks on ``GET /api/nodes/{mac}/gate``; the first node reports
+   healthy; time until *every* long-poll has returned released (policy ``waves:N``, N = all);
+3. join: every released node reports starting and joined.
+
+There is no external peer for this, so the run compares netdeploy's two designs side by side:
+``naive`` (one transaction and commit per report) and ``group`` (the single writer batching
+concurrent reports into one transaction; docs/decisions/0004). Bar: >= 2,000 events/s and the
+release of 1,000 held nodes in < 1 s.
+
+    ./dev bench rollout [--nodes 1000] [--modes naive,group]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration.rollout_support import (
+    Agent,
+    lab_config,
+    mac_of,
+    prepare_nodes,
+    start_server_process,
+)
+
+
+class Timed:
+    """Latency of every request of one phase."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+
+    async def __call__(self, coro):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        status, body = await coro
+        self.latencies.append(time.perf_counter() - started)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body}")
+        return body
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def warm_up(agents: list[Agent]) -> None:
+    """Open every agent's keep-alive connection first, 100 at a time: aiohttp listens with a
+    backlog of 128, and 1,000 simultaneous SYNs would measure TCP retransmits (1 s), not us."""
+    gate = asyncio.Semaphore(100)
+
+    async def one(agent: Agent) -> None:
+        async with gate:
+            status, body = await agent.gate(timeout=0)
+            if status != 200:
+                raise RuntimeError(f"warm-up gate check: {status} {body}")
+
+    await asyncio.gather(*(one(a) for a in agents))
+
+
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def waiters(http: aiohttp.ClientSession, url: str) -> int:
+    return int(await metric(http, url, "netdeploy_rollout_gate_waiters"))
+
+
+async def run_mode(mode: str, held: int, workdir: Path) -> dict[str, float]:
+    state = workdir / mode
+    config = lab_config(
+        state,
+        held + 1,
+        release=f"waves:{held}",
+        group_commit=mode == "group",
+        gate_poll_timeout=120,
+        sweep_interval=60,
+    )
+    print(f"[{mode}] preparing {held + 1} nodes in {state}", file=sys.stderr)
+    tokens = await prepare_nodes(config)
+    server = start_server_process(config, log=state / "serve.log")
+    result: dict[str, float] = {}
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            agents = [
+                Agent(http, server.url, mac_of(i), tokens[mac_of(i)]) for i in range(1, held + 2)
+            ]
+            first, followers = agents[0], agents[1:]
+
+            await warm_up(agents)
+
+            # 1. reports: everyone images at once
+            timed = Timed()
+            server_cpu, client_cpu = cpu_seconds(server.proc.pid), own_cpu_seconds()
+            writer = await metric(http, server.url, "netdeploy_rollout_batch_seconds_sum")
+            batches = await metric(http, server.url, "netdeploy_rollout_batch_actions_count")
+
+            async def image(agent: Agent) -> None:
+                for pct in (0, 25, 50, 75, 100):
+                    await timed(agent.event("imaging", progress=pct))
+                await timed(agent.event("imaged"))
+
+            print(f"[{mode}] phase 1: {6 * len(agents)} reports", file=sys.stderr)
+            started = time.perf_counter()
+            await asyncio.gather(*(image(a) for a in agents))
+            elapsed = time.perf_counter() - started
+            result["events_per_s"] = len(timed.latencies) / elapsed
+            result["p50_ms"], result["p99_ms"] = timed.pct(0.50), timed.pct(0.99)
+            n = len(timed.latencies)
+            result["server_cpu_us"] = (cpu_seconds(server.proc.pid) - server_cpu) / n * 1e6
+            result["client_cpu_us"] = (own_cpu_seconds() - client_cpu) / n * 1e6
+            writer = await metric(http, server.url, "netdeploy_rollout_batch_seconds_sum") - writer
+            result["writer_us"] = writer / n * 1e6
+            batches = (
+                await metric(http, server.url, "netdeploy_rollout_batch_actions_count") - batches
+            )
+            result["batch"] = n / batches if batches else 0
+
+            # 2. gate: every held node long-polls; the first node reports healthy
+            await timed(first.event("starting"))
+            polls = [asyncio.create_task(a.gate(timeout=120)) for a in followers]
+            for _ in range(600):
+                if await waiters(http, server.url) >= held:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("long-polls did not all park within 30 s")
+            print(f"[{mode}] phase 2: {held} long-polls parked; health", file=sys.stderr)
+            returned: list[float] = []
+
+            async def note(task: asyncio.Task) -> None:
+                status, view = await task
+                returned.append(time.perf_counter())
+                if status != 200 or not view["released"]:
+                    raise RuntimeError(f"long-poll returned {status} {view}")
+
+            watchers = [asyncio.create_task(note(p)) for p in polls]
+            health_sent = time.perf_counter()
+            status, body = await first.health()
+            health_done = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"health report refused: {status} {body}")
+            await asyncio.gather(*watchers)
+            result["health_ms"] = (health_done - health_sent) * 1000
+            result["release_all_ms"] = (max(returned) - health_sent) * 1000
+
+            # 3. join
+            joined = Timed()
+
+            async def join(agent: Agent) -> None:
+                await joined(agent.event("starting"))
+                await joined(agent.event("joined"))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(join(a) for a in followers))
+            result["join_events_per_s"] = len(joined.latencies) / (time.perf_counter() - started)
+            _, body = await first.gate(timeout=0)
+            if body["gate"] != "complete":
+                raise RuntimeError(f"cluster not complete at the end: {body}")
+    finally:
+        server.kill()
+    return result
+
+
+ROWS = [
+    ("events_per_s", "reports/s (imaging+imaged)", "{:,.0f}", True),
+    ("p50_ms", "report latency p50 (ms)", "{:.1f}", False),
+    ("p99_ms", "report latency p99 (ms)", "{:.1f}", False),
+    ("server_cpu_us", "server CPU per report (µs)", "{:.0f}", False),
+    ("writer_us", "writer time per report (µs)", "{:.0f}", False),
+    ("batch", "reports per transaction (mean)", "{:.0f}", True),
+    ("client_cpu_us", "client CPU per report (µs)", "{:.0f}", False),
+    ("health_ms", "health report answered (ms)", "{:.0f}", False),
+    ("release_all_ms", "health → all long-polls released (ms)", "{:.0f}", False),
+    ("join_events_per_s", "reports/s (starting+joined)", "{:,.0f}", True),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000, help="held nodes (plus a first node)")
+    parser.add_argument("--modes", default="naive,group", help="naive, group or both")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * args.nodes + 200  # client sockets + the server's (inherited by the subprocess)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="nd-bench-rollout-") as tmp:
+        for mode in modes:
+            results[mode] = asyncio.run(run_mode(mode, args.nodes, Path(tmp)))
+    width = max(len(r[1]) for r in ROWS)
+    print(f"\nrollout bench: {args.nodes} held nodes + 1 first node, SQLite, one client process")
+    print(f"{'':{width}}  " + "  ".join(f"{m:>10}" for m in modes) + "      ratio")
+    for key, label, fmt, higher_better in ROWS:
+        cells = "  ".join(f"{fmt.format(results[m][key]):>10}" for m in modes)
+        ratio = ""
+        if len(modes) == 2:
+            a, b = results[modes[0]][key], results[modes[1]][key]
+            ratio = f"{(b / a if higher_better else a / b):8.1f}x" if a and b else ""
+        print(f"{label:{width}}  {cells}  {ratio}")
+    if "group" in results:
+        g = results["group"]
+        ok = g["events_per_s"] >= 2000 and g["release_all_ms"] < 1000
+        print(
+            f"bar (>= 2,000 reports/s, release of all held nodes < 1,000 ms): "
+            f"{'met' if ok else 'NOT met'} by group commit"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

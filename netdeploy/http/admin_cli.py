@@ -1,0 +1,263 @@
+"""``netdeploy clusters | release | retry | fail | reset``: the admin API from a shell.
+
+These commands talk to the *running* server (its rollout writer makes every decision; the CLI
+never writes the store behind its back). They find it the way an admin would expect:
+
+- URL: ``--url``, else ``$NETDEPLOY_URL``, else the ``admin-url`` file the server writes into
+  its state dir at start, else ``http://127.0.0.1:<http_port or 8080/80>``.
+- token: ``--token``, else ``$NETDEPLOY_ADMIN_TOKEN``, else ``server.admin_token`` from the
+  config, else the ``admin-token`` file in the state dir (generated at first start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from netdeploy.cli import CommandError, add_config_options, config_from_args
+from netdeploy.config import Config
+
+URL_FILE = "admin-url"
+
+
+# ---------------------------------------------------------------- finding the server
+
+
+def loopback_url(bind: str, port: int) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(bind, bind)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def start_admin_url_file(ctx: Any) -> Any:
+    """Server side: write ``state_dir/admin-url`` so the CLI finds this server's port."""
+    path = ctx.config.server.state_dir / URL_FILE
+    path.write_text(loopback_url(ctx.config.server.bind, ctx.ports.http) + "\n")
+
+    async def stop() -> None:
+        path.unlink(missing_ok=True)
+
+    return stop
+
+
+def server_url(args: argparse.Namespace, cfg: Config) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    if os.environ.get("NETDEPLOY_URL"):
+        return os.environ["NETDEPLOY_URL"].rstrip("/")
+    path = cfg.server.state_dir / URL_FILE
+    if path.exists():
+        return path.read_text().strip().rstrip("/")
+    from netdeploy.server import choose_ports
+
+    return loopback_url(cfg.server.bind, choose_ports(cfg).http)
+
+
+def admin_token(args: argparse.Namespace, cfg: Config) -> str:
+    if args.token:
+        return str(args.token)
+    if os.environ.get("NETDEPLOY_ADMIN_TOKEN"):
+        return os.environ["NETDEPLOY_ADMIN_TOKEN"]
+    if cfg.server.admin_token:
+        return cfg.server.admin_token
+    path: Path = cfg.server.state_dir / "admin-token"
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise CommandError(
+            f"no admin token: cannot read {path} ({exc.strerror}); pass --token or set "
+            "NETDEPLOY_ADMIN_TOKEN"
+        ) from None
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> Any:
+    """One admin API call; any refusal becomes a one-line :class:`CommandError`."""
+    cfg = config_from_args(args)
+    url = server_url(args, cfg)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url + path,
+        data=data,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {admin_token(args, cfg)}",
+            "Content-Type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise CommandError(f"{message} (HTTP {exc.code} from {url})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CommandError(
+            f"cannot reach netdeploy at {url} ({reason}); is `netdeploy serve` running? pass --url"
+        ) from None
+
+
+def _actor() -> str:
+    try:
+        return f"{getpass.getuser()}@cli"
+    except (KeyError, OSError):
+        return "cli"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _print_node(node: dict[str, Any], verb: str) -> None:
+    print(f"{node['hostname'] or node['mac']} ({node['mac']}): {verb}, now {node['state']}")
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    node = call(
+        args,
+        "POST",
+        f"/api/admin/nodes/{args.node}/release",
+        {"force": args.force, "actor": _actor()},
+    )
+    _print_node(node, "released")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    node = call(args, "POST", f"/api/admin/nodes/{args.node}/retry", {"actor": _actor()})
+    _print_node(node, "will be re-imaged on its next PXE boot")
+    return 0
+
+
+def cmd_fail(args: argparse.Namespace) -> int:
+    body = {"actor": _actor(), "reason": args.reason}
+    node = call(args, "POST", f"/api/admin/nodes/{args.node}/fail", body)
+    _print_node(node, "given up")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise CommandError(
+            f"reset puts every node of {args.cluster} back to registered: each is re-imaged on "
+            "its next PXE boot. Add --yes to confirm"
+        )
+    cluster = call(args, "POST", f"/api/admin/clusters/{args.cluster}/reset", {"actor": _actor()})
+    print(f"cluster {cluster['name']}: rollout {cluster['rollout']}, gate {cluster['gate']}")
+    return 0
+
+
+def cmd_clusters(args: argparse.Namespace) -> int:
+    data = call(args, "GET", "/api/admin/clusters")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 120))
+    for cluster in data["clusters"]:
+        console.print(
+            f"[bold]{cluster['name']}[/bold]  gate [bold]{cluster['gate']}[/bold]  "
+            f"policy {cluster['release_policy']}  rollout {cluster['rollout']}  "
+            f"first node {cluster['first_node']}"
+        )
+        console.print(f"  {cluster['gate_detail']}", highlight=False)
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("", "hostname", "MAC", "state", "progress", "seq", "since", "message"):
+            table.add_column(column, no_wrap=column != "message")
+        for n in cluster["nodes"]:
+            mark = "*" if n["hostname"] == cluster["first_node"] else ""
+            if n["stops_rollout"]:
+                mark = "!"
+            table.add_row(
+                mark,
+                n["hostname"] or "",
+                n["mac"],
+                n["state"],
+                f"{n['progress']:.0f}%" if n["progress"] is not None else "",
+                "" if n["release_seq"] is None else str(n["release_seq"]),
+                (n["state_since"] or "")[:19],
+                n["message"],
+            )
+        console.print(table)
+        console.print()
+    if data["clusters"]:
+        console.print("* first node   ! failure stopping the rollout until you decide")
+    return 0
+
+
+# ---------------------------------------------------------------- options
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument("--url", help="the server's base URL (default: found from the state dir)")
+    parser.add_argument("--token", help="admin token (default: from config or the state dir)")
+    parser.add_argument("--timeout", type=float, default=30, help=argparse.SUPPRESS)
+
+
+def _with(*extra: tuple[tuple[str, ...], dict[str, Any]]) -> Any:
+    def add(parser: argparse.ArgumentParser) -> None:
+        _client_options(parser)
+        for names, options in extra:
+            parser.add_argument(*names, **options)
+
+    return add
+
+
+NODE = (("node",), {"metavar": "NODE", "help": "MAC address or host name"})
+
+COMMANDS = [
+    (
+        "clusters",
+        "show each cluster's gate and its nodes' rollout states (from the running server)",
+        cmd_clusters,
+        _with((("--json",), {"action": "store_true", "help": "print JSON"})),
+    ),
+    (
+        "release",
+        "release a held node now (manual policy, or after a failure stopped the rollout)",
+        cmd_release,
+        _with(
+            NODE,
+            (
+                ("--force",),
+                {
+                    "action": "store_true",
+                    "help": "release even though the cluster is not formed (unsafe)",
+                },
+            ),
+        ),
+    ),
+    (
+        "retry",
+        "re-image a failed node on its next PXE boot and resume the rollout",
+        cmd_retry,
+        _with(NODE),
+    ),
+    (
+        "fail",
+        "give a node up: mark it failed and let the rest of its cluster go on",
+        cmd_fail,
+        _with(NODE, (("--reason",), {"default": "given up by the admin", "help": "why"})),
+    ),
+    (
+        "reset",
+        "start a new rollout of a cluster: every node re-imaged on its next PXE boot",
+        cmd_reset,
+        _with(
+            (("cluster",), {"metavar": "CLUSTER"}),
+            (("--yes",), {"action": "store_true", "help": "confirm"}),
+        ),
+    ),
+]

@@ -1,0 +1,173 @@
+"""Admin API: the decisions only an admin makes. Needs ``Authorization: Bearer <admin token>``.
+
+| route | body (all optional) | answers |
+| --- | --- | --- |
+| ``GET /api/admin/clusters`` | | clusters, gate, every node's state |
+| ``POST /api/admin/nodes/{node}/release`` | ``{"force": bool, "actor": str}`` | the node |
+| ``POST /api/admin/nodes/{node}/retry`` | ``{"actor": str}`` | the node |
+| ``POST /api/admin/nodes/{node}/fail`` | ``{"reason": str, "actor": str}`` | the node |
+| ``POST /api/admin/clusters/{name}/reset`` | ``{"actor": str}`` | the cluster |
+
+``{node}`` is a MAC (any notation) or a host name. Refusals: 401 no token, 403 wrong token,
+400 bad body, 404 unknown node/cluster, 409 not allowed now; ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from netdeploy.http.agent_routes import bearer_token, error_response
+from netdeploy.http.api import node_json
+from netdeploy.http.common import ctx_of, json_error
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.rollout import actions
+from netdeploy.rollout import service as rollout
+from netdeploy.rollout.errors import BadReport, Forbidden, RolloutError
+from netdeploy.store.models import Cluster, Node
+
+routes = web.RouteTableDef()
+
+
+def admin_node_json(node: Node) -> dict[str, Any]:
+    return {
+        **node_json(node),
+        "release_seq": node.release_seq,
+        "stops_rollout": node.stops_rollout,
+    }
+
+
+def admin_cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
+    return {
+        "name": cluster.name,
+        "image": cluster.image,
+        "first_node": cluster.first_node,
+        "release_policy": cluster.release_policy,
+        "gate": cluster.gate,
+        "gate_detail": cluster.gate_detail,
+        "formed_at": cluster.formed_at.isoformat() if cluster.formed_at else None,
+        "rollout": cluster.rollout,
+        "nodes": [admin_node_json(n) for n in nodes],
+    }
+
+
+async def _authorized(request: web.Request) -> web.Response | None:
+    """None when the admin token matches; else the 401/403 answer (and an auth event)."""
+    ctx = ctx_of(request)
+    token = bearer_token(request)
+    if token and hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
+        return None
+    status = 401 if not token else 403
+    why = (
+        "admin token required: send Authorization: Bearer <token> (printed at first start, "
+        f"kept in {ctx.config.server.state_dir / 'admin-token'})"
+        if not token
+        else "wrong admin token"
+    )
+    try:
+        action = actions.reject(None, f"admin {request.path}", Forbidden(why), request.remote)
+        await rollout.engine_of(ctx).run(action)
+    except RolloutError:
+        pass  # recorded; the refusal is the expected outcome
+    response = json_error(status, why)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="netdeploy admin"'
+    return response
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise BadReport(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadReport("request body must be a JSON object")
+    return body
+
+
+def _actor(body: dict[str, Any]) -> str:
+    actor = body.get("actor", "api")
+    if not isinstance(actor, str) or not 0 < len(actor) <= 64:
+        raise BadReport("actor must be a short string naming who acts")
+    return f"admin:{actor}"
+
+
+def _node_name(request: web.Request) -> str:
+    raw = request.match_info["node"]
+    try:
+        return normalize_mac(raw)
+    except BadMac:
+        return raw  # a host name; the rollout core says 404 if there is none
+
+
+@routes.get("/api/admin/clusters")
+async def clusters(request: web.Request) -> web.Response:
+    if (refused := await _authorized(request)) is not None:
+        return refused
+    async with ctx_of(request).sessions() as session:
+        rows = (await session.scalars(select(Cluster).order_by(Cluster.name))).all()
+        nodes = (await session.scalars(select(Node).order_by(Node.hostname))).all()
+    standalone = [n for n in nodes if n.cluster is None]
+    return web.json_response(
+        {
+            "clusters": [
+                admin_cluster_json(c, [n for n in nodes if n.cluster == c.name]) for c in rows
+            ],
+            "standalone": [admin_node_json(n) for n in standalone],
+        }
+    )
+
+
+@routes.post("/api/admin/nodes/{node}/{action:release|retry|fail}")
+async def node_action(request: web.Request) -> web.Response:
+    if (refused := await _authorized(request)) is not None:
+        return refused
+    ctx, name, what = ctx_of(request), _node_name(request), request.match_info["action"]
+    try:
+        body = await _body(request)
+        actor = _actor(body)
+        if what == "release":
+            force = body.get("force", False)
+            if not isinstance(force, bool):
+                raise BadReport("force must be true or false")
+            node = await rollout.release(ctx, name, actor, force=force)
+        elif what == "retry":
+            node = await rollout.retry(ctx, name, actor)
+        else:
+            reason = body.get("reason", "given up by the admin")
+            if not isinstance(reason, str) or len(reason) > 500:
+                raise BadReport("reason must be a string of at most 500 characters")
+            node = await rollout.fail(ctx, name, actor, reason)
+    except RolloutError as exc:
+        return error_response(exc)
+    return web.json_response(admin_node_json(node))
+
+
+@routes.post("/api/admin/clusters/{name}/reset")
+async def reset(request: web.Request) -> web.Response:
+    if (refused := await _authorized(request)) is not None:
+        return refused
+    ctx = ctx_of(request)
+    try:
+        actor = _actor(await _body(request))
+        cluster = await rollout.reset_cluster(ctx, request.match_info["name"], actor)
+    except RolloutError as exc:
+        return error_response(exc)
+    async with ctx.sessions() as session:
+        nodes = (
+            await session.scalars(
+                select(Node).where(Node.cluster == cluster.name).order_by(Node.hostname)
+            )
+        ).all()
+    return web.json_response(admin_cluster_json(cluster, list(nodes)))
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)

@@ -1,0 +1,175 @@
+"""Agent API: the imaging agent and the started node report in and wait at the gate.
+
+Every call carries the node's boot token (``Authorization: Bearer <token>``, or ``?token=``
+for wget/iPXE). Handlers only parse and render; the rollout writer decides.
+
+| route | body | answers |
+| --- | --- | --- |
+| ``POST /api/nodes/{mac}/events`` | ``{"state", "progress"?, "message"?}`` | 200 node view |
+| ``GET /api/nodes/{mac}/gate?timeout=S`` | none | 200 when released, changed, or after S |
+| ``POST /api/nodes/{mac}/health`` | ``{"healthy", "message"?}`` | 200 node view |
+
+Refusals: 400 malformed body / MAC / timeout, 403 token, 404 unknown MAC, 409 wrong state,
+503 stopping. Each is ``{"error": "..."}`` and an event row; the node's state is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+
+from netdeploy.http.common import ctx_of, json_error
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.rollout import actions
+from netdeploy.rollout.errors import (
+    BadReport,
+    Forbidden,
+    NotFound,
+    Refused,
+    RolloutError,
+    Unavailable,
+)
+from netdeploy.rollout.reports import parse_health, parse_report
+from netdeploy.rollout.service import engine_of
+
+routes = web.RouteTableDef()
+
+GATE_WAITERS = prometheus_client.Gauge(
+    "netdeploy_rollout_gate_waiters", "Agents parked on GET /api/nodes/{mac}/gate right now"
+)
+
+STATUS: dict[type[RolloutError], int] = {
+    NotFound: 404,
+    Forbidden: 403,
+    BadReport: 400,
+    Refused: 409,
+    Unavailable: 503,
+}
+
+
+def error_response(exc: RolloutError) -> web.Response:
+    return json_error(STATUS.get(type(exc), 409), str(exc))
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None
+
+
+async def _mac_or_refuse(request: web.Request, route: str) -> str:
+    """The canonical MAC of the path; a bad one is refused, recorded, and answered 400."""
+    raw = request.match_info["mac"]
+    try:
+        return normalize_mac(raw)
+    except BadMac as exc:
+        error = BadReport(str(exc))
+        with contextlib.suppress(RolloutError):  # the refusal is the point: it is recorded
+            await engine_of(ctx_of(request)).run(actions.reject(None, route, error, request.remote))
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The body as JSON; a :class:`BadReport` (not an exception) when it is not."""
+    text = await request.text()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        return BadReport(f'request body is not valid JSON ({exc}); send e.g. {{"state": ...}}')
+
+
+@routes.post("/api/nodes/{mac}/events")
+async def post_event(request: web.Request) -> web.Response:
+    mac = await _mac_or_refuse(request, "events")
+    body = await _json_body(request)
+    try:
+        report = body if isinstance(body, BadReport) else parse_report(body)
+    except BadReport as exc:
+        report = exc
+    action = actions.agent_report(mac, bearer_token(request), report, request.remote)
+    try:
+        outcome = await engine_of(ctx_of(request)).run(action, [mac])
+    except RolloutError as exc:
+        return error_response(exc)
+    return web.json_response(outcome.json())
+
+
+@routes.post("/api/nodes/{mac}/health")
+async def post_health(request: web.Request) -> web.Response:
+    mac = await _mac_or_refuse(request, "health")
+    body = await _json_body(request)
+    try:
+        report = body if isinstance(body, BadReport) else parse_health(body)
+    except BadReport as exc:
+        report = exc
+    action = actions.health(mac, bearer_token(request), report, request.remote)
+    try:
+        outcome = await engine_of(ctx_of(request)).run(action, [mac])
+    except RolloutError as exc:
+        return error_response(exc)
+    return web.json_response(outcome.json())
+
+
+def _poll_timeout(request: web.Request) -> float | BadReport:
+    limit = ctx_of(request).config.http.gate_poll_timeout
+    raw = request.query.get("timeout")
+    if raw is None:
+        return limit
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= limit):
+        return BadReport(f"timeout must be seconds from 0 to {limit:g} (got {raw!r})")
+    return value
+
+
+@routes.get("/api/nodes/{mac}/gate")
+async def get_gate(request: web.Request) -> web.Response:
+    """Long-poll: answer the moment the node is released (or its state changes), else after
+    ``timeout`` seconds with its current state. The agent simply asks again."""
+    mac = await _mac_or_refuse(request, "gate")
+    timeout = _poll_timeout(request)
+    token, ip = bearer_token(request), request.remote
+    engine = engine_of(ctx_of(request))
+    # register before reading: a release committed after the read still wakes us
+    woken = engine.waiters.register(mac)
+    GATE_WAITERS.inc()
+    try:
+        view = await engine.run(actions.gate_check(mac, token, ip, timeout), [mac])
+        if view["released"] or timeout == 0:
+            return web.json_response(view)
+        try:
+            changed = await asyncio.wait_for(woken, timeout)
+        except TimeoutError:
+            return web.json_response(await engine.run(actions.gate_check(mac, token, ip), [mac]))
+        if changed is None:
+            raise Unavailable("the server is stopping; poll again in a few seconds")
+        return web.json_response(changed)
+    except RolloutError as exc:
+        return error_response(exc)
+    finally:
+        engine.waiters.discard(mac, woken)
+        GATE_WAITERS.dec()
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)
+
+    async def stop_rollout(app: web.Application) -> None:
+        # wake every long-poll now, or aiohttp would wait up to a minute for them on shutdown
+        from netdeploy.http.common import CTX
+
+        engine = app[CTX].services.get("rollout")
+        if engine is not None:
+            await engine.stop()
+
+    app.on_shutdown.append(stop_rollout)

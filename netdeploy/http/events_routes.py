@@ -1,0 +1,261 @@
+"""The event log over HTTP: a live Server-Sent Events stream and a filterable JSON query.
+
+``GET /api/events`` streams every committed event (``id:`` is the event row id). A client that
+reconnects sends ``Last-Event-ID`` (browsers do this by themselves, WHATWG HTML §9.2) and gets
+the events it missed replayed from the ``events`` table before the live ones, so a dropped
+connection loses nothing. A client that cannot keep up is cut off — by the bus when its queue
+overflows, or here when one write stalls — and never slows the server or other clients; it
+reconnects and resumes from the store.
+
+``GET /api/events/log`` pages through the record, newest first, by node, cluster and kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from netdeploy.events import Subscription, event_json
+from netdeploy.http.common import ctx_of
+from netdeploy.http.session import may_read
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.store.models import Cluster, Event, Node
+
+log = logging.getLogger("netdeploy.http.events")
+routes = web.RouteTableDef()
+
+KEEPALIVE_S = 15.0  # a comment line keeps proxies and NAT from closing an idle stream
+WRITE_TIMEOUT_S = 10.0  # a client whose socket accepts nothing for this long is cut off
+RETRY_MS = 2000  # how long a browser waits before reconnecting (the SSE `retry:` field)
+REPLAY_MAX = 5000  # more missed events than this: tell the page to reload instead
+STREAMS: web.AppKey[set[Subscription]] = web.AppKey("event_streams")
+
+
+class LogFilterError(ValueError):
+    """A filter names a node or cluster that does not exist; the message says which."""
+
+
+def describe(ev: dict[str, Any]) -> str:
+    """One line an admin reads in the event log (the page and the JSON API share it)."""
+    detail = dict(ev.get("detail") or {})
+    message = str(detail.pop("message", "") or "")
+    reason = str(detail.pop("reason", "") or "")
+    if ev.get("kind") in ("state", "gate") and ev.get("to"):
+        text = f"{ev['from']} → {ev['to']}" if ev.get("from") else f"new → {ev['to']}"
+        text = f"gate {text}" if ev["kind"] == "gate" else text
+        extra = reason or message
+        return f"{text}: {extra}" if extra else text
+    error = str(detail.pop("error", "") or "")
+    if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
+        head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"
+        parts = [f"{head}: {reason}" if reason else head]
+    else:
+        parts = [f"refused: {error}" if error else message or reason]
+    progress, done, total = detail.pop("progress", None), detail.pop("bytes", None), None
+    if isinstance(progress, int | float):
+        parts.append(f"{progress:.0f}%")
+    if isinstance(done, int) and isinstance(total := detail.pop("total", None), int):
+        parts.append(f"{done / 1e9:.1f} of {total / 1e9:.1f} GB")
+    elif done is not None:
+        detail["bytes"] = done
+    parts.append(
+        ", ".join(f"{k}={v}" for k, v in detail.items() if isinstance(v, str | int | float | bool))
+    )
+    return "; ".join(part for part in parts if part) or str(ev.get("kind"))
+
+
+def with_text(ev: dict[str, Any]) -> dict[str, Any]:
+    return {**ev, "text": describe(ev)}
+
+
+async def resolve_node(session: AsyncSession, text: str) -> str:
+    """A node filter accepts a MAC in any notation or a host name; returns the canonical MAC."""
+    try:
+        return normalize_mac(text)
+    except BadMac:
+        pass
+    mac = await session.scalar(select(Node.mac).where(Node.hostname == text.strip()))
+    if mac is None:
+        raise LogFilterError(f"no node with MAC or host name {text!r}")
+    return mac
+
+
+async def query_events(
+    session: AsyncSession,
+    *,
+    node: str | None = None,
+    cluster: str | None = None,
+    kind: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Events newest first, each with its ``text``; raises :class:`LogFilterError`."""
+    query = select(Event).order_by(Event.id.desc()).limit(limit)
+    if node:
+        query = query.where(Event.mac == await resolve_node(session, node))
+    if cluster:
+        if await session.get(Cluster, cluster) is None:
+            names = (await session.scalars(select(Cluster.name).order_by(Cluster.name))).all()
+            raise LogFilterError(
+                f"no cluster named {cluster!r}; clusters: {', '.join(names) or 'none'}"
+            )
+        # a cluster's log is its own events plus those of its nodes (a gate event has no MAC)
+        members = select(Node.mac).where(Node.cluster == cluster)
+        query = query.where(or_(Event.cluster == cluster, Event.mac.in_(members)))
+    if kind:
+        query = query.where(Event.kind == kind)
+    if before is not None:
+        query = query.where(Event.id < before)
+    return [with_text(event_json(ev)) for ev in (await session.scalars(query)).all()]
+
+
+def _int_param(request: web.Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(text=f"{name}={value} is out of range; use {low}..{high}")
+    return value
+
+
+def require_read(request: web.Request) -> None:
+    if not may_read(request):
+        raise web.HTTPUnauthorized(
+            text="log in on the dashboard (GET /) or send 'Authorization: Bearer <admin token>'; "
+            "set [dashboard] public_read = true to allow read-only access without login"
+        )
+
+
+@routes.get("/api/events/log")
+async def event_log(request: web.Request) -> web.Response:
+    require_read(request)
+    limit = _int_param(request, "limit", 1, 1000) or 100
+    before = _int_param(request, "before", 1, 2**62)
+    node = request.query.get("node") or request.query.get("mac") or None
+    try:
+        async with ctx_of(request).sessions() as session:
+            events = await query_events(
+                session,
+                node=node,
+                cluster=request.query.get("cluster") or None,
+                kind=request.query.get("kind") or None,
+                before=before,
+                limit=limit,
+            )
+    except LogFilterError as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
+    more = len(events) == limit
+    return web.json_response({"events": events, "next_before": events[-1]["id"] if more else None})
+
+
+def sse_frame(ev: dict[str, Any]) -> bytes:
+    # one `data:` line: json.dumps never emits a raw newline, which would split the field.
+    # Progress reports are announced without a row (no id): no `id:` line, so the browser's
+    # Last-Event-ID stays at the last recorded event (WHATWG HTML §9.2.6).
+    head = f"id: {ev['id']}\n" if ev.get("id") is not None else ""
+    return f"{head}data: {json.dumps(with_text(ev))}\n\n".encode()
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
+    if not raw.strip():
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=f"Last-Event-ID {raw!r} is not an event id; reconnect without it"
+        ) from None
+    if value < 0:
+        raise web.HTTPBadRequest(text=f"Last-Event-ID {value} is negative")
+    return value
+
+
+async def _missed(request: web.Request, after: int) -> tuple[list[dict[str, Any]], bool]:
+    """Events after ``after`` from the store, oldest first; False when there are too many."""
+    async with ctx_of(request).sessions() as session:
+        rows = (
+            await session.scalars(
+                select(Event).where(Event.id > after).order_by(Event.id).limit(REPLAY_MAX + 1)
+            )
+        ).all()
+    return [event_json(ev) for ev in rows[:REPLAY_MAX]], len(rows) <= REPLAY_MAX
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    await asyncio.wait_for(response.write(data), WRITE_TIMEOUT_S)
+
+
+@routes.get("/api/events")
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    require_read(request)
+    last_id = _last_event_id(request)
+    ctx = ctx_of(request)
+    # subscribe before reading the store, so nothing committed in between is missed
+    sub: Subscription = ctx.bus.subscribe()
+    streams: set[Subscription] = request.app[STREAMS]
+    streams.add(sub)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
+        }
+    )
+    try:
+        await response.prepare(request)
+        await _write(response, f"retry: {RETRY_MS}\n: connected\n\n".encode())
+        replayed: set[int] = set()
+        if last_id is not None:
+            missed, complete = await _missed(request, last_id)
+            if not complete:  # too far behind to replay: the page re-renders from the store
+                await _write(response, b"event: reload\ndata: {}\n\n")
+                return response
+            for ev in missed:
+                await _write(response, sse_frame(ev))
+                replayed.add(ev["id"])
+        while True:
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                await _write(response, b": keep-alive\n\n")
+                continue
+            if item is None:  # cut off (slow) or server stopping: the client resumes by id
+                if sub.overflowed:
+                    log.info("event stream to %s fell behind and was cut off", request.remote)
+                break
+            if item.get("id") is not None and item["id"] in replayed:
+                continue
+            await _write(response, sse_frame(item))
+    except (ConnectionError, TimeoutError):
+        log.info("event stream to %s closed (client gone or not reading)", request.remote)
+    finally:
+        streams.discard(sub)
+        sub.close()
+    return response
+
+
+async def _end_streams(app: web.Application) -> None:
+    """On shutdown end every stream at once, rather than waiting out the shutdown timeout."""
+    streams: set[Subscription] = app[STREAMS]
+    for sub in list(streams):
+        sub.close()
+        while not sub.queue.empty():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(None)
+
+
+def setup(app: web.Application) -> None:
+    app[STREAMS] = set[Subscription]()
+    app.on_shutdown.append(_end_streams)
+    app.add_routes(routes)

@@ -1,0 +1,358 @@
+// netdeploy dashboard: live updates over Server-Sent Events, and admin actions in place.
+// Plain JavaScript, no build step. The page works without it (forms post, links filter);
+// this script only keeps it current. Text from the network is only ever set as textContent,
+// never parsed as HTML.
+"use strict";
+(() => {
+  const data = JSON.parse(document.getElementById("nd-data").textContent);
+  const byId = (id) => document.getElementById(id);
+  const rowOf = (mac) => byId("n-" + mac.replaceAll(":", ""));
+  const rates = new Map(); // mac -> {t, amount, unit, rate}: successive progress reports
+  const MAX_LOG_ROWS = 300;
+  let lastId = data.lastEventId;
+  let logFilter = data.logFilter;
+
+  const el = (tag, text, cls) => {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (cls) node.className = cls;
+    return node;
+  };
+  const setText = (node, text) => {
+    if (node && node.textContent !== text) node.textContent = text;
+  };
+  const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
+
+  function duration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    const pad = (n) => String(n).padStart(2, "0");
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${pad(s % 60)}s`;
+    if (s < 86400) return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
+    return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+  }
+
+  function localTime(iso) {
+    const when = new Date(iso);
+    return isNaN(when) ? "" : when.toLocaleTimeString([], { hour12: false });
+  }
+
+  // ---------------------------------------------------------------- time in state
+  function tick() {
+    const now = Date.now();
+    for (const cell of document.querySelectorAll("td.since[data-since]")) {
+      const since = Date.parse(cell.dataset.since);
+      if (!isNaN(since)) setText(cell, duration((now - since) / 1000));
+    }
+  }
+
+  // ---------------------------------------------------------------- live status
+  function live(cls, text) {
+    const badge = byId("live");
+    badge.className = "live " + cls;
+    setText(badge, text);
+  }
+
+  // ---------------------------------------------------------------- node rows
+  function renderActions(row, state) {
+    const cell = row.querySelector("td.act");
+    if (!cell || !data.admin) return;
+    const label = row.dataset.label;
+    const wanted = Object.keys(data.nodeActions).filter((a) => data.nodeActions[a].includes(state));
+    const have = [...cell.querySelectorAll("button")].map((b) => b.dataset.action);
+    if (wanted.join() === have.join()) return;
+    cell.replaceChildren(
+      ...wanted.map((action) => {
+        const button = el("button", cap(action));
+        Object.assign(button, { type: "submit", name: "mac", value: row.dataset.mac });
+        button.setAttribute("form", "act");
+        button.setAttribute("formaction", "/actions/" + action);
+        button.setAttribute("aria-label", `${cap(action)} ${label}`);
+        Object.assign(button.dataset, { action, label });
+        return button;
+      }),
+    );
+  }
+
+  function showProgress(row, ev, percent, detail) {
+    const bar = row.querySelector("progress");
+    if (!bar) return;
+    bar.hidden = false;
+    bar.value = Math.max(0, Math.min(100, percent));
+    // rate and ETA from successive reports, timed by the server's clock (ev.at), smoothed
+    const mac = row.dataset.mac;
+    const useBytes = typeof detail.bytes === "number" && typeof detail.total === "number";
+    const unit = useBytes ? "bytes" : "percent";
+    const amount = useBytes ? detail.bytes : percent;
+    const total = useBytes ? detail.total : 100;
+    const t = Date.parse(ev.at) / 1000;
+    const prev = rates.get(mac);
+    let rate = prev && prev.unit === unit ? prev.rate : null;
+    if (prev && prev.unit === unit && t > prev.t && amount >= prev.amount) {
+      const now = (amount - prev.amount) / (t - prev.t);
+      rate = rate === null ? now : 0.7 * rate + 0.3 * now;
+    }
+    const entry = { t, amount, total, unit, rate };
+    rates.set(mac, entry);
+    progressLine(row, percent, entry);
+  }
+
+  function progressLine(row, percent, { amount, total, unit, rate }) {
+    let line = `${Math.round(percent)}%`;
+    if (rate > 0) {
+      line += unit === "bytes" ? ` · ${(rate / 1e6).toFixed(1)} MB/s` : ` · ${(rate * 60).toFixed(1)} %/min`;
+      line += ` · ETA ${duration((total - amount) / rate)}`;
+    }
+    setText(row.querySelector(".rate"), line);
+  }
+
+  function hideProgress(row) {
+    const bar = row.querySelector("progress");
+    if (bar) bar.hidden = true;
+    setText(row.querySelector(".rate"), "—");
+    rates.delete(row.dataset.mac);
+  }
+
+  function addDiscovered(ev) {
+    const body = document.querySelector("#discovered tbody");
+    const row = el("tr");
+    row.id = "n-" + ev.mac.replaceAll(":", "");
+    Object.assign(row.dataset, { mac: ev.mac, state: ev.to || "discovered", label: ev.mac });
+    const head = el("th");
+    head.scope = "row";
+    head.append(el("span", "—", "host"), " ", el("span", ev.mac, "mac"));
+    const cells = [
+      ["Role", "unknown", "role"],
+      ["State", "", ""],
+      ["Progress", "", "prog"],
+      ["In state", "", "since"],
+      ["Last message", "", "msg"],
+    ].map(([h, text, cls]) => {
+      const cell = el("td", text, cls);
+      cell.dataset.h = h;
+      return cell;
+    });
+    cells[1].append(el("span", ev.to || "discovered", "state s-" + (ev.to || "discovered")));
+    const bar = el("progress");
+    Object.assign(bar, { max: 100, value: 0, hidden: true });
+    bar.setAttribute("aria-label", `${ev.mac} imaging progress`);
+    cells[2].append(bar, el("span", "—", "rate"));
+    cells[3].dataset.since = ev.at;
+    row.append(head, ...cells);
+    body.append(row);
+    document.querySelector("#discovered .empty").hidden = true;
+    return row;
+  }
+
+  function recount() {
+    const counts = new Map();
+    for (const row of document.querySelectorAll("table.nodes tr[data-state]")) {
+      counts.set(row.dataset.state, (counts.get(row.dataset.state) || 0) + 1);
+    }
+    const list = byId("counts");
+    list.replaceChildren(
+      ...[...counts].map(([state, n]) => {
+        const item = el("li");
+        item.append(el("span", state, "state s-" + state), " ", el("b", String(n)));
+        return item;
+      }),
+    );
+  }
+
+  function applyToNode(ev) {
+    const detail = ev.detail || {};
+    let row = rowOf(ev.mac);
+    if (!row) {
+      if (ev.to !== "discovered" && ev.kind !== "discovered") return;
+      row = addDiscovered(ev);
+    }
+    if (ev.kind === "state" && ev.to) {
+      row.dataset.state = ev.to;
+      const badge = row.querySelector(".state");
+      badge.className = "state s-" + ev.to;
+      setText(badge, ev.to);
+      row.querySelector("td.since").dataset.since = ev.at;
+      if (ev.to !== "imaging") hideProgress(row);
+      else if (typeof detail.progress !== "number") showProgress(row, ev, 0, {}); // the bar, at 0
+      renderActions(row, ev.to);
+      recount();
+    }
+    let percent = typeof detail.progress === "number" ? detail.progress : null;
+    if (percent === null && typeof detail.bytes === "number" && detail.total > 0) {
+      percent = (100 * detail.bytes) / detail.total;
+    }
+    if (percent !== null && row.dataset.state === "imaging") showProgress(row, ev, percent, detail);
+    // the node's own last word (the store's `message`); a transition's reason is in the log
+    if (typeof detail.message === "string") setText(row.querySelector("td.msg"), detail.message);
+    row.classList.remove("flash");
+    void row.offsetWidth; // restart the highlight animation
+    row.classList.add("flash");
+  }
+
+  function applyToCluster(ev) {
+    const detail = ev.detail || {};
+    const gate = detail.gate ?? (ev.kind === "gate" ? ev.to : undefined);
+    if (typeof gate !== "string") return;
+    const card = document.querySelector(`article.cluster[data-cluster="${CSS.escape(ev.cluster)}"]`);
+    if (!card) return;
+    const badge = card.querySelector(".gate");
+    badge.className = "gate g-" + gate;
+    badge.dataset.gate = gate;
+    setText(badge, data.gateLabels[gate] || gate);
+    const text = detail.gate_detail ?? detail.message ?? detail.reason;
+    if (typeof text === "string") setText(card.querySelector(".gdetail"), text);
+  }
+
+  // ---------------------------------------------------------------- event log
+  function labelOf(mac) {
+    const row = mac && rowOf(mac);
+    return row ? row.dataset.label : mac || "";
+  }
+
+  function clusterOfMac(mac) {
+    const row = mac && rowOf(mac);
+    const card = row && row.closest("article.cluster");
+    return card ? card.dataset.cluster : "";
+  }
+
+  function matchesFilter(ev) {
+    const node = (logFilter.node || "").trim().toLowerCase();
+    if (node && ![ev.mac || "", labelOf(ev.mac)].some((v) => v.toLowerCase() === node)) {
+      const bare = node.replace(/[^0-9a-f]/g, "");
+      if (!(bare.length === 12 && (ev.mac || "").replaceAll(":", "") === bare)) return false;
+    }
+    const cluster = logFilter.cluster || "";
+    return !cluster || ev.cluster === cluster || clusterOfMac(ev.mac) === cluster;
+  }
+
+  function logRow(ev) {
+    const row = el("tr");
+    row.dataset.id = ev.id;
+    const time = el("time", localTime(ev.at));
+    time.dateTime = ev.at || "";
+    const first = el("td");
+    first.append(time);
+    row.append(first, el("td", labelOf(ev.mac)), el("td", ev.cluster || ""));
+    row.append(el("td", ev.kind), el("td", ev.text));
+    return row;
+  }
+
+  function prependLog(ev) {
+    // progress reports without an id are announced, not recorded: the log shows the record
+    if (ev.id === null || ev.id === undefined || !matchesFilter(ev)) return;
+    const body = byId("log-rows");
+    body.prepend(logRow(ev));
+    while (body.rows.length > MAX_LOG_ROWS) body.deleteRow(-1);
+  }
+
+  async function loadLog(event) {
+    event.preventDefault();
+    const form = event.target;
+    logFilter = { node: form.node.value.trim(), cluster: form.cluster.value };
+    const query = new URLSearchParams({ ...logFilter, limit: "100" });
+    const error = byId("log-error");
+    const answer = await fetch("/api/events/log?" + query, { headers: { Accept: "application/json" } });
+    const body = await answer.json().catch(() => ({ error: `HTTP ${answer.status}` }));
+    history.replaceState(null, "", "?" + new URLSearchParams(logFilter) + "#log");
+    if (!answer.ok) {
+      error.hidden = false;
+      setText(error, body.error || `HTTP ${answer.status}`);
+      byId("log-rows").replaceChildren();
+      return;
+    }
+    error.hidden = true;
+    byId("log-rows").replaceChildren(...body.events.map(logRow));
+  }
+
+  // ---------------------------------------------------------------- the stream
+  function apply(ev) {
+    if (ev.mac) applyToNode(ev);
+    if (ev.cluster) applyToCluster(ev);
+    prependLog(ev);
+  }
+
+  function connect() {
+    // `since` covers the first connection; on reconnects the browser sends Last-Event-ID itself
+    const source = new EventSource(`/api/events?since=${lastId}`);
+    source.onopen = () => live("on", "live");
+    source.onmessage = (message) => {
+      lastId = Number(message.lastEventId) || lastId;
+      apply(JSON.parse(message.data));
+    };
+    source.addEventListener("reload", () => location.reload());
+    source.onerror = () => {
+      live("off", "reconnecting…");
+      if (source.readyState === EventSource.CLOSED) {
+        // refused (HTTP error): the browser gives up, so try again ourselves, gently
+        setTimeout(connect, 5000);
+      }
+    };
+  }
+
+  // ---------------------------------------------------------------- admin actions
+  function notice(text, isError) {
+    const box = byId("notice");
+    box.className = "notice" + (isError ? " error" : "");
+    box.setAttribute("role", isError ? "alert" : "status");
+    setText(box, text);
+  }
+
+  async function act(button) {
+    const action = button.dataset.action;
+    const label = button.dataset.label;
+    const body = new URLSearchParams({ csrf: data.csrf });
+    body.set(button.name, button.value);
+    if (action === "fail") {
+      const reason = prompt(`Why mark ${label} failed?`, "marked failed from the dashboard");
+      if (reason === null) return;
+      body.set("reason", reason);
+    }
+    if (action === "reset" && !confirm(`Reset cluster ${label} for a new rollout?`)) return;
+    button.disabled = true;
+    try {
+      const answer = await fetch(button.getAttribute("formaction"), {
+        method: "POST",
+        headers: { Accept: "application/json", "X-CSRF-Token": data.csrf },
+        body,
+      });
+      const result = await answer.json().catch(() => ({ error: `HTTP ${answer.status}` }));
+      notice(result.message || result.error || `HTTP ${answer.status}`, !answer.ok);
+    } catch (err) {
+      notice(`${action} ${label}: the server did not answer (${err.message}); nothing confirmed`, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    event.preventDefault();
+    act(button);
+  });
+  byId("log-filter").addEventListener("submit", loadLog);
+  for (const time of document.querySelectorAll("#log-rows time")) {
+    time.textContent = localTime(time.dateTime);
+  }
+  // Progress reports are announced, not stored: keep the rates across a reload of this tab,
+  // so rate and ETA show at once instead of after the next two reports.
+  try {
+    const saved = JSON.parse(sessionStorage.getItem("nd-rates") || "{}");
+    for (const [mac, entry] of Object.entries(saved)) {
+      const row = rowOf(mac);
+      const bar = row && row.querySelector("progress");
+      if (!bar || bar.hidden || row.dataset.state !== "imaging") continue;
+      rates.set(mac, entry);
+      progressLine(row, bar.value, entry);
+    }
+  } catch (err) {
+    sessionStorage.removeItem("nd-rates");
+  }
+  addEventListener("pagehide", () => {
+    sessionStorage.setItem("nd-rates", JSON.stringify(Object.fromEntries(rates)));
+  });
+  tick();
+  setInterval(tick, 1000);
+  live("off", "connecting…");
+  connect();
+})();

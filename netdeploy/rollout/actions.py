@@ -1,0 +1,267 @@
+"""Everything that changes a rollout, as actions the writer applies inside one batch.
+
+Each function returns an :data:`~netdeploy.rollout.engine.Action`. Order inside an action is
+always: find the node, check its token, check the body, check the state, then change. So a
+refusal changes nothing but the event row that records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from netdeploy.inventory import NodeState as S
+from netdeploy.rollout import gate as G
+from netdeploy.rollout.engine import Action, Batch, LiveEvent, gate_view
+from netdeploy.rollout.errors import BadReport, Forbidden, NotFound, Refused
+from netdeploy.rollout.machine import (
+    RELEASED_STATES,
+    IllegalTransition,
+    Report,
+    judge_report,
+)
+from netdeploy.rollout.reports import AgentReport, HealthReport
+from netdeploy.rollout.rows import NodeRow
+from netdeploy.store.models import Cluster, Event, Node
+from netdeploy.tokens import token_matches
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class NodeOutcome:
+    """The node after the batch committed; ``changed`` is False for a harmless repeat."""
+
+    node: NodeRow
+    cluster: Cluster | None
+    changed: bool
+
+    def json(self) -> dict[str, Any]:
+        return {
+            **gate_view(self.node, self.cluster),
+            "progress": self.node.progress,
+            "changed": self.changed,
+        }
+
+
+# ---------------------------------------------------------------- refusals are recorded
+
+
+def _refuse(
+    batch: Batch,
+    node: NodeRow | None,
+    mac: str | None,
+    route: str,
+    error: Exception,
+    ip: str | None,
+    **extra: Any,
+) -> Exception:
+    """Record the refusal as an event row (in this batch's transaction) and hand it back."""
+    batch.record(
+        Event(
+            kind="auth" if isinstance(error, Forbidden) else "rejected",
+            mac=node.mac if node else mac,
+            cluster=node.cluster if node else None,
+            from_state=node.state if node else None,
+            detail={"route": route, "error": str(error), "ip": ip, **extra},
+        )
+    )
+    return error
+
+
+def reject(mac: str | None, route: str, error: Exception, ip: str | None) -> Action:
+    """Record a request refused before it reached a node (e.g. an unparseable MAC)."""
+
+    async def action(batch: Batch) -> None:
+        raise _refuse(batch, None, mac, route, error, ip)
+
+    return action
+
+
+def label(node: NodeRow) -> str:
+    return f"{node.hostname} ({node.mac})" if node.hostname else node.mac
+
+
+async def _agent_node(
+    batch: Batch, mac: str, token: str | None, route: str, ip: str | None
+) -> NodeRow:
+    node = await batch.node(mac)
+    if node is None:
+        error = NotFound(f"no node with MAC {mac}; add it to the config as a [[nodes]] entry")
+        raise _refuse(batch, None, mac, route, error, ip)
+    if not token_matches(token, node.token):
+        if not token:
+            why = (
+                "no node token: send Authorization: Bearer <nd.token from the kernel command line>"
+            )
+        elif not node.token:
+            why = f"{label(node)} has no boot token yet; it gets one when it PXE-boots"
+        else:
+            why = f"wrong token for {label(node)}; use the nd.token of its latest PXE boot"
+        raise _refuse(batch, node, mac, route, Forbidden(why), ip)
+    node.last_seen = batch.now
+    if ip:
+        node.last_ip = ip
+    return node
+
+
+# ---------------------------------------------------------------- agent actions
+
+
+def agent_report(
+    mac: str, token: str | None, report: AgentReport | BadReport, ip: str | None
+) -> Action:
+    """An agent says where its node is: imaging (progress), imaged, starting, joined, failed."""
+
+    async def action(batch: Batch) -> NodeOutcome:
+        node = await _agent_node(batch, mac, token, "events", ip)
+        if isinstance(report, BadReport):
+            raise _refuse(batch, node, mac, "events", report, ip)
+        cluster = batch.cluster_of(node)
+        try:
+            verdict = judge_report(node.state, report.state)
+        except IllegalTransition as exc:
+            extra = {"reported": str(report.state)}
+            if node.state == S.HELD and report.state in RELEASED_STATES:
+                # first node alone: a held node must not run its cluster service yet
+                extra["alarm"] = "held node claims to have started: check it did not boot its disk"
+            raise _refuse(
+                batch, node, mac, "events", Refused(f"{label(node)}: {exc}"), ip, **extra
+            ) from None
+        if report.message:
+            node.message = report.message
+        if verdict == Report.REPEAT:
+            if report.state == S.IMAGING and report.progress is not None:
+                node.progress = report.progress
+                batch.transient.append(
+                    LiveEvent(
+                        "progress",
+                        node.mac,
+                        node.cluster,
+                        node.state,
+                        {"progress": report.progress},
+                        batch.now,
+                    )
+                )
+            return NodeOutcome(node, cluster, changed=False)
+        detail: dict[str, Any] = {"actor": "agent", "ip": ip}
+        if report.message:
+            detail["message"] = report.message
+        batch.move(node, report.state, reason=f"agent reported {report.state}", detail=detail)
+        if report.state == S.IMAGING:
+            node.progress = report.progress or 0.0
+        elif report.state == S.FAILED:
+            node.stops_rollout = True  # until the admin decides: retry, fail or release
+        elif report.state == S.IMAGED:
+            _after_imaged(batch, node, cluster)
+        return NodeOutcome(node, cluster, changed=True)
+
+    return action
+
+
+def _after_imaged(batch: Batch, node: NodeRow, cluster: Cluster | None) -> None:
+    first = cluster is not None and node.hostname == cluster.first_node
+    if G.after_imaged(in_cluster=cluster is not None, is_first=first) == S.HELD:
+        batch.move(node, S.HELD, reason="held until the cluster is formed and policy releases it")
+        return
+    node.release_seq = 0
+    why = "first node starts alone" if first else "standalone node: no cluster gate"
+    batch.move(node, S.RELEASED, reason=why, detail={"actor": "gate", "release_seq": 0})
+
+
+def health(mac: str, token: str | None, report: HealthReport | BadReport, ip: str | None) -> Action:
+    """The first node's Mini-Setup reports its cluster service; healthy forms the cluster."""
+
+    async def action(batch: Batch) -> NodeOutcome:
+        node = await _agent_node(batch, mac, token, "health", ip)
+        if isinstance(report, BadReport):
+            raise _refuse(batch, node, mac, "health", report, ip)
+        cluster = batch.cluster_of(node)
+        if cluster is None:
+            error = Refused(f"{label(node)} is not in a cluster; only a first node reports health")
+            raise _refuse(batch, node, mac, "health", error, ip)
+        if node.hostname != cluster.first_node:
+            error = Refused(
+                f"{label(node)} is not the first node of cluster {cluster.name} "
+                f"({cluster.first_node} is); only the first node reports cluster health"
+            )
+            raise _refuse(batch, node, mac, "health", error, ip)
+        if node.state not in RELEASED_STATES:
+            error = Refused(
+                f"first node {label(node)} is {node.state}; its health counts only after it "
+                "was released and started"
+            )
+            raise _refuse(batch, node, mac, "health", error, ip)
+        if not report.healthy:
+            batch.record(
+                Event(
+                    kind="health",
+                    mac=node.mac,
+                    cluster=cluster.name,
+                    detail={"healthy": False, "message": report.message, "ip": ip},
+                )
+            )
+            return NodeOutcome(node, cluster, changed=False)
+        changed = False
+        if node.state != S.JOINED:
+            detail = {"actor": "agent", "message": report.message}
+            batch.move(
+                node, S.JOINED, reason="first node reported its cluster healthy", detail=detail
+            )
+            changed = True
+        if cluster.formed_at is None:  # health twice forms the cluster once
+            cluster.formed_at = batch.now
+            batch.set_gate(cluster, G.Gate.FORMED, f"formed by {node.hostname}", mac=node.mac)
+            batch.dirty.add(cluster.name)
+            changed = True
+        return NodeOutcome(node, cluster, changed)
+
+    return action
+
+
+def gate_check(
+    mac: str, token: str | None, ip: str | None, timeout: float | BadReport | None = None
+) -> Action:
+    """Authenticate a long-poll and read the node's gate view (no change but last_seen)."""
+
+    async def action(batch: Batch) -> dict[str, Any]:
+        node = await _agent_node(batch, mac, token, "gate", ip)
+        if isinstance(timeout, BadReport):
+            raise _refuse(batch, node, mac, "gate", timeout, ip)
+        return gate_view(node, batch.cluster_of(node))
+
+    return action
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def sweep(now: datetime) -> Action:
+    """Fail nodes past their phase timeout, then settle every cluster's gate.
+
+    Settling everything also re-makes any decision a crash or a config change left pending
+    (e.g. the policy became ``waves:4`` while nodes were held).
+    """
+
+    async def action(batch: Batch) -> list[str]:
+        failed = []
+        for node in await batch.load(Node.state.in_(list(G.PHASE_OF))):
+            cluster = batch.cluster_of(node)
+            timeouts = (cluster.settings or {}).get("timeouts") if cluster else None
+            phase = G.overdue(node.state, node.state_since, timeouts, now)
+            if phase is None:
+                continue
+            limit = float((timeouts or {}).get(phase, G.DEFAULT_TIMEOUTS[phase]))
+            node.stops_rollout = True
+            batch.move(
+                node,
+                S.FAILED,
+                reason=f"{phase} timed out after {limit:g} s in {node.state}",
+                detail={"actor": "timeout", "phase": phase},
+            )
+            failed.append(node.mac)
+        batch.dirty.update(batch.clusters)
+        return failed
+
+    return action

@@ -1,0 +1,318 @@
+"""The rollout writer: one task applies every rollout change, many per transaction.
+
+Why one writer (docs/decisions/0004): SQLite takes one writer at a time, and a commit per
+agent report costs more than the report itself. Requests queue their action; the writer
+takes everything queued, applies it in one transaction, settles each touched cluster's gate
+once, commits, and only then publishes the events and wakes long-polls. Because one task
+makes every rollout decision in order, two reports can never both see "one slot free" and
+release two nodes: the gate cannot leak through a race.
+
+An action is ``async def action(batch) -> result``. It may raise a
+:class:`~netdeploy.rollout.errors.RolloutError` after recording its refusal (the batch goes
+on); any other exception rolls the batch back and every action is retried alone, so one bad
+request cannot lose the others' reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import prometheus_client
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from netdeploy.events import EventBus
+from netdeploy.inventory import NodeState as S
+from netdeploy.rollout import gate as G
+from netdeploy.rollout.errors import RolloutError, Unavailable
+from netdeploy.rollout.machine import RELEASED_STATES
+from netdeploy.rollout.rows import NodeRow, insert_events, load_rows, write_rows
+from netdeploy.rollout.service import set_state
+from netdeploy.rollout.waiters import Waiters
+from netdeploy.store.models import Cluster, Event, Node, utcnow
+
+log = logging.getLogger("netdeploy.rollout")
+
+BATCH_SIZE = prometheus_client.Histogram(
+    "netdeploy_rollout_batch_actions",
+    "Rollout actions applied per transaction (group commit)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+)
+COMMIT_SECONDS = prometheus_client.Histogram(
+    "netdeploy_rollout_batch_seconds", "Time to apply and commit one batch of rollout actions"
+)
+REFUSED = prometheus_client.Counter(
+    "netdeploy_rollout_refused_total", "Rollout requests refused", ["reason"]
+)
+RELEASED_TOTAL = prometheus_client.Counter(
+    "netdeploy_rollout_released_total", "Nodes released through the cluster gate"
+)
+
+Action = Callable[["Batch"], Awaitable[Any]]
+
+# state changes that can change a cluster's gate decision
+_GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED})
+
+
+@dataclass
+class LiveEvent:
+    """A bus-only event (imaging progress): same fields as an Event row, never stored.
+
+    Progress is not a state change, so it gets no row (1,000 nodes x 100 updates would swamp
+    the log); the dashboard still sees it live.
+    """
+
+    kind: str
+    mac: str
+    cluster: str | None
+    to_state: str
+    detail: dict[str, Any]
+    at: datetime
+    id: int | None = None
+    from_state: str | None = None
+
+
+@dataclass
+class Batch:
+    """One transaction's worth of rollout changes and what to announce after commit."""
+
+    session: AsyncSession
+    now: datetime
+    events: list[Event] = field(default_factory=list)
+    transient: list[LiveEvent] = field(default_factory=list)  # bus-only (progress), no row
+    woken: dict[str, NodeRow] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    nodes: dict[str, NodeRow] = field(default_factory=dict)
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+
+    async def load(self, where: Any) -> list[NodeRow]:
+        """Nodes matching ``where``; a node this batch already holds is kept as it is now."""
+        rows = await load_rows(self.session, where)
+        return [self.nodes.setdefault(row.mac, row) for row in rows]
+
+    async def prefetch(self, macs: Iterable[str]) -> None:
+        """Load every node the batch will touch in one query instead of one per request."""
+        wanted = [m for m in set(macs) if m not in self.nodes]
+        for chunk in range(0, len(wanted), 500):
+            await self.load(Node.mac.in_(wanted[chunk : chunk + 500]))
+        if not self.clusters:
+            self.clusters = {c.name: c for c in await self.session.scalars(select(Cluster))}
+
+    async def node(self, mac: str) -> NodeRow | None:
+        if mac not in self.nodes:
+            await self.load(Node.mac == mac)
+        return self.nodes.get(mac)
+
+    async def node_by_name(self, name: str) -> NodeRow | None:
+        """A node by canonical MAC or by host name (admins type either)."""
+        node = await self.node(name)
+        if node is None:
+            found = await self.load(Node.hostname == name)
+            node = found[0] if found else None
+        return node
+
+    async def members(self, cluster: str) -> list[NodeRow]:
+        return await self.load(Node.cluster == cluster)
+
+    def cluster_of(self, node: NodeRow) -> Cluster | None:
+        return self.clusters.get(node.cluster) if node.cluster else None
+
+    def add(self, event: Event) -> None:
+        """Collect an event row (``set_state`` calls this as its session's ``add``)."""
+        self.events.append(event)
+
+    def record(self, event: Event) -> Event:
+        self.events.append(event)
+        return event
+
+    async def write(self) -> None:
+        """Send this batch's node changes and event rows to the store (not yet committed)."""
+        await write_rows(self.session, self.nodes.values())
+        await insert_events(self.session, self.events, self.now)
+
+    def move(
+        self,
+        node: NodeRow,
+        to: S,
+        *,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> Event:
+        """``set_state`` plus what the batch must do after commit (wake, settle the gate)."""
+        event = set_state(self, node, to, reason=reason, detail=detail, force=force)
+        self.woken[node.mac] = node
+        if node.cluster and to in _GATE_INPUTS:
+            self.dirty.add(node.cluster)
+        return event
+
+    async def settle(self) -> None:
+        """Decide the gate once per touched cluster: new gate state and nodes to release."""
+        for name in sorted(self.dirty):
+            cluster = self.clusters.get(name)
+            if cluster is not None:
+                await self.settle_cluster(cluster)
+        self.dirty.clear()
+
+    async def settle_cluster(self, cluster: Cluster) -> None:
+        rows = await self.members(cluster.name)
+        view = G.ClusterView(
+            name=cluster.name,
+            first_node=cluster.first_node,
+            policy=G.parse_policy(cluster.release_policy),
+            formed=cluster.formed_at is not None,
+        )
+        decision = G.decide(
+            view,
+            [G.NodeView(r.mac, r.hostname or r.mac, S(r.state), r.stops_rollout) for r in rows],
+        )
+        seq = max((r.release_seq or 0 for r in rows), default=0)
+        for mac in decision.release:
+            seq += 1
+            node = self.nodes[mac]
+            if node.state != S.HELD:  # decide() only ever picks held nodes; never leak
+                raise RuntimeError(f"gate picked {mac} in state {node.state}; refusing")
+            node.release_seq = seq
+            self.move(
+                node,
+                S.RELEASED,
+                reason=f"released by policy {view.policy}",
+                detail={"release_seq": seq, "actor": "gate"},
+            )
+            RELEASED_TOTAL.inc()
+        self.set_gate(cluster, decision.gate, decision.detail)
+        self.dirty.discard(cluster.name)
+
+    def set_gate(self, cluster: Cluster, gate: G.Gate | str, detail: str, **extra: Any) -> None:
+        """Change the cluster's gate; a change of state (not of detail text) is an event."""
+        if cluster.gate != gate:
+            self.record(
+                Event(
+                    kind="gate",
+                    cluster=cluster.name,
+                    from_state=cluster.gate,
+                    to_state=str(gate),
+                    detail={"reason": detail, **extra},
+                )
+            )
+        cluster.gate = str(gate)
+        cluster.gate_detail = detail
+
+
+def gate_view(node: Node | NodeRow, cluster: Cluster | None) -> dict[str, Any]:
+    """What an agent's long-poll learns: may it boot its disk, and why (not)."""
+    return {
+        "mac": node.mac,
+        "hostname": node.hostname,
+        "state": node.state,
+        "released": S(node.state) in RELEASED_STATES,
+        "cluster": node.cluster,
+        "gate": cluster.gate if cluster else None,
+        "detail": cluster.gate_detail if cluster else "",
+    }
+
+
+@dataclass
+class _Job:
+    action: Action
+    macs: tuple[str, ...]
+    future: asyncio.Future[Any]
+
+
+class RolloutEngine:
+    """The single writer (group commit) and the long-poll waiters of one server process."""
+
+    def __init__(
+        self, sessions: async_sessionmaker, bus: EventBus, *, max_batch: int = 1000
+    ) -> None:
+        self.sessions = sessions
+        self.bus = bus
+        self.max_batch = max_batch
+        self.waiters = Waiters()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def run(self, action: Action, macs: Iterable[str] = ()) -> Any:
+        """Queue ``action`` for the writer; return its result or raise its refusal."""
+        if self._stopping:
+            raise Unavailable("the server is stopping; retry in a few seconds")
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="rollout")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(action, tuple(macs), future))
+        return await future
+
+    async def stop(self) -> None:
+        """Finish what is queued, wake every long-poll, stop the writer."""
+        self._stopping = True
+        self.waiters.wake_all(None)
+        if self._task is not None:
+            while not self._queue.empty():
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self.max_batch and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            await self._process(jobs)
+
+    async def _process(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            await self._attempt(jobs)
+        except Exception as exc:
+            if len(jobs) > 1:  # isolate the culprit; the others' reports still count
+                log.warning("rollout batch of %d failed (%s); retrying one by one", len(jobs), exc)
+                for job in jobs:
+                    await self._process([job])
+                return
+            log.exception("rollout action failed")
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(
+                    Unavailable(f"the change could not be stored ({exc}); retry")
+                )
+        finally:
+            BATCH_SIZE.observe(len(jobs))
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+
+    async def _attempt(self, jobs: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, RolloutError | None]] = []
+        async with self.sessions() as session:
+            batch = Batch(session, utcnow())
+            await batch.prefetch(m for job in jobs for m in job.macs)
+            for job in jobs:
+                try:
+                    outcomes.append((job, await job.action(batch), None))
+                except RolloutError as exc:
+                    REFUSED.labels(type(exc).__name__).inc()
+                    outcomes.append((job, None, exc))
+            await batch.settle()
+            views = {
+                mac: gate_view(node, batch.cluster_of(node)) for mac, node in batch.woken.items()
+            }
+            await batch.write()
+            await session.commit()
+        # committed: now, and only now, tell the world
+        self.bus.publish(batch.events + batch.transient)  # type: ignore[operator]
+        for mac, view in views.items():
+            self.waiters.wake(mac, view)
+        for job, result, error in outcomes:
+            if job.future.done():  # the requester went away
+                continue
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)

@@ -1,0 +1,81 @@
+"""Agent request bodies: validated into plain values before they reach the writer. Pure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from netdeploy.inventory import NodeState as S
+from netdeploy.rollout.errors import BadReport
+from netdeploy.rollout.machine import AGENT_STATES
+
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    state: S
+    progress: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    healthy: bool
+    message: str = ""
+
+
+def _fields(body: Any, allowed: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadReport(f"{what} must be a JSON object such as {_EXAMPLES[what]}")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadReport(
+            f"unknown field {unknown[0]!r} in {what}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return body
+
+
+def _message(body: dict[str, Any]) -> str:
+    message = body.get("message", "")
+    if not isinstance(message, str):
+        raise BadReport("message must be a string")
+    if len(message) > MAX_MESSAGE:
+        raise BadReport(f"message is {len(message)} characters; at most {MAX_MESSAGE}")
+    return message
+
+
+_EXAMPLES = {
+    "an event": '{"state": "imaging", "progress": 42.5, "message": "writing disk"}',
+    "a health report": '{"healthy": true, "message": "cluster service online"}',
+}
+
+
+def parse_report(body: Any) -> AgentReport:
+    """Validate ``POST /api/nodes/{mac}/events`` JSON; raise :class:`BadReport` with the fix."""
+    body = _fields(body, {"state", "progress", "message"}, "an event")
+    state = body.get("state")
+    if state not in {str(s) for s in AGENT_STATES}:
+        raise BadReport(
+            f"state must be one of {', '.join(sorted(AGENT_STATES))} (got {state!r}); "
+            "pxe, held and released are decided by the server"
+        )
+    progress = body.get("progress")
+    if progress is not None:
+        if isinstance(progress, bool) or not isinstance(progress, int | float):
+            raise BadReport(f"progress must be a number from 0 to 100 (got {progress!r})")
+        if not (math.isfinite(progress) and 0 <= progress <= 100):
+            raise BadReport(f"progress must be from 0 to 100 (got {progress!r})")
+        if state != S.IMAGING:
+            raise BadReport(f"progress belongs to state imaging, not {state}")
+    return AgentReport(S(state), None if progress is None else float(progress), _message(body))
+
+
+def parse_health(body: Any) -> HealthReport:
+    """Validate ``POST /api/nodes/{mac}/health`` JSON."""
+    body = _fields(body, {"healthy", "message"}, "a health report")
+    healthy = body.get("healthy")
+    if not isinstance(healthy, bool):
+        raise BadReport(f"healthy must be true or false (got {healthy!r})")
+    return HealthReport(healthy, _message(body))

@@ -1,0 +1,112 @@
+"""Node rows for the rollout writer: read and written with SQLAlchemy Core, not the ORM.
+
+Why (docs/decisions/0004): with 1,000 agents reporting, the ORM's per-object bookkeeping
+(identity map, attribute events, unit of work) cost more than everything else the writer does.
+A :class:`NodeRow` has the same attribute names as :class:`~netdeploy.store.models.Node`
+(so ``set_state``, ``node_json`` and the dashboard read either), remembers which columns
+changed, and a batch writes all changed rows with one ``executemany`` per column set.
+The store stays the only truth: rows are read fresh in every batch and never cached across
+batches, so changes made by other modules (the boot helper's ``pxe``, new boot tokens) are
+always seen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
+
+from netdeploy.store.models import Event, Node
+
+NODES = Node.__table__
+EVENTS = Event.__table__
+# every column but the config-owned JSON ones the rollout never needs
+COLUMNS: tuple[str, ...] = tuple(c.name for c in NODES.c if c.name not in ("vars", "in_config"))
+
+
+class NodeRow:
+    """One node as the writer sees it inside one batch."""
+
+    __slots__ = (*COLUMNS, "changed")
+
+    mac: str
+    hostname: str | None
+    cluster: str | None
+    hardware: str | None
+    image: str | None
+    state: str
+    state_since: datetime
+    progress: float | None
+    message: str
+    token: str | None
+    release_seq: int | None
+    stops_rollout: bool
+    last_seen: datetime | None
+    last_ip: str | None
+    changed: set[str]
+
+    def __init__(self, values: Any) -> None:
+        for name in COLUMNS:
+            object.__setattr__(self, name, getattr(values, name))
+        object.__setattr__(self, "changed", set())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.changed.add(name)
+        object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"<NodeRow {self.mac} {self.hostname} {self.state}>"
+
+
+async def load_rows(session: AsyncSession, where: ColumnElement[bool]) -> list[NodeRow]:
+    result = await session.execute(select(*(NODES.c[name] for name in COLUMNS)).where(where))
+    return [NodeRow(row) for row in result]
+
+
+async def write_rows(session: AsyncSession, rows: Iterable[NodeRow]) -> int:
+    """UPDATE every changed row; rows changing the same columns share one executemany."""
+    groups: dict[frozenset[str], list[NodeRow]] = defaultdict(list)
+    for row in rows:
+        if row.changed:
+            groups[frozenset(row.changed)].append(row)
+    for columns, members in groups.items():
+        statement = (
+            update(NODES)
+            .where(NODES.c.mac == bindparam("_mac"))
+            .values({name: bindparam(name) for name in columns})
+        )
+        params = [{"_mac": r.mac, **{name: getattr(r, name) for name in columns}} for r in members]
+        await session.execute(statement, params)
+        for r in members:
+            r.changed.clear()
+    return sum(len(m) for m in groups.values())
+
+
+async def insert_events(session: AsyncSession, events: list[Event], now: datetime) -> None:
+    """INSERT the batch's event rows in one statement and hand each its id (for the bus)."""
+    if not events:
+        return
+    for ev in events:
+        if ev.at is None:
+            ev.at = now
+    params = [
+        {
+            "at": ev.at,
+            "kind": ev.kind,
+            "mac": ev.mac,
+            "cluster": ev.cluster,
+            "from_state": ev.from_state,
+            "to_state": ev.to_state,
+            "detail": ev.detail or {},
+        }
+        for ev in events
+    ]
+    statement = insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True)
+    ids = (await session.execute(statement, params)).scalars().all()
+    for ev, event_id in zip(events, ids, strict=True):
+        ev.id = event_id

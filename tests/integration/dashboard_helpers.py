@@ -1,0 +1,174 @@
+"""A real netdeploy HTTP server in the test's own event loop, and ways to move its nodes.
+
+The server listens on a loopback socket like `netdeploy serve` does (same ``open_context`` and
+``build_app``); running it in-process lets a test play the agent and the rollout service by
+changing the store the way they do (``set_state``, commit, then publish on the bus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession, web
+from sqlalchemy import select
+
+from netdeploy.config import DashboardConfig, load_config
+from netdeploy.events import EventBus
+from netdeploy.http.app import build_app
+from netdeploy.rollout.service import set_state
+from netdeploy.server import Context, Ports, open_context
+from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.tokens import issue_token
+from tests.conftest import DEMO_CONFIG, free_port
+
+SQL_N1, SQL_N2, SQL_N3, WEB_1 = (
+    "52:54:00:00:10:01",
+    "52:54:00:00:10:02",
+    "52:54:00:00:10:03",
+    "52:54:00:00:20:01",
+)
+
+
+@dataclass
+class Running:
+    ctx: Context
+    url: str
+
+    async def login(self, client: ClientSession) -> str:
+        """Log ``client`` in; return the CSRF token from the page."""
+        async with client.post(self.url + "/login", data={"token": self.ctx.admin_token}) as r:
+            assert r.status == 200, await r.text()  # 303 followed to the page
+            return csrf_of(await r.text())
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    tmp_path: Path, *, public_read: bool = False, bus_queue: int | None = None
+) -> AsyncIterator[Running]:
+    port = free_port()
+    cfg = load_config(
+        DEMO_CONFIG,
+        state_dir=tmp_path / "state",
+        database=f"sqlite:///{tmp_path}/state/netdeploy.db",
+        bind="127.0.0.1",
+        http_port=port,
+    )
+    cfg = cfg.model_copy(update={"dashboard": DashboardConfig(public_read=public_read)})
+    ctx = await open_context(cfg, Ports(http=port, tftp=free_port()))
+    if bus_queue is not None:
+        ctx.bus = EventBus(queue_size=bus_queue)
+    runner = web.AppRunner(build_app(ctx), shutdown_timeout=2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Running(ctx, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+        await ctx.close()
+
+
+async def move(ctx: Context, mac: str, to: str, *, force: bool = True, **detail: Any) -> Event:
+    """Change a node's state the way the rollout service does: row + event, commit, publish."""
+    async with ctx.sessions() as session:
+        node = await session.get(Node, mac)
+        assert node is not None
+        event = set_state(session, node, to, reason=detail.pop("reason", "test"), force=force)
+        event.detail = {**event.detail, **detail}
+        if "message" in detail:
+            node.message = detail["message"]
+        await session.commit()
+    ctx.bus.publish(event)
+    return event
+
+
+async def report(ctx: Context, mac: str, **detail: Any) -> Event:
+    """A progress/message report as an agent makes it: node columns + one event row."""
+    async with ctx.sessions() as session:
+        node = await session.get(Node, mac)
+        assert node is not None
+        if "progress" in detail:
+            node.progress = detail["progress"]
+        if "message" in detail:
+            node.message = detail["message"]
+        event = Event(kind="progress", mac=mac, cluster=node.cluster, detail=detail)
+        session.add(event)
+        await session.commit()
+    ctx.bus.publish(event)
+    return event
+
+
+async def state_of(ctx: Context, mac: str) -> str:
+    async with ctx.sessions() as session:
+        return (await session.get(Node, mac)).state  # type: ignore[union-attr]
+
+
+async def gate_of(ctx: Context, cluster: str) -> str:
+    async with ctx.sessions() as session:
+        return (await session.get(Cluster, cluster)).gate  # type: ignore[union-attr]
+
+
+async def event_count(ctx: Context) -> int:
+    async with ctx.sessions() as session:
+        return len((await session.scalars(select(Event.id))).all())
+
+
+async def seed_nodes(ctx: Context, count: int, cluster: str = "sqlclu") -> list[str]:
+    """Add ``count`` members to ``cluster`` straight into the store (a 500-node rack)."""
+    macs = [f"52:54:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}" for i in range(count)]
+    async with ctx.sessions() as session:
+        for i, mac in enumerate(macs):
+            session.add(
+                Node(mac=mac, hostname=f"rack-{i:03d}", cluster=cluster, state="registered")
+            )
+        await session.commit()
+    return macs
+
+
+async def agent_token(ctx: Context, mac: str) -> str:
+    """Give a node a boot token as its PXE boot would; return the plain token for the agent."""
+    plain, digest = issue_token()
+    async with ctx.sessions() as session:
+        node = await session.get(Node, mac)
+        assert node is not None
+        node.token = digest
+        await session.commit()
+    return plain
+
+
+async def agent_event(url: str, mac: str, token: str, **body: Any) -> dict[str, Any]:
+    """``POST /api/nodes/{mac}/events`` exactly as the imaging agent sends it."""
+    async with (
+        ClientSession() as client,
+        client.post(
+            f"{url}/api/nodes/{mac}/events",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        answer = await response.json()
+        assert response.status == 200, answer
+        return answer
+
+
+async def form_cluster(ctx: Context, name: str = "sqlclu") -> None:
+    """The first node has joined and reported healthy: the cluster is formed."""
+    async with ctx.sessions() as session:
+        cluster = await session.get(Cluster, name)
+        assert cluster is not None
+        first = await session.scalar(select(Node).where(Node.hostname == cluster.first_node))
+        assert first is not None
+        event = set_state(session, first, "joined", reason="test: first node joined", force=True)
+        cluster.formed_at, cluster.gate = utcnow(), "formed"
+        await session.commit()
+    ctx.bus.publish(event)
