@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from sqlalchemy import select
@@ -28,14 +28,15 @@ from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import actions
 from netdeploy.rollout import service as rollout
 from netdeploy.rollout.errors import BadReport, Forbidden, RolloutError
+from netdeploy.rollout.rows import NodeRow
 from netdeploy.store.models import Cluster, Node
 
 routes = web.RouteTableDef()
 
 
-def admin_node_json(node: Node) -> dict[str, Any]:
+def admin_node_json(node: Node | NodeRow) -> dict[str, Any]:
     return {
-        **node_json(node),
+        **node_json(cast(Node, node)),  # a NodeRow has every attribute node_json reads
         "release_seq": node.release_seq,
         "stops_rollout": node.stops_rollout,
     }

@@ -145,6 +145,7 @@ async def get_gate(request: web.Request) -> web.Response:
     GATE_WAITERS.inc()
     try:
         view = await engine.run(actions.gate_check(mac, token, ip, timeout), [mac])
+        timeout = float(timeout) if not isinstance(timeout, BadReport) else 0.0  # refused above
         if view["released"] or timeout == 0:
             return web.json_response(view)
         try:

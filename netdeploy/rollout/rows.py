@@ -15,16 +15,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
 from netdeploy.store.models import Event, Node
 
-NODES = Node.__table__
-EVENTS = Event.__table__
+NODES = cast(Table, Node.__table__)
+EVENTS = cast(Table, Event.__table__)
 # every column but the config-owned JSON ones the rollout never needs
 COLUMNS: tuple[str, ...] = tuple(c.name for c in NODES.c if c.name not in ("vars", "in_config"))
 
