@@ -112,7 +112,11 @@ async def open_context(cfg: Config, ports: Ports | None = None) -> Context:
     bus = EventBus()
     result = await import_config(sessions, cfg)
     bus.publish(result.events)
-    token, _ = load_admin_token(cfg)
+    token, created = load_admin_token(cfg)
+    if created:  # shown once; afterwards read it from the file (mode 0600)
+        log.warning(
+            "generated the admin token %s (kept in %s)", token, cfg.server.state_dir / "admin-token"
+        )
     public = cfg.server.public_url or default_public_url(cfg.server.bind, ports.http)
     return Context(cfg, engine, sessions, bus, ports, public, token)
 
@@ -138,7 +142,10 @@ async def start_http(ctx: Context) -> Stopper:
 
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, ctx.config.server.bind, ctx.ports.http, reuse_address=True)
+    # a rack powering on at once: 1,000 agents connecting together must not hit SYN retries
+    site = web.TCPSite(
+        runner, ctx.config.server.bind, ctx.ports.http, reuse_address=True, backlog=1024
+    )
     try:
         await site.start()
     except OSError as exc:

@@ -140,7 +140,8 @@ def agent_report(
                         node.mac,
                         node.cluster,
                         node.state,
-                        {"progress": report.progress},
+                        {"progress": report.progress}
+                        | ({"message": report.message} if report.message else {}),
                         batch.now,
                     )
                 )

@@ -131,12 +131,6 @@ async def test_page_lists_the_demo_cluster_and_progress_moves_without_reload(bro
         print(f"progress event to progress bar in the browser: {latency * 1000:.0f} ms")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollout: a progress report's message is stored (nodes.message) but the announced "
-    "progress event carries only {'progress': p} (rollout/actions.py agent_report), so the page "
-    "shows a new message only on the next state change or reload",
-)
 async def test_a_message_sent_with_progress_shows_live(browser, tmp_path):
     async with running_server(tmp_path, public_read=True) as srv:
         await move(srv.ctx, SQL_N1, "pxe")

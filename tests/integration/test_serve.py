@@ -71,8 +71,11 @@ def test_admin_token_generated_once_and_private(state_dir):
     token = token_file.read_text()
     assert len(token.strip()) >= 32
     assert token_file.stat().st_mode & 0o077 == 0
-    start_server(state_dir).stop()
+    assert f"generated the admin token {token.strip()}" in server.log.read_text()
+    again = start_server(state_dir)
+    again.stop()
     assert token_file.read_text() == token
+    assert "generated the admin token" not in again.log.read_text()
 
 
 def test_port_already_taken_is_one_clear_line(server, tmp_path):
