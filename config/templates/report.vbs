@@ -1,27 +1,72 @@
-' report.vbs: tell netdeploy that Windows on {{ node.hostname }} reached a step.
-' Usage: cscript //nologo //B report.vbs EVENTS_URL TOKEN STEP
-' Windows Server 2003 has no curl; MSXML2.ServerXMLHTTP ships with it. Best effort: a failed
-' report is logged to %SystemRoot%\Temp\netdeploy-report.log and never blocks the logon.
+' report.vbs: tell netdeploy that Windows on {{ node.hostname }} is up (rollout API).
+' Usage: cscript //nologo //B report.vbs URL TOKEN KIND
+'   KIND health: the first node; waits until the Cluster service (ClusSvc) runs, then reports
+'                {"healthy": true}, which forms the cluster and releases the next nodes.
+'   KIND joined: any other node; waits for ClusSvc the same way, then reports {"state": "joined"}.
+' Windows Server 2003 has no curl; MSXML2.ServerXMLHTTP ships with it. A failed report is
+' logged to %SystemRoot%\Temp\netdeploy-report.log, retried, and never blocks the logon.
 Option Explicit
-Dim args, http, shell, fso, log, body
+Dim args, shell, fso, log, kind, body, running, tries, status
 Set args = WScript.Arguments
 Set shell = CreateObject("WScript.Shell")
 Set fso = CreateObject("Scripting.FileSystemObject")
 Set log = fso.OpenTextFile(shell.ExpandEnvironmentStrings("%SystemRoot%\Temp\netdeploy-report.log"), 8, True)
 If args.Count < 3 Then
-    log.WriteLine Now & " usage: report.vbs EVENTS_URL TOKEN STEP"
+    log.WriteLine Now & " usage: report.vbs URL TOKEN health|joined"
     WScript.Quit 2
 End If
-body = "{""step"": """ & args(2) & """, ""hostname"": """ & shell.ExpandEnvironmentStrings("%COMPUTERNAME%") & """}"
-On Error Resume Next
-Set http = CreateObject("MSXML2.ServerXMLHTTP")
-http.open "POST", args(0), False
-http.setRequestHeader "Content-Type", "application/json"
-http.setRequestHeader "Authorization", "Bearer " & args(1)
-http.send body
-If Err.Number <> 0 Then
-    log.WriteLine Now & " report " & args(2) & " failed: " & Err.Description
-    WScript.Quit 1
+kind = args(2)
+
+Function ClusterServiceRunning()
+    Dim wmi, services, svc
+    ClusterServiceRunning = False
+    On Error Resume Next
+    Set wmi = GetObject("winmgmts:\\.\root\cimv2")
+    Set services = wmi.ExecQuery("SELECT State FROM Win32_Service WHERE Name = 'ClusSvc'")
+    For Each svc In services
+        If svc.State = "Running" Then ClusterServiceRunning = True
+    Next
+End Function
+
+' up to 10 minutes for the cluster service to come up
+running = False
+For tries = 1 To 60
+    If ClusterServiceRunning() Then
+        running = True
+        Exit For
+    End If
+    WScript.Sleep 10000
+Next
+
+If kind = "health" Then
+    If running Then
+        body = "{""healthy"": true, ""message"": ""cluster service online on %COMPUTERNAME%""}"
+    Else
+        body = "{""healthy"": false, ""message"": ""cluster service not running on %COMPUTERNAME% after 10 minutes""}"
+    End If
+ElseIf running Then
+    body = "{""state"": ""joined"", ""message"": ""cluster service joined on %COMPUTERNAME%""}"
+Else
+    body = "{""state"": ""failed"", ""message"": ""cluster service not running on %COMPUTERNAME% after 10 minutes""}"
 End If
-log.WriteLine Now & " report " & args(2) & ": HTTP " & http.status
-WScript.Quit 0
+body = shell.ExpandEnvironmentStrings(body)
+
+Function Post(url, token, text)
+    Dim http
+    Post = 0
+    On Error Resume Next
+    Set http = CreateObject("MSXML2.ServerXMLHTTP")
+    http.open "POST", url, False
+    http.setRequestHeader "Content-Type", "application/json"
+    http.setRequestHeader "Authorization", "Bearer " & token
+    http.send text
+    If Err.Number = 0 Then Post = http.status
+End Function
+
+For tries = 1 To 10
+    status = Post(args(0), args(1), body)
+    log.WriteLine Now & " report " & kind & ": HTTP " & status
+    If status = 200 Then WScript.Quit 0
+    WScript.Sleep 5000 * tries
+Next
+WScript.Quit 1

@@ -132,6 +132,15 @@ def node_variables(
             "vars": dict(cluster_cfg.vars),
         }
     merged = {**(cluster_cfg.vars if cluster_cfg else {}), **node.vars}
+    is_first = bool(cluster_cfg and (cluster_cfg.first_node or "").lower() == node.hostname.lower())
+    # "ready" is what the started OS reports (rollout API): the first node reports its cluster
+    # service health, which forms the cluster; every other node (and a standalone one) joined.
+    ready_kind = "health" if is_first else "joined"
+    ready_body = (
+        '{"healthy": true, "message": "cluster service online"}'
+        if is_first
+        else '{"state": "joined", "message": "operating system up"}'
+    )
     return {
         "node": {
             "mac": node.mac,
@@ -142,9 +151,7 @@ def node_variables(
             "cluster": node.cluster,
             "hardware": node.hardware,
             "image": image_name,
-            "is_first_node": bool(
-                cluster_cfg and (cluster_cfg.first_node or "").lower() == node.hostname.lower()
-            ),
+            "is_first_node": is_first,
             "vars": dict(node.vars),
         },
         "cluster": cluster,
@@ -169,6 +176,9 @@ def node_variables(
             "files_url": f"{base}/files",
             "events_url": f"{api}/events",
             "health_url": f"{api}/health",
+            "ready_url": f"{api}/health" if is_first else f"{api}/events",
+            "ready_kind": ready_kind,
+            "ready_body": ready_body,
         },
     }
 
