@@ -145,6 +145,23 @@ def agent_report(
                         batch.now,
                     )
                 )
+            if report.message:  # a milestone the agent put into words: keep it in the log
+                batch.record(
+                    Event(
+                        kind="report",
+                        mac=node.mac,
+                        cluster=node.cluster,
+                        to_state=node.state,
+                        detail={
+                            "actor": "agent",
+                            "ip": ip,
+                            "message": report.message,
+                            **(
+                                {"progress": report.progress} if report.progress is not None else {}
+                            ),
+                        },
+                    )
+                )
             return NodeOutcome(node, cluster, changed=False)
         detail: dict[str, Any] = {"actor": "agent", "ip": ip}
         if report.message:
