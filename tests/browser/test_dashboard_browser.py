@@ -119,7 +119,9 @@ async def test_page_lists_the_demo_cluster_and_progress_moves_without_reload(bro
         await expect(bar).to_have_js_property("value", 40)
         await expect(row(page, SQL_N1).locator(".rate")).to_contain_text("%/min · ETA ")
         await expect(row(page, SQL_N1).locator(".state")).to_have_text("imaging")
-        await expect(page.locator("#log-rows tr").first).to_contain_text("pxe → imaging")
+        # the agent's worded milestone is logged live, above the state change it followed
+        await expect(page.locator("#log-rows tr").first).to_contain_text("writing disk: 4 of 10 GB")
+        await expect(page.locator("#log-rows tr").nth(1)).to_contain_text("pxe → imaging")
         assert await page.evaluate("window.sameDocument") is True
         assert page.errors == []  # type: ignore[attr-defined]
         await shot(page, "wall-imaging")
