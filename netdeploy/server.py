@@ -164,6 +164,15 @@ class ServiceError(Exception):
 SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [start_http]
 
 
+async def start_multicast(ctx: Context) -> Stopper:
+    from netdeploy.multicast.service import start_multicast as start
+
+    return await start(ctx)
+
+
+SERVICES.append(start_multicast)
+
+
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
