@@ -114,7 +114,7 @@ class SessionReceiver:
         if self.dropped:
             return  # a dropped receiver listens but no longer asks
         try:
-            sock.sendto(datagram, self.feedback)
+            sock.send(datagram)
         except OSError:
             self.rejected["send-error"] += 1  # feedback is best effort; the next one follows
 
@@ -139,13 +139,18 @@ class SessionReceiver:
             self._send(sock, wire.pack_nak(self.session, self.rid, self.round, base, nbits, bitmap))
 
     def run(self) -> Outcome:
-        sock = receiver_socket(self.a["group"], int(self.a["port"]), self.interface)
+        group = receiver_socket(self.a["group"], int(self.a["port"]), self.interface)
+        # feedback goes out, and ACK/DROP come back, on a connected unicast socket: the group
+        # socket is bound to the group address and never sees unicast
+        feedback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            return Outcome(self._loop(sock), self.rejected)
+            feedback.connect(self.feedback)
+            return Outcome(self._loop(group, feedback), self.rejected)
         finally:
-            sock.close()
+            group.close()
+            feedback.close()
 
-    def _loop(self, sock: socket.socket) -> str:
+    def _loop(self, group: socket.socket, sock: socket.socket) -> str:
         buf = bytearray(65536)
         view = memoryview(buf)
         unpack = wire.DATA_HEADER.unpack_from
@@ -166,10 +171,14 @@ class SessionReceiver:
                 next_status = now + STATUS_INTERVAL
             if now - last_heard > self.idle_timeout:
                 return "idle"
-            ready, _, _ = select.select([sock], [], [], 0.05)
+            ready, _, _ = select.select([group, sock], [], [], 0.05)
             if not ready:
                 continue
-            n = sock.recv_into(buf)
+            try:
+                n = ready[-1].recv_into(buf)
+            except OSError:  # ICMP port unreachable from a sender that is gone
+                self.rejected["send-error"] += 1
+                continue
             if n >= wire.DATA_HEADER.size:
                 magic, version, kind, session, index, crc = unpack(buf)
                 if magic == wire.MAGIC and version == wire.VERSION and kind == wire.Kind.DATA:
@@ -221,6 +230,8 @@ class SessionReceiver:
                 self.dropped = True
                 self.progress.note("dropped by the sender: will finish by unicast")
             elif isinstance(msg, wire.Finish):
+                if msg.code == wire.FINISH_ABORTED and not done_flags:
+                    return "idle"  # the server is stopping: join its next incarnation
                 if done_flags:
                     return "verified" if done_flags & wire.Flag.VERIFIED else "bad"
                 return "dropped" if self.dropped else "incomplete"
@@ -286,8 +297,8 @@ def receive(
                 break
             if outcome.result in ("dropped", "incomplete") or attempt == rejoins:
                 break
-            progress.note("the session went silent; joining again")
-            answer = join(server, image, mac=mac, name=name, token=token)
+            progress.note("the session went silent or stopped; joining again")
+            answer = join(server, image, mac=mac, name=name, token=token, retry_for=60.0)
             if answer["mode"] == "multicast" and (
                 int(answer["size"]),
                 answer["sha256"],

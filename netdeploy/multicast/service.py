@@ -209,7 +209,9 @@ class MulticastService:
             expected = self._expected(image, cluster)
             if expected is not None:
                 expected = max(expected - len(members), 1)
-            target = self.create(source, cluster, expected, local_ip)
+            # a late session starts with whoever is there once the earlier one ends and
+            # max_wait passed: min_receivers must not strand one late machine for ever
+            target = self.create(source, cluster, expected, local_ip, min_receivers=1)
         if target is None:
             target = self.create(source, cluster, self._expected(image, cluster), local_ip)
         return self._answer(target, target.join(name, mac, client_ip), unicast)

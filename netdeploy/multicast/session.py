@@ -230,10 +230,14 @@ class SenderSession:
                 rec.state = "verifying"
         elif rec.state == "joined":
             rec.state = "receiving"
+        # judge loss against what we really sent: a forged slice far ahead must not make
+        # an honest receiver look lossy
+        due = min(rec.highest, self.sent_slices)
+        got = min(rec.received, due)
         if self.state == "running" and policy.too_lossy(
-            rec.received, rec.highest, self.params.slow_receiver_loss, self.slices
+            got, due, self.params.slow_receiver_loss, self.slices
         ):
-            loss = 1 - rec.received / rec.highest
+            loss = 1 - got / due
             self._drop(rec, wire.DropReason.LOSSY, f"lost {loss:.0%} of the slices")
         self._reported.set()
 
@@ -416,7 +420,9 @@ class SenderSession:
             self.state, self.detail = "failed", "stopped with the server"
             with contextlib.suppress(OSError, BlockingIOError):
                 if self._sock:
-                    self._sock.sendto(wire.pack_finish(self.id, 1), (p.group, p.data_port))
+                    self._sock.sendto(
+                        wire.pack_finish(self.id, wire.FINISH_ABORTED), (p.group, p.data_port)
+                    )
             raise
         except OSError as exc:
             self.state, self.detail = "failed", f"{exc.strerror or exc}"

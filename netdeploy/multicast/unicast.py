@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -26,6 +27,31 @@ def _request(url: str, token: str | None, **kw: Any) -> urllib.request.Request:
 
 
 def join(
+    server: str,
+    image: str,
+    *,
+    mac: str | None,
+    name: str | None,
+    token: str | None,
+    retry_for: float = 0.0,
+) -> dict[str, Any]:
+    """Ask the server for a session; keep trying for ``retry_for`` s while it is unreachable
+    (a restart), but give up at once on a refusal (4xx/5xx says why)."""
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            return _join_once(server, image, mac=mac, name=name, token=token)
+        except _Unreachable as exc:
+            if time.monotonic() >= deadline:
+                raise ReceiveError(str(exc)) from None
+            time.sleep(1.0)
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _join_once(
     server: str, image: str, *, mac: str | None, name: str | None, token: str | None
 ) -> dict[str, Any]:
     body = {"image": image, **({"mac": mac} if mac else {}), **({"name": name} if name else {})}
@@ -47,7 +73,7 @@ def join(
         raise ReceiveError(f"join refused by {server} ({exc.code}): {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ReceiveError(f"cannot reach {server}: {reason}; check --server") from None
+        raise _Unreachable(f"cannot reach {server}: {reason}; check --server") from None
 
 
 def byte_ranges(

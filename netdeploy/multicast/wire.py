@@ -49,6 +49,10 @@ MAX_SLICE_SIZE = 65507 - DATA_OVERHEAD  # largest UDP payload over IPv4, minus o
 NAK_WINDOW = 8192  # slices per NAK datagram: a 1 KiB bitmap, well under any MTU
 
 
+FINISH_DONE = 0  # FINISH codes: the session ended normally
+FINISH_ABORTED = 1  # the server is stopping: receivers join again (its restart)
+
+
 class Kind(IntEnum):
     DATA = 1
     HELLO = 2

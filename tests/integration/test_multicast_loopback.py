@@ -22,3 +22,19 @@ async def test_three_receivers_get_verified_copies(tmp_path):
         [session] = server.service.finished
         assert session["state"] == "finished"
         assert sorted(r["state"] for r in session["receivers"]) == ["done"] * 3
+
+
+async def test_cluster_session_starts_when_every_expected_node_joined(tmp_path):
+    """sqlclu has 3 nodes: their session starts at the third join, not after max_wait."""
+    macs = ["52:54:00:00:10:01", "52:54:00:00:10:02", "52:54:00:00:10:03"]
+    async with running_server(tmp_path, min_receivers=5, max_wait=600) as server:
+        outs = [tmp_path / f"n{i}.img" for i in range(3)]
+        results = await asyncio.gather(
+            *(run_receiver(server.url, o, "--mac", m) for o, m in zip(outs, macs, strict=True))
+        )
+        for (status, output), out in zip(results, outs, strict=True):
+            assert status == 0, output
+            assert sha256_of(out) == server.sha256
+        [session] = server.service.finished
+        assert (session["cluster"], session["expected"]) == ("sqlclu", 3)
+        assert sorted(r["mac"] for r in session["receivers"]) == macs
