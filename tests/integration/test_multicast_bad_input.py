@@ -12,15 +12,7 @@ import socket
 import aiohttp
 
 from netdeploy.multicast import wire
-from tests.integration.mc_harness import IMAGE, run_receiver, running_server, sha256_of
-
-
-async def wait_for(predicate, timeout=20.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from tests.integration.mc_harness import IMAGE, run_receiver, running_server, sha256_of, wait_for
 
 
 def only_session(server):
@@ -71,6 +63,7 @@ async def test_forged_and_malformed_datagrams_are_ignored(tmp_path):
             summary = json.loads(output.strip().splitlines()[-1])
             rejected = summary["sessions"][0]["rejected"]
             assert {"session", "range", "length", "crc", "malformed"} <= set(rejected), rejected
+        await wait_for(lambda: server.service.finished)
         summary = server.service.finished[0]
         assert {"session", "range", "malformed"} <= set(summary["rejected"])
         assert [r["state"] for r in summary["receivers"]] == ["done", "done"]
@@ -98,6 +91,7 @@ async def test_forged_slice_with_valid_crc_is_caught_by_sha256_and_refetched(tmp
         summary = json.loads(output.strip().splitlines()[-1])
         assert summary["sessions"][0]["result"] == "bad"
         assert summary["unicast_bytes"] == s.size
+        await wait_for(lambda: server.service.finished)
         [receiver] = server.service.finished[0]["receivers"]
         assert receiver["state"] == "bad"
 
@@ -160,6 +154,7 @@ async def test_sender_restart_mid_session_is_repaired(tmp_path):
             summary = json.loads(output.strip().splitlines()[-1])
             assert [s["result"] for s in summary["sessions"]] == ["idle", "verified"]
             assert summary["unicast_bytes"] == 0
+        await wait_for(lambda: second.service.finished)
         assert [r["state"] for r in second.service.finished[0]["receivers"]] == ["done", "done"]
 
 

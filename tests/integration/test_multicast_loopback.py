@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.integration.mc_harness import run_receiver, running_server, sha256_of
+from tests.integration.mc_harness import run_receiver, running_server, sha256_of, wait_for
 
 
 async def test_three_receivers_get_verified_copies(tmp_path):
@@ -19,6 +19,7 @@ async def test_three_receivers_get_verified_copies(tmp_path):
             assert sha256_of(out) == server.sha256
             summary = json.loads(output.strip().splitlines()[-1])
             assert summary["unicast_bytes"] == 0, summary
+        await wait_for(lambda: server.service.finished)
         [session] = server.service.finished
         assert session["state"] == "finished"
         assert sorted(r["state"] for r in session["receivers"]) == ["done"] * 3
@@ -35,6 +36,7 @@ async def test_cluster_session_starts_when_every_expected_node_joined(tmp_path):
         for (status, output), out in zip(results, outs, strict=True):
             assert status == 0, output
             assert sha256_of(out) == server.sha256
+        await wait_for(lambda: server.service.finished)
         [session] = server.service.finished
         assert (session["cluster"], session["expected"]) == ("sqlclu", 3)
         assert sorted(r["mac"] for r in session["receivers"]) == macs
