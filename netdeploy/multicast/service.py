@@ -61,7 +61,9 @@ class MulticastService:
         self.finished: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         low, high = self.cfg.port_range
         self._free_ports = list(range(low, high, 2))
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # one per session
+        self._writes: set[asyncio.Task[Any]] = set()  # event rows being stored
+        self.stopping = False
 
     # ------------------------------------------------------------------ images
 
@@ -184,6 +186,8 @@ class MulticastService:
         base_url: str,
     ) -> dict[str, Any]:
         """Where a receiver gets ``image``: a multicast session, or a unicast URL and why."""
+        if self.stopping:
+            raise JoinError(503, "the server is stopping; join again in a moment")
         source = await self.image_source(image)
         unicast = {
             "mode": "unicast",
@@ -255,8 +259,8 @@ class MulticastService:
             detail={"what": kind, "session": f"{session.id:08x}", "image": session.image, **detail},
         )
         task = asyncio.create_task(self._store(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def _store(self, event: Event) -> None:
         try:
@@ -269,9 +273,12 @@ class MulticastService:
         self.ctx.bus.publish(event)
 
     async def stop(self) -> None:
+        """Stop every session (receivers are told to join again), then store their events."""
+        self.stopping = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._writes, return_exceptions=True)
 
 
 async def start_multicast(ctx: Context) -> Any:

@@ -70,6 +70,8 @@ def _join_once(
             message = json.load(exc).get("error", exc.reason)
         except ValueError:
             message = exc.reason
+        if exc.code == 503:  # stopping or busy: worth another try
+            raise _Unreachable(f"{server} cannot take us now (503): {message}") from None
         raise ReceiveError(f"join refused by {server} ({exc.code}): {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -174,10 +174,10 @@ async def run_receiver(
     return proc.returncode or 0, output.decode(errors="replace")
 
 
-async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+async def wait_for(predicate: Any, timeout: float = 20.0, message: Any = None) -> None:
     """Poll ``predicate`` every 20 ms; fail the test if it stays false for ``timeout``."""
     for _ in range(int(timeout / 0.02)):
         if predicate():
             return
         await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"condition not met in time: {message() if message else ''}")

@@ -154,7 +154,7 @@ async def test_sender_restart_mid_session_is_repaired(tmp_path):
             summary = json.loads(output.strip().splitlines()[-1])
             assert [s["result"] for s in summary["sessions"]] == ["idle", "verified"]
             assert summary["unicast_bytes"] == 0
-        await wait_for(lambda: second.service.finished)
+        await wait_for(lambda: second.service.finished, message=lambda: second.service.status())
         assert [r["state"] for r in second.service.finished[0]["receivers"]] == ["done", "done"]
 
 
@@ -177,11 +177,11 @@ async def test_late_joiner_waits_for_the_next_session(tmp_path):
         early = asyncio.create_task(run_receiver(server.url, tmp_path / "early", "--name", "e"))
         await wait_for(lambda: server.service.sessions and only_session(server).sent_slices > 20)
         first = only_session(server)
-        late = asyncio.create_task(run_receiver(server.url, tmp_path / "late", "--name", "late"))
-        await wait_for(lambda: len(server.service.sessions) == 2)
-        second = next(s for s in server.service.sessions.values() if s is not first)
-        assert first.state == "running" and second.state == "waiting"
+        answer = await ghost_join(server, "late")  # what the receiver below will get too
+        assert answer["session"] != first.id and answer["state"] == "waiting"
+        assert first.state in ("running", "repairing")
         first_id = first.id
+        late = asyncio.create_task(run_receiver(server.url, tmp_path / "late", "--name", "late"))
         status, output = await late
         assert status == 0, output
         summary = json.loads(output.strip().splitlines()[-1])
