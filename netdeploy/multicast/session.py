@@ -67,6 +67,7 @@ class ReceiverInfo:
     addr: tuple[str, int] | None = None
     interval_mark: tuple[int, int] = (0, 0)  # (received, highest) at the last rate tick
     missing_map: MissingMap | None = None
+    done_after: float | None = None  # seconds from the session's start to its verdict
 
     def matches(self, name: str, mac: str | None, ip: str) -> bool:
         """The same machine: same MAC, or (without MACs) the same name from the same address."""
@@ -92,6 +93,7 @@ class ReceiverInfo:
             "progress": round(100.0 * self.received / slices, 1) if slices else 100.0,
             "loss": round(loss, 4),
             "seen_ago": round(now - self.last_seen, 1),
+            "done_after": self.done_after,
         }
 
 
@@ -223,6 +225,8 @@ class SenderSession:
             if msg.flags & (wire.Flag.VERIFIED | wire.Flag.BAD):
                 good = bool(msg.flags & wire.Flag.VERIFIED)
                 rec.state = "done" if good else "bad"
+                if self.started_at is not None:
+                    rec.done_after = round(self._clock() - self.started_at, 3)
                 rec.reason = "" if good else "sha256 of the copy did not match"
                 self._tell(rec, wire.pack_ack(self.id, rec.id))
                 self._on_change("receiver_" + rec.state, {"receiver": rec.name, "mac": rec.mac})
