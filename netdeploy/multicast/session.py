@@ -204,6 +204,8 @@ class SenderSession:
         if rec.state in ("done", "bad"):
             self._tell(rec, wire.pack_ack(self.id, rec.id))
             return
+        if rec.report_round < 0:
+            self._joined.set()  # it listens now: it counts towards the start rule
         if msg.round > rec.report_round:
             rec.report_round = msg.round
             rec.missing_map = rec.missing_map or MissingMap(self.slices)
@@ -337,7 +339,9 @@ class SenderSession:
             self._joined.clear()
             now = self._clock()
             waited = now - self.first_join_at if self.first_join_at else 0.0
-            joined = sum(1 for r in self.receivers.values() if r.active)
+            # a receiver counts once it listens on the group (its first report), not at its
+            # HTTP join: what we sent before it bound its socket would only need repairs
+            joined = sum(1 for r in self.receivers.values() if r.active and r.report_round >= 0)
             reason = policy.start_reason(
                 joined, self.expected, self.params.min_receivers, waited, self.params.max_wait
             )

@@ -92,7 +92,7 @@ class Rig:
                     b,
                 )
                 self._ip("-n", b, "link", "set", port, "master", "br0", "up")
-                self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+                self._ip("-n", ns, "addr", "add", f"{address}/24", "brd", "+", "dev", "eth0")
                 self._ip("-n", ns, "link", "set", "eth0", "up")
                 self._ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
             if self.rate_mbit:

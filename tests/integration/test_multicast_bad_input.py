@@ -166,7 +166,12 @@ async def ghost_join(server, name="ghost"):
         http.post(f"{server.url}/api/multicast/join", json={"image": IMAGE, "name": name}) as r,
     ):
         assert r.status == 200
-        return await r.json()
+        answer = await r.json()
+    # one report, as a receiver sends once it listens; then silence
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        status = wire.pack_status(answer["session"], answer["receiver"], 0, 0, 0, 0)
+        sock.sendto(status, ("127.0.0.1", answer["feedback_port"]))
+    return answer
 
 
 async def test_late_joiner_waits_for_the_next_session(tmp_path):
