@@ -8,6 +8,7 @@ or raises :class:`ConfigError`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
@@ -86,8 +87,6 @@ class MulticastConfig(_Section):
     @field_validator("group")
     @classmethod
     def _group(cls, value: str) -> str:
-        import ipaddress
-
         try:
             address = ipaddress.IPv4Address(value)
         except ValueError:

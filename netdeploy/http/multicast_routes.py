@@ -7,6 +7,7 @@ itself then talks UDP to the session (see docs/multicast.md).
 
 from __future__ import annotations
 
+import hmac
 import re
 import shlex
 import socket
@@ -139,7 +140,7 @@ async def one_session(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     """Admin: open a session ahead of the joins, e.g. for N receivers that are not nodes."""
     ctx = ctx_of(request)
-    if _bearer(request) != ctx.admin_token:
+    if not hmac.compare_digest((_bearer(request) or "").encode(), ctx.admin_token.encode()):
         raise web.HTTPUnauthorized(text="needs the admin token (Authorization: Bearer ...)")
     fields = await _fields(request)
     service = _service(request)

@@ -18,12 +18,12 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from netdeploy.multicast import policy, wire
+from netdeploy.multicast.members import ReceiverInfo, SessionParams
 from netdeploy.multicast.netio import sender_socket
-from netdeploy.multicast.slicemap import MissingMap, set_bits, union
+from netdeploy.multicast.slicemap import MissingMap, runs, set_bits, union
 
 log = logging.getLogger("netdeploy.multicast")
 
@@ -31,70 +31,6 @@ BATCH_SLICES = 64  # slices read from the image per pread
 HELLO_INTERVAL = 0.5
 RATE_INTERVAL = 0.5
 END_REPEATS = 8
-
-
-@dataclass(frozen=True)
-class SessionParams:
-    group: str
-    data_port: int
-    feedback_port: int
-    bind: str = "0.0.0.0"
-    interface: str | None = None
-    ttl: int = 1
-    max_rate: float = 125e6  # bytes/s
-    min_receivers: int = 1
-    max_wait: float = 60.0
-    slow_receiver_loss: float = 0.05
-    slow_receiver_timeout: float = 30.0
-    slice_size: int = wire.DEFAULT_SLICE_SIZE
-    round_wait: float = 0.05
-
-
-@dataclass
-class ReceiverInfo:
-    id: int
-    name: str
-    mac: str | None
-    ip: str
-    joined_at: float
-    last_seen: float
-    state: str = "joined"  # joined | receiving | verifying | done | bad | dropped
-    reason: str = ""
-    received: int = 0
-    highest: int = 0
-    missing: int | None = None
-    report_round: int = -1
-    addr: tuple[str, int] | None = None
-    interval_mark: tuple[int, int] = (0, 0)  # (received, highest) at the last rate tick
-    missing_map: MissingMap | None = None
-    done_after: float | None = None  # seconds from the session's start to its verdict
-
-    def matches(self, name: str, mac: str | None, ip: str) -> bool:
-        """The same machine: same MAC, or (without MACs) the same name from the same address."""
-        if mac or self.mac:
-            return mac == self.mac
-        return (self.name, self.ip) == (name, ip)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("joined", "receiving", "verifying")
-
-    def json(self, slices: int, now: float) -> dict[str, Any]:
-        loss = 1.0 - self.received / self.highest if self.highest else 0.0
-        return {
-            "id": self.id,
-            "name": self.name,
-            "mac": self.mac,
-            "ip": self.ip,
-            "state": self.state,
-            "reason": self.reason,
-            "received": self.received,
-            "missing": self.missing,
-            "progress": round(100.0 * self.received / slices, 1) if slices else 100.0,
-            "loss": round(loss, 4),
-            "seen_ago": round(now - self.last_seen, 1),
-            "done_after": self.done_after,
-        }
 
 
 class SenderSession:
@@ -390,9 +326,9 @@ class SenderSession:
                 if r.state == "receiving" and r.report_round == self.round and r.missing_map
             ]
             wanted = union((r.missing_map for r in reporters if r.missing_map), self.slices)
-            runs = _runs(set_bits(wanted))
-            if runs:
-                await self._send_runs(runs, first_pass=False)
+            wanted_runs = runs(set_bits(wanted))
+            if wanted_runs:
+                await self._send_runs(wanted_runs, first_pass=False)
             else:
                 await asyncio.sleep(self.params.round_wait)
 
@@ -488,13 +424,3 @@ class SenderSession:
             "elapsed": round(end - self.started_at, 2) if self.started_at else None,
             "receivers": [r.json(self.slices, now) for r in self.receivers.values()],
         }
-
-
-def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for index in indices:
-        if runs and runs[-1][1] == index:
-            runs[-1] = (runs[-1][0], index + 1)
-        else:
-            runs.append((index, index + 1))
-    return runs

@@ -31,6 +31,17 @@ def set_bits(bitmap: bytes | bytearray, offset: int = 0) -> Iterator[int]:
                 yield base + bit
 
 
+def runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending indices as ``[first, end)`` runs."""
+    out: list[tuple[int, int]] = []
+    for index in indices:
+        if out and out[-1][1] == index:
+            out[-1] = (out[-1][0], index + 1)
+        else:
+            out.append((index, index + 1))
+    return out
+
+
 class SliceMap:
     """The slices a receiver has written (and checked); says what to NAK."""
 
@@ -71,14 +82,9 @@ class SliceMap:
 
     def missing_ranges(self) -> list[tuple[int, int]]:
         """Missing slices as ``[first, end)`` runs, in order (for unicast fetches)."""
-        runs: list[tuple[int, int]] = []
-        for base, _nbits, chunk in self.nak_windows():
-            for index in set_bits(chunk, base):
-                if runs and runs[-1][1] == index:
-                    runs[-1] = (runs[-1][0], index + 1)
-                else:
-                    runs.append((index, index + 1))
-        return runs
+        return runs(
+            index for base, _nbits, chunk in self.nak_windows() for index in set_bits(chunk, base)
+        )
 
 
 class MissingMap:
