@@ -81,6 +81,62 @@ static void sha256_block(uint32_t *h, const uint8_t *p) {
     h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
 }
 
+/* The same compression with the x86 SHA extensions (SHA-NI), 5-6x faster: with 16
+ * receivers on a busy host the portable version's hashing was what slowed the rack. The
+ * message schedule follows FIPS 180-4 §6.2.2 in groups of four words:
+ * M[j] = msg2(msg1(M[j-4], M[j-3]) + (W[t-7] words), M[j-1]). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_blocks_ni(uint32_t *h,
+                                                                          const uint8_t *p,
+                                                                          size_t blocks) {
+    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i st1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
+    __m128i st0 = _mm_alignr_epi8(tmp, st1, 8);                                      /* ABEF */
+    st1 = _mm_blend_epi16(st1, tmp, 0xF0);                                            /* CDGH */
+    for (; blocks--; p += 64) {
+        __m128i abef = st0, cdgh = st1, m[4], wk;
+        for (int j = 0; j < 4; j++)
+            m[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * j)), swap);
+        for (int j = 0; j < 16; j++) {
+            if (j >= 4)
+                m[j % 4] = _mm_sha256msg2_epu32(
+                    _mm_add_epi32(_mm_sha256msg1_epu32(m[j % 4], m[(j + 1) % 4]),
+                                  _mm_alignr_epi8(m[(j + 3) % 4], m[(j + 2) % 4], 4)),
+                    m[(j + 3) % 4]);
+            wk = _mm_add_epi32(m[j % 4], _mm_loadu_si128((const __m128i *)&K[4 * j]));
+            st1 = _mm_sha256rnds2_epu32(st1, st0, wk);
+            st0 = _mm_sha256rnds2_epu32(st0, st1, _mm_shuffle_epi32(wk, 0x0E));
+        }
+        st0 = _mm_add_epi32(st0, abef);
+        st1 = _mm_add_epi32(st1, cdgh);
+    }
+    tmp = _mm_shuffle_epi32(st0, 0x1B);                                   /* FEBA */
+    st1 = _mm_shuffle_epi32(st1, 0xB1);                                   /* DCHG */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(tmp, st1, 0xF0)); /* DCBA */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(st1, tmp, 8));    /* HGFE */
+}
+
+static int have_sha_ni(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1) || !(c & bit_SSSE3)) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 29) & 1; /* CPUID.(EAX=7,ECX=0):EBX.SHA[bit 29] */
+}
+#else
+static void sha256_blocks_ni(uint32_t *h, const uint8_t *p, size_t blocks) { (void)h, (void)p, (void)blocks; }
+static int have_sha_ni(void) { return 0; }
+#endif
+
+static void sha256_blocks_c(uint32_t *h, const uint8_t *p, size_t blocks) {
+    for (; blocks--; p += 64) sha256_block(h, p);
+}
+
+static void (*sha256_blocks)(uint32_t *, const uint8_t *, size_t) = sha256_blocks_c;
+
 static void sha256_init(sha256_t *s) {
     static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -96,10 +152,12 @@ static void sha256_update(sha256_t *s, const uint8_t *p, size_t n) {
         memcpy(s->buf + s->fill, p, take);
         s->fill += take; p += take; n -= take;
         if (s->fill < 64) return;
-        sha256_block(s->h, s->buf);
+        sha256_blocks(s->h, s->buf, 1);
         s->fill = 0;
     }
-    for (; n >= 64; p += 64, n -= 64) sha256_block(s->h, p);
+    sha256_blocks(s->h, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(s->buf, p, n);
     s->fill = n;
 }
@@ -351,6 +409,7 @@ int main(int argc, char **argv) {
 
     parse_args(argc, argv, &sender, &group, &port);
     crc_init();
+    if (have_sha_ni() && !getenv("NDMC_NO_SHA_NI")) sha256_blocks = sha256_blocks_ni;
     sha256_init(&S.sha);
     S.slices = (uint32_t)((S.size + S.slice_size - 1) / S.slice_size);
     if (!(S.have = calloc(S.slices / 8 + 1, 1)) || !(S.readback = malloc(S.slice_size)))

@@ -269,8 +269,6 @@ class SenderSession:
     # ------------------------------------------------------------------ phases
 
     async def _wait_start(self) -> str:
-        if self.after is not None:
-            await asyncio.shield(self.after)
         while True:
             self._joined.clear()
             now = self._clock()
@@ -281,7 +279,9 @@ class SenderSession:
             reason = policy.start_reason(
                 joined, self.expected, self.params.min_receivers, waited, self.params.max_wait
             )
-            if reason:
+            # an earlier session of this image runs: wait for it, saying HELLO meanwhile so
+            # our receivers know we are alive and do not give up on us
+            if reason and (self.after is None or self.after.done()):
                 return reason
             await self._send_control(
                 wire.pack_hello(

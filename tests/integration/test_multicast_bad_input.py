@@ -186,10 +186,14 @@ async def test_late_joiner_waits_for_the_next_session(tmp_path):
         assert answer["session"] != first.id and answer["state"] == "waiting"
         assert first.state in ("running", "repairing")
         first_id = first.id
-        late = asyncio.create_task(run_receiver(server.url, tmp_path / "late", "--name", "late"))
+        # a short idle timeout: the waiting session's HELLOs must keep it from giving up
+        late = asyncio.create_task(
+            run_receiver(server.url, tmp_path / "late", "--name", "late", "--idle-timeout", "1")
+        )
         status, output = await late
         assert status == 0, output
         summary = json.loads(output.strip().splitlines()[-1])
+        assert [s["result"] for s in summary["sessions"]] == ["verified"]
         assert summary["sessions"][0]["id"] != first_id
         assert summary["unicast_bytes"] == 0
         assert (await early)[0] == 0
