@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
+from sqlalchemy import select
+
+from netdeploy.store.models import Event
 from tests.integration.mc_harness import run_receiver, running_server, sha256_of, wait_for
 
 
@@ -23,6 +27,15 @@ async def test_three_receivers_get_verified_copies(tmp_path):
         [session] = server.service.finished
         assert session["state"] == "finished"
         assert sorted(r["state"] for r in session["receivers"]) == ["done"] * 3
+        # what happened is recorded as events and counted in /metrics
+        async with server.ctx.sessions() as db:
+            rows = (await db.scalars(select(Event).where(Event.kind == "multicast"))).all()
+        whats = sorted(e.detail["what"] for e in rows)
+        assert whats == sorted(["session_started", "session_finished"] + ["receiver_done"] * 3)
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
+            metrics = await r.text()
+        assert 'netdeploy_multicast_sessions_total{result="finished"}' in metrics
+        assert 'netdeploy_multicast_receivers_total{state="done"}' in metrics
 
 
 async def test_cluster_session_starts_when_every_expected_node_joined(tmp_path):
