@@ -235,6 +235,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- receive (multicast)
+
+
+def _receive(args: argparse.Namespace) -> int:
+    from netdeploy.multicast.cli import cmd_receive
+
+    return cmd_receive(args)
+
+
+def _receive_options(parser: argparse.ArgumentParser) -> None:
+    from netdeploy.multicast.cli import add_receive_options
+
+    add_receive_options(parser)
+
+
 # ---------------------------------------------------------------- main
 
 # Each entry: (name, help, handler, function that adds the command's own options).
@@ -280,6 +295,12 @@ COMMANDS: list[Command] = [
             add_config_options(p),
             p.add_argument("--json", action="store_true", help="print JSON instead of a table"),
         ),
+    ),
+    (
+        "receive",
+        "receive an image from a multicast session into a file or block device",
+        _receive,
+        _receive_options,
     ),
 ]
 

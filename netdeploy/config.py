@@ -8,6 +8,7 @@ or raises :class:`ConfigError`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
@@ -86,6 +87,41 @@ class RolloutConfig(_Section):
     group_commit: bool = True
     max_batch: Annotated[int, Field(ge=1, le=10000)] = 1000
     sweep_interval: Seconds = 5.0  # how often phase timeouts are checked
+
+
+class MulticastConfig(_Section):
+    """``[multicast]``: one stream per image for the whole rack (docs/multicast.md)."""
+
+    enabled: bool = True
+    group: str = "239.255.78.1"  # administratively scoped (RFC 2365)
+    port_range: tuple[Port, Port] = (47800, 47899)  # two ports per session: data, feedback
+    ttl: Annotated[int, Field(ge=1, le=255)] = 1
+    interface: str | None = None  # name or IPv4 address; None: where the joins arrive
+    max_rate: Annotated[float, Field(gt=0)] = 1000.0  # Mbit/s on the wire
+    min_receivers: Annotated[int, Field(ge=1)] = 1
+    max_wait: Annotated[float, Field(ge=0)] = 60.0  # seconds after the first join
+    slow_receiver_loss: Annotated[float, Field(gt=0, lt=1)] = 0.05  # lost fraction: drop
+    slow_receiver_timeout: Seconds = 30.0  # silent, or incomplete this long after the pass
+    slice_size: Annotated[int, Field(ge=512, le=65491)] = 11816  # 8 IPv4 fragments at MTU 1500
+    late_joiners: Literal["next_session", "unicast"] = "next_session"
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+        if not address.is_multicast:
+            raise ValueError(f"{value} is not a multicast address; use 239.0.0.0/8 (RFC 2365)")
+        return value
+
+    @field_validator("port_range")
+    @classmethod
+    def _ports(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[1] - value[0] < 1:
+            raise ValueError("needs at least two ports, low first, e.g. [47800, 47899]")
+        return value
 
 
 class MassStorageDriver(_Section):
@@ -195,6 +231,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     dashboard: DashboardConfig = DashboardConfig()
     rollout: RolloutConfig = RolloutConfig()
+    multicast: MulticastConfig = MulticastConfig()
     images: dict[str, ImageConfig] = {}
     hardware: dict[str, HardwareProfile] = {}
     clusters: dict[str, ClusterConfig] = {}

@@ -198,6 +198,15 @@ async def start_admin_url_file(ctx: Context) -> Stopper:
 SERVICES.append(start_admin_url_file)
 
 
+async def start_multicast(ctx: Context) -> Stopper:
+    from netdeploy.multicast.service import start_multicast as start
+
+    return await start(ctx)
+
+
+SERVICES.append(start_multicast)
+
+
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:

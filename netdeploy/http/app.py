@@ -16,6 +16,7 @@ from netdeploy.http import (
     boot_routes,
     dashboard,
     events_routes,
+    multicast_routes,
 )
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
@@ -23,7 +24,16 @@ from netdeploy.server import Context
 log = logging.getLogger("netdeploy.http")
 
 # Modules with a ``setup(app)`` that adds their routes; each area of the product owns one.
-ROUTE_MODULES = [api, boot_routes, agent_plan, agent_routes, admin_routes, dashboard, events_routes]
+ROUTE_MODULES = [
+    api,
+    boot_routes,
+    agent_plan,
+    agent_routes,
+    admin_routes,
+    dashboard,
+    events_routes,
+    multicast_routes,
+]
 
 
 @web.middleware

@@ -195,6 +195,18 @@ def build_initramfs(
     return packed.getvalue()
 
 
+MULTICAST_RECEIVER_SOURCE = AGENT_DIR / "ndmc-recv.c"
+
+
+def compile_multicast_receiver(into: Path) -> bytes | None:
+    """The static C multicast receiver (docs/decisions/0005), or None without a C compiler."""
+    if shutil.which("gcc") is None or not MULTICAST_RECEIVER_SOURCE.is_file():
+        return None
+    binary = into / "ndmc-recv"
+    _run(["gcc", "-static", "-O2", "-s", "-o", str(binary), str(MULTICAST_RECEIVER_SOURCE)])
+    return binary.read_bytes()
+
+
 def build_media(
     out: Path,
     cache: Path,
@@ -224,8 +236,14 @@ def build_media(
             raise MediaError(f"{busybox_deb.name} holds no bin/busybox")
         progress("resolving modules")
         modules = resolve_modules(kroot / "lib" / "modules", WANTED_MODULES)
+        extra = dict(extra_files or {})
+        receiver = compile_multicast_receiver(Path(tmp))
+        if receiver is None:
+            progress("multicast receiver left out: install gcc and libc6-dev to include it")
+        else:
+            extra["bin/ndmc-recv"] = receiver
         progress(f"packing initramfs ({len(modules)} modules)")
-        initrd = build_initramfs(bb.read_bytes(), modules, extra_files)
+        initrd = build_initramfs(bb.read_bytes(), modules, extra)
         out.mkdir(parents=True, exist_ok=True)
         kernel_out, initrd_out = out / "vmlinuz", out / "initrd.gz"
         tmp_kernel, tmp_initrd = out / ".vmlinuz.new", out / ".initrd.gz.new"
@@ -236,6 +254,7 @@ def build_media(
             "busybox_package": busybox_deb.name,
             "kernel_version": vmlinuz[-1].name.removeprefix("vmlinuz-"),
             "modules": [name for name, _ in modules],
+            "multicast_receiver": receiver is not None,
             "vmlinuz": {
                 "size": tmp_kernel.stat().st_size,
                 "sha256": hashlib.sha256(tmp_kernel.read_bytes()).hexdigest(),

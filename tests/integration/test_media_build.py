@@ -54,6 +54,8 @@ def test_media_build_is_reproducible_and_complete(media_cache, tmp_path):
         "etc/modules.order",
         "dev/console",
     } <= set(names)
+    if shutil.which("gcc"):  # the multicast receiver is compiled in (decision 0005)
+        assert first["multicast_receiver"] and "bin/ndmc-recv" in names
     modules = first["modules"]
     for needed in ("virtio_net", "virtio_blk", "e1000", "vfat", "nls_cp437"):
         assert f"lib/modules/{needed}.ko" in names

@@ -1,0 +1,1 @@
+"""Reliable multicast image distribution: wire format, sender sessions, receivers."""

@@ -1,0 +1,64 @@
+"""``netdeploy receive``: the command-line face of the Python receiver."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from netdeploy.multicast.progress import Progress
+from netdeploy.multicast.receiver import receive
+from netdeploy.multicast.unicast import ReceiveError
+
+
+def add_receive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, metavar="URL", help="netdeploy base URL")
+    parser.add_argument("--image", required=True, metavar="NAME", help="image name")
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="file or block device to write"
+    )
+    parser.add_argument("--mac", default=None, help="this node's MAC (joins its cluster's session)")
+    parser.add_argument("--name", default=None, help="receiver name shown on the dashboard")
+    parser.add_argument("--token", default=None, help="the node's boot token (nd.token=...)")
+    parser.add_argument(
+        "--interface", default=None, metavar="IF", help="interface name or address to join on"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="re-join when the session is silent this long (default 10)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from netdeploy.cli import CommandError
+
+    progress = Progress(0, enabled=not args.quiet)
+    try:
+        summary = receive(
+            args.server,
+            args.image,
+            args.out,
+            mac=args.mac,
+            name=args.name,
+            token=args.token,
+            interface=args.interface,
+            idle_timeout=args.idle_timeout,
+            progress=progress,
+        )
+    except ReceiveError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        mib = summary["size"] / 2**20
+        print(
+            f"verified {args.out}: {mib:.1f} MiB, sha256 {summary['sha256']}, "
+            f"{summary['seconds']} s, {summary['unicast_bytes']} bytes by unicast",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,298 @@
+"""The multicast service inside ``netdeploy serve``: sessions per image and cluster.
+
+It answers joins (which session, which group and port, or "use unicast"), runs each
+session's sender as a task, keeps sessions of one image and cluster one after another
+(late joiners wait for the next one), and records what happened as events and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import prometheus_client
+
+from netdeploy.multicast.session import SenderSession, SessionParams
+from netdeploy.server import Context
+from netdeploy.store.models import Event, Image
+
+log = logging.getLogger("netdeploy.multicast")
+
+SESSIONS = prometheus_client.Counter(
+    "netdeploy_multicast_sessions", "Multicast sessions ended, by result", ["result"]
+)
+BYTES_SENT = prometheus_client.Counter(
+    "netdeploy_multicast_sent_bytes", "Image bytes sent to multicast groups (repairs included)"
+)
+REPAIRS = prometheus_client.Counter(
+    "netdeploy_multicast_repair_slices", "Slices sent again because receivers asked for them"
+)
+RECEIVERS = prometheus_client.Counter(
+    "netdeploy_multicast_receivers", "Receivers at the end of their session, by state", ["state"]
+)
+HISTORY = 20  # finished sessions kept for the status API
+
+
+class JoinError(Exception):
+    """A join cannot be served; ``status`` is the HTTP status, the message says what to do."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+
+class MulticastService:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.cfg = ctx.config.multicast
+        self.sessions: dict[int, SenderSession] = {}
+        self.finished: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        low, high = self.cfg.port_range
+        self._free_ports = list(range(low, high, 2))
+        self._tasks: set[asyncio.Task[Any]] = set()  # one per session
+        self._writes: set[asyncio.Task[Any]] = set()  # event rows being stored
+        self.stopping = False
+
+    # ------------------------------------------------------------------ images
+
+    async def image_source(self, name: str) -> ImageSource:
+        """Path, size and sha256 of a catalogued image, or a JoinError saying what is missing."""
+        if name not in self.ctx.config.images:
+            known = ", ".join(sorted(self.ctx.config.images)) or "none"
+            raise JoinError(404, f"unknown image {name!r}; configured images: {known}")
+        async with self.ctx.sessions() as session:
+            row = await session.get(Image, name)
+        path = row.path if row else str(self.ctx.config.image_path(name))
+        sha256 = (row.sha256 if row else None) or self.ctx.config.images[name].sha256
+        if row is not None and row.status in ("bad", "missing"):
+            raise JoinError(409, f"image {name!r} is {row.status}: {row.status_detail}")
+        if not sha256:
+            raise JoinError(
+                409, f"image {name!r} has no sha256 yet; run `netdeploy image add {name} PATH`"
+            )
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise JoinError(409, f"image {name!r}: cannot read {path}: {exc.strerror}") from None
+        if row is not None and row.size is not None and row.size != size:
+            raise JoinError(
+                409,
+                f"image {name!r} is {size} bytes but was catalogued at {row.size}; "
+                f"run `netdeploy image verify {name}`",
+            )
+        return ImageSource(name, path, size, sha256)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _expected(self, image: str, cluster: str | None) -> int | None:
+        if cluster is None:
+            return None
+        cfg = self.ctx.config
+        return sum(1 for n in cfg.cluster_nodes(cluster) if cfg.image_for(n) == image) or None
+
+    def _params(self, interface: str | None, **overrides: Any) -> SessionParams:
+        if not self._free_ports:
+            raise JoinError(
+                503,
+                f"all {len(range(*self.cfg.port_range, 2))} multicast port pairs are in use; "
+                "widen multicast.port_range",
+            )
+        port = self._free_ports.pop(0)
+        return SessionParams(
+            group=self.cfg.group,
+            data_port=port,
+            feedback_port=port + 1,
+            bind=self.ctx.config.server.bind,
+            interface=self.cfg.interface or interface,
+            ttl=self.cfg.ttl,
+            max_rate=self.cfg.max_rate * 1e6 / 8,
+            min_receivers=overrides.get("min_receivers") or self.cfg.min_receivers,
+            max_wait=overrides.get("max_wait") or self.cfg.max_wait,
+            slow_receiver_loss=self.cfg.slow_receiver_loss,
+            slow_receiver_timeout=self.cfg.slow_receiver_timeout,
+            slice_size=self.cfg.slice_size,
+        )
+
+    def _chain(self, image: str, cluster: str | None) -> list[SenderSession]:
+        return [
+            s
+            for s in self.sessions.values()
+            if (s.image, s.cluster) == (image, cluster) and s.state not in ("finished", "failed")
+        ]
+
+    def create(
+        self,
+        source: ImageSource,
+        cluster: str | None,
+        expected: int | None,
+        interface: str | None = None,
+        **overrides: Any,
+    ) -> SenderSession:
+        """A new waiting session; it starts after every earlier one of this image and cluster."""
+        params = self._params(interface, **overrides)
+        earlier = self._chain(source.name, cluster)
+        session = SenderSession(
+            source.name,
+            cluster,
+            source.path,
+            source.size,
+            source.sha256,
+            params,
+            expected=expected,
+            on_change=lambda kind, detail: self._record(session, kind, detail),
+        )
+        if earlier:
+            session.after = earlier[-1].done
+        self.sessions[session.id] = session
+        task = asyncio.create_task(self._run(session), name=f"multicast-{session.id:08x}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return session
+
+    async def _run(self, session: SenderSession) -> None:
+        try:
+            await session.run()
+        finally:
+            self._free_ports.append(session.params.data_port)
+            self._free_ports.sort()
+            self.sessions.pop(session.id, None)
+            self.finished.appendleft(session.json())
+            SESSIONS.labels(session.state).inc()
+            BYTES_SENT.inc(session.bytes_sent)
+            REPAIRS.inc(session.repair_slices)
+            for rec in session.receivers.values():
+                RECEIVERS.labels(rec.state).inc()
+
+    async def join(
+        self,
+        image: str,
+        *,
+        mac: str | None,
+        name: str,
+        client_ip: str,
+        local_ip: str | None,
+        base_url: str,
+    ) -> dict[str, Any]:
+        """Where a receiver gets ``image``: a multicast session, or a unicast URL and why."""
+        if self.stopping:
+            raise JoinError(503, "the server is stopping; join again in a moment")
+        source = await self.image_source(image)
+        unicast = {
+            "mode": "unicast",
+            "image": image,
+            "url": f"{base_url}/images/{image}",
+            "size": source.size,
+            "sha256": source.sha256,
+        }
+        if not self.cfg.enabled:
+            return {**unicast, "reason": "multicast is disabled (multicast.enabled = false)"}
+        node = self.ctx.config.node_by_mac(mac) if mac else None
+        cluster = node.cluster if node else None
+        chain = self._chain(image, cluster)
+        for session in chain:
+            for rec in session.receivers.values():
+                if rec.matches(name, mac, client_ip) and rec.state != "dropped":
+                    return self._answer(session, session.join(name, mac, client_ip), unicast)
+        target = next((s for s in chain if s.state == "waiting"), None)
+        if target is None and chain:  # late: the session for this image already runs
+            if self.cfg.late_joiners == "unicast":
+                return {**unicast, "reason": "the multicast session already started"}
+            members = {r.mac for s in chain for r in s.receivers.values() if r.mac}
+            expected = self._expected(image, cluster)
+            if expected is not None:
+                expected = max(expected - len(members), 1)
+            # a late session starts with whoever is there once the earlier one ends and
+            # max_wait passed: min_receivers must not strand one late machine for ever
+            target = self.create(source, cluster, expected, local_ip, min_receivers=1)
+        if target is None:
+            target = self.create(source, cluster, self._expected(image, cluster), local_ip)
+        return self._answer(target, target.join(name, mac, client_ip), unicast)
+
+    def _answer(self, session: SenderSession, rec: Any, unicast: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "mode": "multicast",
+            "image": session.image,
+            "session": session.id,
+            "receiver": rec.id,
+            "state": session.state,
+            "group": session.params.group,
+            "port": session.params.data_port,
+            "feedback_port": session.params.feedback_port,
+            "slice_size": session.params.slice_size,
+            "slices": session.slices,
+            "size": session.size,
+            "sha256": session.sha256,
+            "url": unicast["url"],
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sessions": [s.json() for s in self.sessions.values()],
+            "finished": list(self.finished),
+        }
+
+    def find(self, session_id: int) -> dict[str, Any] | None:
+        if session_id in self.sessions:
+            return self.sessions[session_id].json()
+        return next((s for s in self.finished if s["id"] == session_id), None)
+
+    # ------------------------------------------------------------------ events
+
+    def _record(self, session: SenderSession, kind: str, detail: dict[str, Any]) -> None:
+        mac = detail.get("mac")
+        event = Event(
+            kind="multicast",
+            mac=mac,
+            cluster=session.cluster,
+            detail={"what": kind, "session": f"{session.id:08x}", "image": session.image, **detail},
+        )
+        task = asyncio.create_task(self._store(event))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, event: Event) -> None:
+        try:
+            async with self.ctx.sessions() as db:
+                db.add(event)
+                await db.commit()
+        except Exception:
+            log.exception("could not record multicast event %s", event.detail)
+            return
+        self.ctx.bus.publish(event)
+
+    async def stop(self) -> None:
+        """Stop every session (receivers are told to join again), then store their events."""
+        self.stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+async def start_multicast(ctx: Context) -> Any:
+    """The SERVICES starter: sessions are created on the first join, nothing binds before."""
+    service = MulticastService(ctx)
+    ctx.services["multicast"] = service
+    if service.cfg.enabled:
+        log.info(
+            "multicast: group %s, ports %d-%d, max %.0f Mbit/s",
+            service.cfg.group,
+            *service.cfg.port_range,
+            service.cfg.max_rate,
+        )
+    return service.stop
+
+
+__all__ = ["JoinError", "MulticastService", "start_multicast"]

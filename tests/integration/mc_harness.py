@@ -1,0 +1,183 @@
+"""Helpers for the multicast tests: a real netdeploy server in-process, images, receivers.
+
+Imported by tests/integration/test_multicast_*.py (not a conftest: the lead owns those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from netdeploy.config import DEFAULT_CONFIG, MulticastConfig, load_config
+from netdeploy.http.app import build_app
+from netdeploy.multicast.service import start_multicast
+from netdeploy.server import Context, Ports, open_context
+from netdeploy.store.models import Image
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "w2k3-ent-sp1"  # a demo-config image; cluster sqlclu uses it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """An even UDP port whose successor is free too (a session uses data + feedback)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1] & ~1
+        try:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+            ):
+                a.bind(("0.0.0.0", port))
+                b.bind(("0.0.0.0", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free UDP port pair")
+
+
+def make_image(path: Path, size: int, seed: int = 1) -> str:
+    """A reproducible image of ``size`` bytes; returns its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB pattern
+    data = bytearray()
+    counter = 0
+    while len(data) < size:
+        data += hashlib.sha256(block + counter.to_bytes(8, "big")).digest() + block[: 65536 - 32]
+        counter += 1
+    del data[size:]
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Server:
+    def __init__(self, ctx: Context, runner: web.AppRunner, url: str, sha256: str, path: Path):
+        self.ctx, self.runner, self.url, self.sha256, self.image_path = (
+            ctx,
+            runner,
+            url,
+            sha256,
+            path,
+        )
+
+    @property
+    def service(self) -> Any:
+        return self.ctx.services["multicast"]
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    tmp: Path,
+    *,
+    size: int = 3 * 2**20,
+    bind: str = "127.0.0.1",
+    http_port: int | None = None,
+    sha256: str | None = None,
+    **multicast: Any,
+) -> AsyncIterator[Server]:
+    """netdeploy (HTTP + multicast) on ``bind``; the demo image filled with ``size`` bytes."""
+    http_port = http_port or free_port()
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        state_dir=tmp / "state",
+        database=f"sqlite+aiosqlite:///{tmp}/state/db.sqlite",
+        http_port=http_port,
+        bind=bind,
+    )
+    settings = {"interface": "lo", "port_range": (free_port_pair(), 0), "max_wait": 1.0}
+    settings.update(multicast)
+    if settings["port_range"][1] == 0:
+        settings["port_range"] = (settings["port_range"][0], settings["port_range"][0] + 5)
+    cfg = cfg.model_copy(update={"multicast": MulticastConfig(**settings)})
+    path = cfg.image_path(IMAGE)
+    digest = sha256 or (sha256_of(path) if path.exists() else make_image(path, size))
+    ctx = await open_context(cfg, Ports(http=http_port, tftp=0))
+    async with ctx.sessions() as db:
+        row = await db.get(Image, IMAGE)
+        row.sha256, row.size, row.status = digest, path.stat().st_size, "ok"
+        await db.commit()
+    stop = await start_multicast(ctx)
+    app = build_app(ctx)
+    # GET /images/{name} (Range) is the images helper's; until it is merged, the tests
+    # serve the catalogued file the same way with aiohttp's FileResponse.
+    if not any(
+        r.resource and r.resource.canonical == "/images/{name}" for r in app.router.routes()
+    ):
+
+        async def image(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(cfg.image_path(request.match_info["name"]))
+
+        app.router.add_get("/images/{name}", image)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, bind, http_port).start()
+    try:
+        yield Server(ctx, runner, f"http://{bind}:{http_port}", digest, path)
+    finally:
+        await stop()
+        await runner.cleanup()
+        await ctx.close()
+
+
+async def run_receiver(
+    server_url: str, out: Path, *extra: str, timeout: float = 60, image: str = IMAGE
+) -> tuple[int, str]:
+    """`netdeploy receive` as a real subprocess; returns (exit status, stderr+stdout)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "netdeploy",
+        "receive",
+        "--server",
+        server_url,
+        "--image",
+        image,
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        output, _ = await proc.communicate()
+        return -9, output.decode(errors="replace")
+    return proc.returncode or 0, output.decode(errors="replace")
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, message: Any = None) -> None:
+    """Poll ``predicate`` every 20 ms; fail the test if it stays false for ``timeout``."""
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met in time: {message() if message else ''}")

@@ -1,0 +1,55 @@
+"""Multicast over loopback: a real server, several `netdeploy receive` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from sqlalchemy import select
+
+from netdeploy.store.models import Event
+from tests.integration.mc_harness import run_receiver, running_server, sha256_of, wait_for
+
+
+async def test_three_receivers_get_verified_copies(tmp_path):
+    async with running_server(tmp_path, min_receivers=3, max_wait=0.3) as server:
+        outs = [tmp_path / f"copy{i}.img" for i in range(3)]
+        results = await asyncio.gather(
+            *(run_receiver(server.url, out, "--name", f"r{i}") for i, out in enumerate(outs))
+        )
+        for (status, output), out in zip(results, outs, strict=True):
+            assert status == 0, output
+            assert sha256_of(out) == server.sha256
+            summary = json.loads(output.strip().splitlines()[-1])
+            assert summary["unicast_bytes"] == 0, summary
+        await wait_for(lambda: server.service.finished)
+        [session] = server.service.finished
+        assert session["state"] == "finished"
+        assert sorted(r["state"] for r in session["receivers"]) == ["done"] * 3
+        # what happened is recorded as events and counted in /metrics
+        async with server.ctx.sessions() as db:
+            rows = (await db.scalars(select(Event).where(Event.kind == "multicast"))).all()
+        whats = sorted(e.detail["what"] for e in rows)
+        assert whats == sorted(["session_started", "session_finished"] + ["receiver_done"] * 3)
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
+            metrics = await r.text()
+        assert 'netdeploy_multicast_sessions_total{result="finished"}' in metrics
+        assert 'netdeploy_multicast_receivers_total{state="done"}' in metrics
+
+
+async def test_cluster_session_starts_when_every_expected_node_joined(tmp_path):
+    """sqlclu has 3 nodes: their session starts at the third join, not after max_wait."""
+    macs = ["52:54:00:00:10:01", "52:54:00:00:10:02", "52:54:00:00:10:03"]
+    async with running_server(tmp_path, min_receivers=5, max_wait=600) as server:
+        outs = [tmp_path / f"n{i}.img" for i in range(3)]
+        results = await asyncio.gather(
+            *(run_receiver(server.url, o, "--mac", m) for o, m in zip(outs, macs, strict=True))
+        )
+        for (status, output), out in zip(results, outs, strict=True):
+            assert status == 0, output
+            assert sha256_of(out) == server.sha256
+        await wait_for(lambda: server.service.finished)
+        [session] = server.service.finished
+        assert (session["cluster"], session["expected"]) == ("sqlclu", 3)
+        assert sorted(r["mac"] for r in session["receivers"]) == macs

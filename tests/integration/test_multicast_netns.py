@@ -1,0 +1,109 @@
+"""Multicast across network namespaces: a bridge, a sender, five receivers, real loss.
+
+Every copy must verify; a receiver behind 5 % packet loss (tc netem) is dropped from the
+session and finishes by unicast, and must not slow the others by more than 10 %.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.mc_harness import sha256_of
+from tests.integration.mc_netns import REPO, SENDER_IP, netns_unavailable, rig, wait_line
+
+pytestmark = pytest.mark.netns
+
+SIZE = 12 * 2**20
+RATE = 40  # Mbit/s: the sender paces, so run time is set by the rate, not by the CPU load
+
+
+@pytest.fixture(autouse=True)
+def _needs_netns():
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def one_run(tmp_path, clean: int, lossy: bool, tag: str) -> tuple[dict, list[dict]]:
+    """Serve one session to ``clean`` receivers (+1 behind 5 % loss); return what happened."""
+    count = clean + (1 if lossy else 0)
+    loss = {clean: 5.0} if lossy else {}
+    state, out = tmp_path / "state", tmp_path / f"{tag}.json"
+    with rig(count, loss=loss, tag=tag) as net:
+        server = net.spawn(
+            net.sender,
+            [
+                sys.executable,
+                str(REPO / "tests/integration/mc_netns_server.py"),
+                str(state),
+                SENDER_IP,
+                "8080",
+                "1",
+                str(out),
+                f"size={SIZE}",
+                "interface=eth0",
+                f"max_rate={RATE}",
+                f"min_receivers={count}",
+                "max_wait=0.2",
+                "slow_receiver_timeout=10",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        url, sha256 = wait_line(server, b"READY ").split()
+        receivers = [
+            net.spawn(
+                ns,
+                [
+                    sys.executable,
+                    "-m",
+                    "netdeploy",
+                    "receive",
+                    "--server",
+                    url,
+                    "--image",
+                    "w2k3-ent-sp1",
+                    "--out",
+                    str(tmp_path / f"{tag}-{i}.img"),
+                    "--name",
+                    f"r{i}",
+                    "--json",
+                    "--quiet",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+            for i, ns in enumerate(net.receivers)
+        ]
+        summaries = []
+        for i, proc in enumerate(receivers):
+            output, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, output.decode(errors="replace")
+            assert sha256_of(tmp_path / f"{tag}-{i}.img") == sha256
+            summaries.append(json.loads(output.decode().strip().splitlines()[-1]))
+        server.wait(timeout=30)
+        [session] = json.loads(out.read_text())["finished"]
+    return session, summaries
+
+
+def test_lossy_receiver_is_dropped_and_does_not_slow_the_rest(tmp_path):
+    clean = 4
+    base, _ = one_run(tmp_path, clean, lossy=False, tag="a")
+    with_loss, summaries = one_run(tmp_path, clean, lossy=True, tag="b")
+
+    by_name = {r["name"]: r for r in with_loss["receivers"]}
+    lossy = by_name[f"r{clean}"]
+    assert lossy["state"] == "dropped" and "lost" in lossy["reason"], lossy
+    assert summaries[clean]["unicast_bytes"] > 0  # it finished by HTTP
+    for r in base["receivers"] + [by_name[f"r{i}"] for i in range(clean)]:
+        assert r["state"] == "done", r
+
+    slowest_base = max(r["done_after"] for r in base["receivers"])
+    slowest_with_loss = max(by_name[f"r{i}"]["done_after"] for i in range(clean))
+    assert slowest_with_loss <= 1.10 * slowest_base, (slowest_base, slowest_with_loss)
+    # the lossy receiver's NAKs never reached the wire: no repair was sent for it
+    assert with_loss["repair_slices"] <= base["repair_slices"] + 4, (base, with_loss)
