@@ -190,6 +190,21 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- image
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from netdeploy.images.commands import run
+
+    return run(args)
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    from netdeploy.images.commands import add_options
+
+    add_options(parser)
+
+
 # ---------------------------------------------------------------- main
 
 # Each entry: (name, help, handler, function that adds the command's own options).
@@ -220,6 +235,12 @@ COMMANDS: list[Command] = [
             add_config_options(p),
             p.add_argument("--json", action="store_true", help="print JSON instead of a table"),
         ),
+    ),
+    (
+        "image",
+        "add, list, verify or remove disk images (image add NAME PATH ...)",
+        cmd_image,
+        add_image_options,
     ),
 ]
 

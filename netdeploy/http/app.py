@@ -7,14 +7,14 @@ import logging
 
 from aiohttp import web
 
-from netdeploy.http import api
+from netdeploy.http import api, image_routes
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.http")
 
 # Modules with a ``setup(app)`` that adds their routes; each area of the product owns one.
-ROUTE_MODULES = [api]
+ROUTE_MODULES = [api, image_routes]
 
 
 @web.middleware
