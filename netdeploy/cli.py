@@ -250,6 +250,21 @@ def _receive_options(parser: argparse.ArgumentParser) -> None:
     add_receive_options(parser)
 
 
+# ---------------------------------------------------------------- image
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from netdeploy.images.commands import run
+
+    return run(args)
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    from netdeploy.images.commands import add_options
+
+    add_options(parser)
+
+
 # ---------------------------------------------------------------- main
 
 # Each entry: (name, help, handler, function that adds the command's own options).
@@ -301,6 +316,12 @@ COMMANDS: list[Command] = [
         "receive an image from a multicast session into a file or block device",
         _receive,
         _receive_options,
+    ),
+    (
+        "image",
+        "add, list, verify or remove disk images (image add NAME PATH ...)",
+        cmd_image,
+        add_image_options,
     ),
 ]
 

@@ -69,6 +69,8 @@ class TftpConfig(_Section):
 
 class HttpConfig(_Section):
     max_image_streams: Annotated[int, Field(ge=1)] = 32
+    # seconds a client refused by max_image_streams is told to wait (Retry-After)
+    image_retry_after: Annotated[int, Field(ge=1, le=3600)] = 10
     gate_poll_timeout: Seconds = 60.0
 
 

@@ -16,6 +16,7 @@ from netdeploy.http import (
     boot_routes,
     dashboard,
     events_routes,
+    image_routes,
     multicast_routes,
 )
 from netdeploy.http.common import CTX, json_error
@@ -33,6 +34,7 @@ ROUTE_MODULES = [
     dashboard,
     events_routes,
     multicast_routes,
+    image_routes,
 ]
 
 

@@ -1,0 +1,334 @@
+"""``GET|HEAD /images/{name}``: image bytes for the agent; ``/api/images``, ``/api/transfers``.
+
+The contract the agent relies on (docs/images.md has the full table):
+- ``ETag: "sha256-<hex>"`` (strong), ``X-Image-SHA256: <hex>``, ``Repr-Digest`` (RFC 9530) and
+  ``Digest`` (RFC 3230) carry the sha256 of the whole image on every 200/206/HEAD.
+- One byte range per request (206); resume with ``Range`` + ``If-Range: <ETag>`` so a re-added
+  image comes back whole (200) instead of being spliced onto the old one.
+- Identify with ``?mac=`` or ``X-Netdeploy-Mac`` so the dashboard shows per-node bytes.
+- 404 unknown image, 409 image not servable (re-add it), 412 If-Match failed, 416 bad range,
+  503 + Retry-After when ``http.max_image_streams`` transfers are running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from netdeploy.config import Config
+from netdeploy.http.common import CTX, ctx_of, json_error
+from netdeploy.images import catalog
+from netdeploy.images.catalog import NotServable, OpenImage
+from netdeploy.images.ranges import (
+    RangeError,
+    etag_for,
+    http_date,
+    if_match_fails,
+    if_none_match_hits,
+    if_range_allows,
+    parse_range,
+)
+from netdeploy.images.streams import REFUSED, StreamLimiter, TransferLog
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.server import Context
+from netdeploy.store.models import Event, Image, Node
+
+log = logging.getLogger("netdeploy.images")
+routes = web.RouteTableDef()
+
+# Bodies up to this size (a partition table, a probe) never need a stream slot, so a busy
+# server still answers them; everything larger counts against http.max_image_streams.
+SMALL_BODY = 1024 * 1024
+# Bytes per loop.sendfile() call: large enough that Python runs once per ~16 MiB sent,
+# small enough that per-node progress moves several times a second on a 1 Gbit/s link.
+SENDFILE_CHUNK = 16 * 1024 * 1024
+
+
+class ImageService:
+    """Per-process streaming state, kept in ``ctx.services["images"]`` for other modules."""
+
+    def __init__(self, cfg: Config):
+        self.limiter = StreamLimiter(cfg.http.max_image_streams)
+        self.transfers = TransferLog()
+        self.retry_after = cfg.http.image_retry_after
+
+
+def service_of(ctx: Context) -> ImageService:
+    return ctx.services["images"]
+
+
+def _client_mac(request: web.Request) -> str | None:
+    """The agent's MAC from ``?mac=`` or ``X-Netdeploy-Mac``; 400 when malformed or conflicting."""
+    given = {v for v in (request.query.get("mac"), request.headers.get("X-Netdeploy-Mac")) if v}
+    try:
+        macs = {normalize_mac(v) for v in given}
+    except BadMac as exc:
+        raise web.HTTPBadRequest(text=f"{exc} (in ?mac= or X-Netdeploy-Mac)") from None
+    if len(macs) > 1:
+        raise web.HTTPBadRequest(text="?mac= and X-Netdeploy-Mac name different MACs")
+    return macs.pop() if macs else None
+
+
+def _problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    REFUSED.labels(reason).inc()
+    return json_error(status, message, **extra)
+
+
+def _validators(row: Image) -> dict[str, str]:
+    assert row.sha256 and row.mtime_ns is not None
+    b64 = base64.b64encode(bytes.fromhex(row.sha256)).decode()
+    headers = {
+        "ETag": etag_for(row.sha256),
+        "Last-Modified": http_date(row.mtime_ns),
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "no-cache",  # revalidate: an image may be re-added under the same URL
+        "X-Image-SHA256": row.sha256,
+        "Repr-Digest": f"sha-256=:{b64}:",  # RFC 9530 §3: digest of the whole representation
+        "Digest": f"SHA-256={b64}",  # RFC 3230 §4.3.2, for older clients
+        "X-Image-Format": row.format,
+    }
+    facts = row.facts or {}
+    if "raw_sha256" in facts:  # zstd: what the disk must hash to after decompression
+        headers["X-Image-Raw-SHA256"] = facts["raw_sha256"]
+        headers["X-Image-Raw-Size"] = str(facts["raw_size"])
+    return headers
+
+
+@routes.get("/images/{name}")  # aiohttp adds HEAD for GET routes
+async def get_image(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    if not catalog.IMAGE_NAME.match(name) or name not in ctx.config.images:
+        return _problem(
+            404,
+            "unknown",
+            f"no image named {name!r}; see GET /api/images",
+            images=sorted(ctx.config.images),
+        )
+    mac = _client_mac(request)
+    async with ctx.sessions() as session:
+        row = await session.get(Image, name)
+        node = await session.get(Node, mac) if mac else None
+    try:
+        if row is None:
+            raise NotServable(name, catalog.UNHASHED, f"image {name!r} is not in the store yet")
+        catalog.check_row(ctx.config, row)
+        image = await asyncio.to_thread(catalog.open_checked, row)
+    except NotServable as exc:
+        if row is not None:
+            await catalog.mark_not_servable(ctx.sessions, ctx.bus, exc, row)
+        log.warning("not serving image %s: %s", name, exc.reason)
+        return _problem(409, "not_servable", exc.reason, image=name, status=exc.status)
+    try:
+        return await _respond(request, ctx, row, image, node)
+    finally:
+        image.close()
+
+
+async def _respond(
+    request: web.Request, ctx: Context, row: Image, image: OpenImage, node: Node | None
+) -> web.StreamResponse:
+    size = image.identity.size
+    headers = _validators(row)
+    etag = headers["ETag"]
+    # RFC 9110 §13.2.2: evaluate If-Match, then If-None-Match, then If-Range
+    if if_match_fails(request.headers.get("If-Match"), etag):
+        return _problem(
+            412,
+            "precondition",
+            f"image {row.name!r} is now {etag}, not what If-Match asked for; start over",
+            etag=etag,
+        )
+    if if_none_match_hits(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    byte_range = None
+    range_header = request.headers.get("Range") if request.method == "GET" else None  # §14.2
+    if range_header is not None and if_range_allows(
+        request.headers.get("If-Range"), etag, headers["Last-Modified"]
+    ):
+        try:
+            byte_range = parse_range(range_header, size)
+        except RangeError as exc:
+            REFUSED.labels("range").inc()
+            return web.json_response(
+                {"error": str(exc), "size": size},
+                status=416,
+                headers={"Content-Range": f"bytes */{size}"},  # §15.5.17
+            )
+    offset, length = (byte_range.start, byte_range.length) if byte_range else (0, size)
+    response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+    response.content_type = "application/octet-stream"
+    response.content_length = length
+    if byte_range:
+        response.headers["Content-Range"] = byte_range.content_range(size)
+    if request.method == "HEAD" or length == 0:
+        await response.prepare(request)
+        return response
+
+    service = service_of(ctx)
+    counted = length > SMALL_BODY
+    if counted and not service.limiter.try_acquire():
+        return _busy(service)
+    try:
+        await _stream(request, ctx, response, row, image, node, offset, length)
+    finally:
+        if counted:
+            service.limiter.release()
+    return response
+
+
+def _busy(service: ImageService) -> web.Response:
+    response = _problem(
+        503,
+        "busy",
+        f"{service.limiter.limit} image transfers are running (http.max_image_streams); "
+        f"retry in {service.retry_after} s",
+        retry_after=service.retry_after,
+    )
+    response.headers["Retry-After"] = str(service.retry_after)  # RFC 9110 §10.2.3
+    return response
+
+
+async def _stream(
+    request: web.Request,
+    ctx: Context,
+    response: web.StreamResponse,
+    row: Image,
+    image: OpenImage,
+    node: Node | None,
+    offset: int,
+    length: int,
+) -> None:
+    """Send ``length`` bytes from ``offset`` with sendfile(2), accounting each chunk.
+
+    The last byte is held back until the open file is proven unchanged: if the image was
+    modified in place meanwhile, the connection is aborted short of Content-Length, so the
+    client sees a failed transfer, never a complete-looking mix of two images.
+    """
+    service = service_of(ctx)
+    stream = service.transfers.begin(
+        mac=node.mac if node else None,
+        hostname=node.hostname if node else None,
+        peer=request.remote,
+        image=row.name,
+        image_size=image.identity.size,
+        offset=offset,
+        length=length,
+    )
+    aborted = ""
+    try:
+        await response.prepare(request)  # StreamResponse sends the headers now
+        await _send_range(request, response, image, offset, length - 1, stream.sent)
+        changed = await asyncio.to_thread(image.still_same)
+        if changed:
+            raise _FileChanged(f"{changed} during the transfer")
+        await _send_range(request, response, image, offset + length - 1, 1, stream.sent)
+    except _FileChanged as exc:
+        aborted = f"{row.path}: {exc}"
+        problem = NotServable(
+            row.name, catalog.BAD, f"{aborted}; {catalog.readd_hint(row.name, row.path)}"
+        )
+        await catalog.mark_not_servable(ctx.sessions, ctx.bus, problem, row)
+        log.error("aborted image %s to %s: %s", row.name, request.remote, aborted)
+        if request.transport is not None:
+            request.transport.abort()  # short of Content-Length: the client sees a failure
+    except (ConnectionError, OSError) as exc:  # the client went away: account what was sent
+        aborted = f"connection lost: {exc}"
+    finally:
+        facts = stream.end()
+        if aborted:
+            facts["aborted"] = aborted
+        await _record(ctx, node, facts)
+
+
+class _FileChanged(Exception):
+    """The open image file no longer matches the catalog (truncated or modified in place)."""
+
+
+async def _send_range(
+    request: web.Request,
+    response: web.StreamResponse,
+    image: OpenImage,
+    offset: int,
+    count: int,
+    sent: Any,
+) -> None:
+    loop = asyncio.get_running_loop()
+    end = offset + count
+    while offset < end:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client closed the connection")
+        chunk = min(SENDFILE_CHUNK, end - offset)
+        try:
+            n = await loop.sendfile(transport, image.fh, offset, chunk)
+        except NotImplementedError:  # no sendfile (TLS, exotic loop): read and write
+            data = await asyncio.to_thread(_pread, image, offset, min(chunk, 1024 * 1024))
+            await response.write(data)
+            n = len(data)
+        if n == 0:  # the file is shorter than its catalog size: truncated under us
+            raise _FileChanged(f"the file ended early at byte {offset}")
+        offset += n
+        sent(n)
+
+
+def _pread(image: OpenImage, offset: int, count: int) -> bytes:
+    return os.pread(image.fh.fileno(), count, offset)
+
+
+async def _record(ctx: Context, node: Node | None, facts: dict[str, Any]) -> None:
+    """One event row per image transfer: the per-MAC history shows every fetch and its outcome."""
+    async with ctx.sessions() as session, session.begin():
+        event = Event(
+            kind="http",
+            mac=node.mac if node else None,
+            cluster=node.cluster if node else None,
+            detail={"what": "image", **facts},
+        )
+        session.add(event)
+    ctx.bus.publish(event)
+
+
+@routes.get("/api/images")
+async def list_images(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    async with ctx.sessions() as session:
+        rows = (await session.scalars(select(Image).order_by(Image.name))).all()
+    declared = [r for r in rows if r.name in ctx.config.images]
+    return web.json_response({"images": [catalog.image_json(r, ctx.public_url) for r in declared]})
+
+
+@routes.get("/api/images/{name}")
+async def get_image_json(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    async with ctx.sessions() as session:
+        row = await session.get(Image, name) if name in ctx.config.images else None
+    if row is None:
+        return json_error(404, f"no image named {name!r}", images=sorted(ctx.config.images))
+    return web.json_response(catalog.image_json(row, ctx.public_url))
+
+
+@routes.get("/api/transfers")
+async def list_transfers(request: web.Request) -> web.Response:
+    """Bytes sent per node (and per unidentified peer) since the server started."""
+    service = service_of(ctx_of(request))
+    return web.json_response(
+        {
+            "active_streams": service.limiter.active,
+            "max_image_streams": service.limiter.limit,
+            "transfers": service.transfers.snapshot(),
+        }
+    )
+
+
+def setup(app: web.Application) -> None:
+    ctx = app[CTX]
+    ctx.services.setdefault("images", ImageService(ctx.config))
+    app.add_routes(routes)

@@ -1,0 +1,1 @@
+"""Image catalog (add, verify, rm), hashing with progress, and streaming bookkeeping."""
