@@ -44,6 +44,7 @@ WANTED_MODULES = [
     "nls_cp437",
     "nls_iso8859-1",
     "nls_utf8",
+    "nls_ascii",  # the kernel's default FAT iocharset: without it vfat refuses to mount
     "ext4",
 ]
 DEFAULT_KERNEL_PACKAGE = "linux-image-amd64"  # a metapackage: resolved to its versioned kernel

@@ -1,0 +1,244 @@
+"""A whole staged cluster rollout on real QEMU PXE clients (issue: startup media and agent).
+
+Three guests with the demo cluster's MACs PXE-boot with iPXE over slirp, run the imaging agent
+from `netdeploy media build`, write and verify the image, receive their own sysprep.inf, and wait
+at the gate. The first node is released alone; the others stay held until a stand-in for
+Mini-Setup (this test, running the report command the node's own sysprep.inf carries) reports
+the first node's cluster service healthy; then they are released one at a time, each after the
+previous one joined. Second boots prove that released nodes boot their local disk (the image's
+boot sector prints a marker) and that nothing booted its disk before release.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, ServerProcess, free_port, run_cli, start_server
+from tests.e2e.diskimage import LOCAL_BOOT_MARKER, make_image, read_file
+from tests.e2e.vm import VM, qemu_available
+
+NODES = {  # hostname -> MAC (config/netdeploy.toml)
+    "sql-n1": "52:54:00:00:10:01",
+    "sql-n2": "52:54:00:00:10:02",
+    "sql-n3": "52:54:00:00:10:03",
+}
+IMAGE = "w2k3-ent-sp1"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(qemu_available() is not None, reason=str(qemu_available())),
+    pytest.mark.skipif(shutil.which("mtype") is None, reason="needs mtools"),
+    pytest.mark.skipif(shutil.which("mkfs.vfat") is None, reason="needs dosfstools"),
+    pytest.mark.skipif(shutil.which("apt-get") is None, reason="media build needs apt-get"),
+]
+
+
+@pytest.fixture(scope="module")
+def media() -> Path:
+    """Startup media in the repository's bootfiles (gitignored), built from Debian packages."""
+    cache = REPO / "var"
+    result = run_cli("media", "build", "--state-dir", str(cache))
+    assert result.returncode == 0, result.stderr
+    return REPO / "bootfiles" / "media"
+
+
+def api(server: ServerProcess, path: str, token: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        server.url + path,
+        method="POST" if body is not None else "GET",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def states(server: ServerProcess) -> dict[str, str]:
+    return {n["hostname"]: n["state"] for n in server.get_json("/api/nodes")["nodes"]}
+
+
+def wait_state(server: ServerProcess, host: str, wanted: set[str], timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = states(server)[host]
+        if state in wanted:
+            return state
+        if state == "failed":
+            raise AssertionError(f"{host} failed: {server.get_json('/api/nodes')}")
+        time.sleep(0.5)
+    raise AssertionError(f"{host} not in {wanted} after {timeout}s: {states(server)}")
+
+
+def wait_exit(server: ServerProcess, vm: VM, host: str, timeout: float) -> int:
+    """Wait for a guest to power off or reboot; fail at once if its node is marked failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if vm.proc and vm.proc.poll() is not None:
+            return vm.proc.returncode
+        node = next(n for n in server.get_json("/api/nodes")["nodes"] if n["hostname"] == host)
+        if node["state"] == "failed":
+            vm.kill()
+            raise AssertionError(f"{host} failed: {node['message']}\n{vm.text()[-3000:]}")
+        time.sleep(1)
+    vm.kill()
+    raise AssertionError(f"{host} still running after {timeout}s\n{vm.text()[-3000:]}")
+
+
+def mini_setup(server: ServerProcess, disk: Path, host: str) -> dict:
+    """Stand-in for Mini-Setup's [GuiRunOnce]: run the report command of the node's sysprep.inf."""
+    sysprep = read_file(disk, "sysprep/sysprep.inf")
+    assert sysprep is not None, f"{host}: no sysprep.inf injected"
+    text = sysprep.decode("cp1252")
+    match = re.search(r"report\.vbs (\S+) (\S+) (health|joined)", text)
+    assert match, f"{host}: sysprep.inf has no report command:\n{text}"
+    url, token, kind = match.groups()
+    path = url.split("/", 3)[3]  # the guest's view (10.0.2.2) -> ours
+    body = (
+        {"healthy": True, "message": "ClusSvc running"}
+        if kind == "health"
+        else {"state": "joined", "message": "cluster service joined"}
+    )
+    return api(server, "/" + path, token, body)
+
+
+@pytest.mark.timeout(900)
+def test_staged_cluster_rollout_on_qemu(media, tmp_path):
+    state_dir = tmp_path / "state"
+    master = tmp_path / "master.img"
+    built = make_image(master, size_mib=64)
+    added = run_cli(
+        "image",
+        "add",
+        IMAGE,
+        str(master),
+        "--sysprep",
+        "reseal",
+        "--without-cluster-service",
+        "--no-shared-storage",
+        "-q",
+        "--state-dir",
+        str(state_dir),
+    )
+    assert added.returncode == 0, added.stderr
+
+    http_port = free_port()
+    server = start_server(
+        state_dir, http_port=http_port, extra=("--public-url", f"http://10.0.2.2:{http_port}")
+    )
+    admin = (state_dir / "admin-token").read_text().strip()
+    bootfile = f"http://10.0.2.2:{http_port}/boot.ipxe"
+    disks = {host: tmp_path / f"{host}.img" for host in NODES}
+    for disk in disks.values():
+        disk.write_bytes(b"")
+        with open(disk, "r+b") as fh:
+            fh.truncate(80 * 1024 * 1024)
+    logs = tmp_path / "serial"
+    logs.mkdir()
+    vms: list[VM] = []
+
+    def boot(host: str, second: bool = False) -> VM:
+        vm = VM(
+            f"{host}{'-2nd' if second else ''}",
+            NODES[host],
+            logs / f"{host}{'-2nd' if second else ''}.log",
+            disk=disks[host],
+            bootfile=bootfile,
+        )
+        vms.append(vm.start())
+        return vm
+
+    try:
+        # 1. all three are imaged; two guests at a time on 2 cores
+        first = {host: boot(host) for host in ("sql-n1", "sql-n2")}
+        wait_exit(
+            server, first["sql-n1"], "sql-n1", 300
+        )  # released at once: the agent reboots, QEMU exits
+        first["sql-n3"] = boot("sql-n3")
+        assert wait_state(server, "sql-n2", {"held"}) == "held"
+        assert states(server)["sql-n1"] == "starting"
+
+        # 2. the first node boots its disk alone; nodes 2 and 3 stay held meanwhile
+        second1 = boot("sql-n1", second=True)
+        assert second1.wait(120) == 3, second1.text()[-2000:]  # isa-debug-exit from the MBR
+        assert second1.saw(LOCAL_BOOT_MARKER)
+        assert wait_state(server, "sql-n3", {"held"}) == "held"
+        assert states(server)["sql-n2"] == "held"
+        answer = mini_setup(server, disks["sql-n1"], "sql-n1")
+        assert answer["state"] == "joined"
+
+        # 3. nodes 2 and 3 are released one at a time, each after the previous joined
+        for host in ("sql-n2", "sql-n3"):
+            wait_exit(server, first[host], host, 240)
+            assert wait_state(server, host, {"starting"}, timeout=30)
+            later = [h for h in NODES if h > host]
+            assert all(states(server)[h] == "held" for h in later), states(server)
+            again = boot(host, second=True)
+            assert again.wait(120) == 3
+            assert again.saw(LOCAL_BOOT_MARKER)
+            assert mini_setup(server, disks[host], host)["state"] == "joined"
+        assert set(states(server).values()) >= {"joined"}
+        assert all(states(server)[h] == "joined" for h in NODES)
+        cluster = api(server, "/api/admin/clusters", admin)
+    finally:
+        for vm in vms:
+            vm.kill()
+        server.stop()
+        artifacts = REPO / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        for vm in vms:  # serial logs, time-stamped: what each guest printed
+            shutil.copy(vm.log, artifacts / f"e2e-{vm.name}.log")
+
+    # 4. the record: held until formed, one at a time, verified before personalised
+    server = start_server(state_dir, http_port=free_port())
+    try:
+        events = api(server, "/api/events/log?limit=1000", admin)["events"][::-1]
+    finally:
+        server.stop()
+    by_mac = {mac: [e for e in events if e["mac"] == mac] for mac in NODES.values()}
+
+    def first_id(mac: str, **match) -> int:
+        for e in by_mac[mac]:
+            if all((e.get(k) if k in e else e["detail"].get(k)) == v for k, v in match.items()):
+                return e["id"]
+        raise AssertionError(f"no event {match} for {mac}: {by_mac[mac]}")
+
+    n1, n2, n3 = NODES.values()
+    joined1 = first_id(n1, to="joined")
+    assert first_id(n2, to="held") < joined1 and first_id(n3, to="held") < joined1
+    assert first_id(n2, to="released") > joined1
+    assert first_id(n3, to="released") > first_id(n2, to="joined")
+    for host, mac in NODES.items():
+        verified = first_id(mac, message=f"verified sha256={built['sha256']}")
+        injected = next(
+            e["id"]
+            for e in by_mac[mac]
+            if e["detail"].get("message", "").startswith("injected answer files")
+        )
+        assert verified < injected < first_id(mac, to="imaged"), host
+        released = first_id(mac, to="released")
+        local_boots = [
+            e["id"]
+            for e in by_mac[mac]
+            if e["kind"] == "boot" and e["detail"].get("decision") == "local"
+        ]
+        assert local_boots and min(local_boots) > released, f"{host} booted its disk early"
+
+    # 5. every disk: the image's files unchanged, plus its own answer file and no one else's
+    for host, disk in disks.items():
+        for name, data in built["files"].items():
+            assert read_file(disk, name) == data, f"{host}: {name} changed"
+        sysprep = read_file(disk, "sysprep/sysprep.inf").decode("cp1252")
+        assert re.search(rf"^ComputerName={host.upper()}\r?$", sysprep, re.M), host
+        for other in NODES:
+            if other != host:
+                assert other.upper() not in sysprep, f"{host} got {other}'s answer file"
+        assert read_file(disk, "netdeploy/diskpartparams.txt") is not None
+    (sqlclu,) = [c for c in cluster["clusters"] if c["name"] == "sqlclu"]
+    assert sqlclu["gate"] == "complete", sqlclu
