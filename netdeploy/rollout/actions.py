@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.engine import Action, Batch, LiveEvent, gate_view
@@ -23,8 +25,8 @@ from netdeploy.rollout.machine import (
 )
 from netdeploy.rollout.reports import AgentReport, HealthReport
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster, Event, Node
-from netdeploy.tokens import token_matches
+from netdeploy.store.models import Cluster, Event, Node, SecretFetch
+from netdeploy.tokens import token_digest, token_matches
 
 # ---------------------------------------------------------------- results
 
@@ -83,6 +85,24 @@ def label(node: NodeRow) -> str:
     return f"{node.hostname} ({node.mac})" if node.hostname else node.mac
 
 
+async def _answer_file_token(batch: Batch, mac: str, token: str | None) -> bool:
+    """True when ``token`` is the one the node's own answer files were rendered with.
+
+    The started OS reports with the token its sysprep.inf carries (Mini-Setup runs long after
+    imaging). A held node that reboots gets a fresh boot token, so that token may no longer be
+    the node's current one; it still identifies this node, because secret answer files reach
+    only the node that presented it (recorded in ``secret_fetches``).
+    """
+    if not token:
+        return False
+    found = await batch.session.scalar(
+        select(SecretFetch.mac)
+        .where(SecretFetch.mac == mac, SecretFetch.token == token_digest(token))
+        .limit(1)
+    )
+    return found is not None
+
+
 async def _agent_node(
     batch: Batch, mac: str, token: str | None, route: str, ip: str | None
 ) -> NodeRow:
@@ -90,7 +110,7 @@ async def _agent_node(
     if node is None:
         error = NotFound(f"no node with MAC {mac}; add it to the config as a [[nodes]] entry")
         raise _refuse(batch, None, mac, route, error, ip)
-    if not token_matches(token, node.token):
+    if not token_matches(token, node.token) and not await _answer_file_token(batch, mac, token):
         if not token:
             why = (
                 "no node token: send Authorization: Bearer <nd.token from the kernel command line>"

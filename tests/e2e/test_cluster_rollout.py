@@ -143,29 +143,36 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
     logs.mkdir()
     vms: list[VM] = []
 
-    def boot(host: str, second: bool = False) -> VM:
-        vm = VM(
-            f"{host}{'-2nd' if second else ''}",
-            NODES[host],
-            logs / f"{host}{'-2nd' if second else ''}.log",
-            disk=disks[host],
-            bootfile=bootfile,
-        )
+    def boot(host: str, tag: str = "") -> VM:
+        name = f"{host}{tag}"
+        vm = VM(name, NODES[host], logs / f"{name}.log", disk=disks[host], bootfile=bootfile)
         vms.append(vm.start())
         return vm
+
+    def wait_for_line(vm: VM, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not vm.saw(text):
+            assert vm.proc and vm.proc.poll() is None, f"{vm.name} exited:\n{vm.text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{vm.name}: no {text!r}:\n{vm.text()[-3000:]}"
+            time.sleep(0.5)
 
     try:
         # 1. all three are imaged; two guests at a time on 2 cores
         first = {host: boot(host) for host in ("sql-n1", "sql-n2")}
-        wait_exit(
-            server, first["sql-n1"], "sql-n1", 300
-        )  # released at once: the agent reboots, QEMU exits
+        # the first node is released at once: its agent reboots and QEMU exits
+        wait_exit(server, first["sql-n1"], "sql-n1", 300)
         first["sql-n3"] = boot("sql-n3")
         assert wait_state(server, "sql-n2", {"held"}) == "held"
         assert states(server)["sql-n1"] == "starting"
+        # a held machine that is power-cycled comes back to the agent in wait mode, still held
+        first["sql-n2"].kill()
+        first["sql-n2"] = boot("sql-n2", "-reboot")
+        wait_for_line(first["sql-n2"], "waiting at the gate")
+        assert not first["sql-n2"].saw(LOCAL_BOOT_MARKER)
+        assert states(server)["sql-n2"] == "held"
 
         # 2. the first node boots its disk alone; nodes 2 and 3 stay held meanwhile
-        second1 = boot("sql-n1", second=True)
+        second1 = boot("sql-n1", "-2nd")
         assert second1.wait(120) == 3, second1.text()[-2000:]  # isa-debug-exit from the MBR
         assert second1.saw(LOCAL_BOOT_MARKER)
         assert wait_state(server, "sql-n3", {"held"}) == "held"
@@ -179,7 +186,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
             assert wait_state(server, host, {"starting"}, timeout=30)
             later = [h for h in NODES if h > host]
             assert all(states(server)[h] == "held" for h in later), states(server)
-            again = boot(host, second=True)
+            again = boot(host, "-2nd")
             assert again.wait(120) == 3
             assert again.saw(LOCAL_BOOT_MARKER)
             assert mini_setup(server, disks[host], host)["state"] == "joined"
