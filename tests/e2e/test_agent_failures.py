@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import free_port, run_cli, start_server
-from tests.e2e.diskimage import make_image
+from tests.e2e.diskimage import make_image, read_file
 from tests.e2e.test_cluster_rollout import IMAGE, NODES, media, pytestmark, wait_exit  # noqa: F401
 from tests.e2e.vm import VM
 
@@ -101,3 +101,52 @@ def test_agent_reports_failures_and_discovery(media, tmp_path):  # noqa: F811
         for vm in vms:
             vm.kill()
         server.stop()
+
+
+@pytest.mark.timeout(600)
+def test_stream_cut_mid_way_resumes_with_range(media, tmp_path):  # noqa: F811
+    from tests.e2e.cutproxy import CuttingProxy
+
+    state_dir = tmp_path / "state"
+    master = tmp_path / "master.img"
+    built = make_image(master, size_mib=64)
+    added = run_cli(
+        "image",
+        "add",
+        IMAGE,
+        str(master),
+        "--sysprep",
+        "reseal",
+        "--without-cluster-service",
+        "--no-shared-storage",
+        "-q",
+        "--state-dir",
+        str(state_dir),
+    )
+    assert added.returncode == 0, added.stderr
+    disk = tmp_path / "sql-n1.img"
+    with open(disk, "wb") as fh:
+        fh.truncate(80 * 1024 * 1024)
+    port = free_port()
+    # every URL the guest gets points at the proxy, which drops the first image stream
+    with CuttingProxy(port, cut_after=20 * 1024 * 1024 + 12345) as proxy:
+        server = start_server(
+            state_dir, http_port=port, extra=("--public-url", f"http://10.0.2.2:{proxy.port}")
+        )
+        vm = VM(
+            "sql-n1",
+            NODES["sql-n1"],
+            tmp_path / "sql-n1.log",
+            disk=disk,
+            bootfile=f"http://10.0.2.2:{proxy.port}/boot.ipxe",
+        ).start()
+        try:
+            wait_exit(server, vm, "sql-n1", 300)  # the first node: released, the agent reboots
+            assert node_named(server, "sql-n1")["state"] == "starting"  # imaged: sha256 matched
+        finally:
+            vm.kill()
+            server.stop()
+        assert proxy.cuts == 1
+    assert vm.saw("stream broke at 20 MiB; resuming")
+    for name, data in built["files"].items():
+        assert read_file(disk, name) == data, name
