@@ -75,9 +75,10 @@ def _client_mac(request: web.Request) -> str | None:
     return macs.pop() if macs else None
 
 
-def _problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+def _problem(http_status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    """A JSON error (``{"error": ..., ...}``), counted by ``reason`` in the metrics."""
     REFUSED.labels(reason).inc()
-    return json_error(status, message, **extra)
+    return web.json_response({"error": message, **extra}, status=http_status)
 
 
 def _validators(row: Image) -> dict[str, str]:
@@ -266,8 +267,14 @@ async def _send_range(
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client closed the connection")
         chunk = min(SENDFILE_CHUNK, end - offset)
+        image.fh.seek(offset)
         try:
             n = await loop.sendfile(transport, image.fh, offset, chunk)
+        except (ConnectionError, OSError):
+            # asyncio leaves the file position after the last byte the kernel took, even on
+            # error: account those bytes too, so a dropped node's count is exact
+            sent(max(0, image.fh.tell() - offset))
+            raise
         except NotImplementedError:  # no sendfile (TLS, exotic loop): read and write
             data = await asyncio.to_thread(_pread, image, offset, min(chunk, 1024 * 1024))
             await response.write(data)
@@ -276,6 +283,8 @@ async def _send_range(
             raise _FileChanged(f"the file ended early at byte {offset}")
         offset += n
         sent(n)
+        if changed := image.still_same():  # one fstat per chunk: stop a mix early
+            raise _FileChanged(f"{changed} during the transfer")
 
 
 def _pread(image: OpenImage, offset: int, count: int) -> bytes:
