@@ -171,11 +171,39 @@ def start_netdeploy(root: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}/images/bench"
 
 
+FILERESPONSE_APP = """
+import sys
+from aiohttp import web
+path = sys.argv[2]
+async def image(request):
+    return web.FileResponse(path)
+app = web.Application()
+app.router.add_get("/image", image)
+app.router.add_get("/ready", lambda r: web.Response(text="ok"))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def start_fileresponse(root: Path) -> tuple[subprocess.Popen, str]:
+    """Plain aiohttp FileResponse: what netdeploy would be without its own sender."""
+    port = free_port()
+    log = open(root / "fileresponse.out", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FILERESPONSE_APP, str(port), str(root / "images" / "bench.img")],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    wait_http(f"http://127.0.0.1:{port}/ready", proc, "aiohttp FileResponse")
+    return proc, f"http://127.0.0.1:{port}/image"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="image size (default 1 GiB)")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
     parser.add_argument("--repeat", type=int, default=1, help="runs per point; the best counts")
+    parser.add_argument(
+        "--fileresponse", action="store_true", help="also measure plain aiohttp FileResponse"
+    )
     args = parser.parse_args()
     if shutil.which("curl") is None:
         sys.exit("bench: curl not found; apt-get install curl")
@@ -187,22 +215,28 @@ def main() -> int:
         (root / "images").mkdir()
         print(f"writing a {args.size_mib} MiB image of random bytes ...", file=sys.stderr)
         write_image(root / "images" / "bench.img", size)
-        nginx, nginx_url = start_nginx(root, root / "images")
-        servers.append(nginx)
-        nd, nd_url = start_netdeploy(root)
-        servers.append(nd)
-        # warm both (page cache, first-request paths) before measuring
-        run_clients(nginx_url, 1, size, nginx.pid)
-        run_clients(nd_url, 1, size, nd.pid)
-        rows = []
+        targets: list[tuple[str, subprocess.Popen, str]] = []
+        for name, start in (
+            ("nginx", lambda: start_nginx(root, root / "images")),
+            ("netdeploy", lambda: start_netdeploy(root)),
+            ("aiohttp", lambda: start_fileresponse(root)),
+        ):
+            if name == "aiohttp" and not args.fileresponse:
+                continue
+            proc, url = start()
+            servers.append(proc)
+            targets.append((name, proc, url))
+        for _name, proc, url in targets:  # warm page cache and first-request paths
+            run_clients(url, 1, size, proc.pid)
+        rows: list[tuple[int, dict[str, Result]]] = []
         for n in counts:
             best: dict[str, Result] = {}
             for _ in range(args.repeat):
-                for name, url, pid in (("nginx", nginx_url, nginx.pid), ("nd", nd_url, nd.pid)):
-                    r = run_clients(url, n, size, pid)
+                for name, proc, url in targets:
+                    r = run_clients(url, n, size, proc.pid)
                     if name not in best or r.mib_s > best[name].mib_s:
                         best[name] = r
-            rows.append((n, best["nginx"], best["nd"]))
+            rows.append((n, best))
             print(f"  {n} clients done", file=sys.stderr)
     finally:
         for proc in servers:
@@ -213,18 +247,27 @@ def main() -> int:
                 proc.kill()
         shutil.rmtree(root, ignore_errors=True)
 
+    names = [name for name, _, _ in targets]
     print(f"\nimage {args.size_mib} MiB over loopback; curl clients; best of {args.repeat}")
-    print(
-        f"{'clients':>7}  {'nginx MiB/s':>11}  {'netdeploy MiB/s':>15}  {'ratio':>5}  "
-        f"{'nginx CPU':>9}  {'netdeploy CPU':>13}  {'CPU s/GiB ng/nd':>15}"
-    )
-    for n, ng, nd in rows:
-        per_gib = f"{ng.cpu / (ng.bytes / 2**30):.2f}/{nd.cpu / (nd.bytes / 2**30):.2f}"
-        print(
-            f"{n:>7}  {ng.mib_s:>11,.0f}  {nd.mib_s:>15,.0f}  {nd.mib_s / ng.mib_s:>5.2f}  "
-            f"{ng.cpu_pct:>8.0f}%  {nd.cpu_pct:>12.0f}%  {per_gib:>15}"
-        )
-    at8 = [nd.mib_s / ng.mib_s for n, ng, nd in rows if n == 8]
+    print("MiB/s aggregate, ratio to nginx, server CPU % of one core, server CPU s per GiB sent")
+    header = f"{'clients':>7}"
+    for name in names:
+        header += f"  {name + ' MiB/s':>15}" + (f"  {'ratio':>5}" if name != "nginx" else "")
+    for name in names:
+        header += f"  {name + ' CPU':>13}  {'s/GiB':>5}"
+    print(header)
+    for n, best in rows:
+        line = f"{n:>7}"
+        for name in names:
+            r = best[name]
+            line += f"  {r.mib_s:>15,.0f}"
+            if name != "nginx":
+                line += f"  {r.mib_s / best['nginx'].mib_s:>5.2f}"
+        for name in names:
+            r = best[name]
+            line += f"  {r.cpu_pct:>12.0f}%  {r.cpu / (r.bytes / 2**30):>5.2f}"
+        print(line)
+    at8 = [b["netdeploy"].mib_s / b["nginx"].mib_s for n, b in rows if n == 8]
     if at8:
         verdict = "PASS" if at8[0] >= 0.9 else "FAIL"
         print(f"bar: netdeploy >= 0.90x nginx at 8 clients: {at8[0]:.2f}x {verdict}")

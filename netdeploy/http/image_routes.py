@@ -64,14 +64,14 @@ def service_of(ctx: Context) -> ImageService:
 
 
 def _client_mac(request: web.Request) -> str | None:
-    """The agent's MAC from ``?mac=`` or ``X-Netdeploy-Mac``; 400 when malformed or conflicting."""
+    """The agent's MAC from ``?mac=`` or ``X-Netdeploy-Mac``; BadMac when malformed/conflicting.
+
+    Only for accounting: a MAC we do not know streams all the same, counted as anonymous.
+    """
     given = {v for v in (request.query.get("mac"), request.headers.get("X-Netdeploy-Mac")) if v}
-    try:
-        macs = {normalize_mac(v) for v in given}
-    except BadMac as exc:
-        raise web.HTTPBadRequest(text=f"{exc} (in ?mac= or X-Netdeploy-Mac)") from None
+    macs = {normalize_mac(v) for v in given}
     if len(macs) > 1:
-        raise web.HTTPBadRequest(text="?mac= and X-Netdeploy-Mac name different MACs")
+        raise BadMac("?mac= and X-Netdeploy-Mac name different MACs; send one")
     return macs.pop() if macs else None
 
 
@@ -112,7 +112,10 @@ async def get_image(request: web.Request) -> web.StreamResponse:
             f"no image named {name!r}; see GET /api/images",
             images=sorted(ctx.config.images),
         )
-    mac = _client_mac(request)
+    try:
+        mac = _client_mac(request)
+    except BadMac as exc:
+        return _problem(400, "bad_mac", f"{exc} (in ?mac= or X-Netdeploy-Mac)")
     async with ctx.sessions() as session:
         row = await session.get(Image, name)
         node = await session.get(Node, mac) if mac else None

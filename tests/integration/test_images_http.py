@@ -182,11 +182,11 @@ async def test_unknown_or_malformed_mac(lab: Lab) -> None:
     transfers = await json_get(lab, "/api/transfers", key="transfers")
     assert [t["mac"] for t in transfers] == [None]
     status, _, body = await fetch(lab, "/images/base?mac=not-a-mac")
-    assert status == 400 and b"not a MAC address" in body
+    assert status == 400 and "not a MAC address" in json.loads(body)["error"]
     status, _, body = await fetch(
         lab, f"/images/base?mac={MAC_N2}", "-H", f"X-Netdeploy-Mac: {MAC_N3}"
     )
-    assert status == 400
+    assert status == 400 and "different MACs" in json.loads(body)["error"]
 
 
 async def test_if_range_if_match_if_none_match(lab: Lab) -> None:
