@@ -64,20 +64,21 @@ def service_of(ctx: Context) -> ImageService:
 
 
 def _client_mac(request: web.Request) -> str | None:
-    """The agent's MAC from ``?mac=`` or ``X-Netdeploy-Mac``; 400 when malformed or conflicting."""
+    """The agent's MAC from ``?mac=`` or ``X-Netdeploy-Mac``; BadMac when malformed/conflicting.
+
+    Only for accounting: a MAC we do not know streams all the same, counted as anonymous.
+    """
     given = {v for v in (request.query.get("mac"), request.headers.get("X-Netdeploy-Mac")) if v}
-    try:
-        macs = {normalize_mac(v) for v in given}
-    except BadMac as exc:
-        raise web.HTTPBadRequest(text=f"{exc} (in ?mac= or X-Netdeploy-Mac)") from None
+    macs = {normalize_mac(v) for v in given}
     if len(macs) > 1:
-        raise web.HTTPBadRequest(text="?mac= and X-Netdeploy-Mac name different MACs")
+        raise BadMac("?mac= and X-Netdeploy-Mac name different MACs; send one")
     return macs.pop() if macs else None
 
 
-def _problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+def _problem(http_status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    """A JSON error (``{"error": ..., ...}``), counted by ``reason`` in the metrics."""
     REFUSED.labels(reason).inc()
-    return json_error(status, message, **extra)
+    return web.json_response({"error": message, **extra}, status=http_status)
 
 
 def _validators(row: Image) -> dict[str, str]:
@@ -111,7 +112,10 @@ async def get_image(request: web.Request) -> web.StreamResponse:
             f"no image named {name!r}; see GET /api/images",
             images=sorted(ctx.config.images),
         )
-    mac = _client_mac(request)
+    try:
+        mac = _client_mac(request)
+    except BadMac as exc:
+        return _problem(400, "bad_mac", f"{exc} (in ?mac= or X-Netdeploy-Mac)")
     async with ctx.sessions() as session:
         row = await session.get(Image, name)
         node = await session.get(Node, mac) if mac else None
@@ -266,8 +270,14 @@ async def _send_range(
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client closed the connection")
         chunk = min(SENDFILE_CHUNK, end - offset)
+        image.fh.seek(offset)
         try:
             n = await loop.sendfile(transport, image.fh, offset, chunk)
+        except (ConnectionError, OSError):
+            # asyncio leaves the file position after the last byte the kernel took, even on
+            # error: account those bytes too, so a dropped node's count is exact
+            sent(max(0, image.fh.tell() - offset))
+            raise
         except NotImplementedError:  # no sendfile (TLS, exotic loop): read and write
             data = await asyncio.to_thread(_pread, image, offset, min(chunk, 1024 * 1024))
             await response.write(data)
@@ -276,6 +286,8 @@ async def _send_range(
             raise _FileChanged(f"the file ended early at byte {offset}")
         offset += n
         sent(n)
+        if changed := image.still_same():  # one fstat per chunk: stop a mix early
+            raise _FileChanged(f"{changed} during the transfer")
 
 
 def _pread(image: OpenImage, offset: int, count: int) -> bytes:

@@ -72,7 +72,8 @@ def declared(cfg: Config, name: str) -> None:
         )
 
 
-def _check_source(path: Path) -> os.stat_result:
+def check_source(path: Path) -> os.stat_result:
+    """PATH must be a regular file we can read; checked before anything else is touched."""
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -226,7 +227,7 @@ async def add_image(
 ) -> tuple[Image, Event]:
     """Check, place, hash and record one image; raise :class:`CatalogError` with one line."""
     declared(cfg, req.name)
-    _check_source(req.source)
+    check_source(req.source)
     preflight = _preflight(cfg, req)
     fmt = _served_format(cfg, req)
     if not req.force:

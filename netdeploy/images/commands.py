@@ -136,6 +136,8 @@ def cmd_add(cfg: Config, args: argparse.Namespace) -> int:
         no_shared_storage=args.no_shared_storage,
         force=args.force,
     )
+    actions.declared(cfg, req.name)  # fail fast, before the store is opened
+    actions.check_source(req.source)
     with progress_bars(args.quiet) as bars:
         row, _event = asyncio.run(_with_store(cfg, lambda s: actions.add_image(cfg, s, req, bars)))
     facts = row.facts or {}

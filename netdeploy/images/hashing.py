@@ -128,32 +128,32 @@ def compress_and_hash(
 
 
 def raw_digest_of_zstd(path: Path, progress: Progress = _ignore) -> Digest:
-    """Decompress ``path`` (a zstd stream) and hash the result: proves the stream is whole."""
+    """Decompress ``path`` (one or more zstd frames) and hash the result.
+
+    Proves the file is whole: the last frame must end (a truncated frame is an error, not a
+    short image), and frame checksums, when present, are verified by the decoder.
+    """
     import zstandard
 
     h = hashlib.sha256()
     size = 0
+    dctx = zstandard.ZstdDecompressor()
+    dobj, inside_frame = dctx.decompressobj(), False
     try:
         with open(path, "rb") as fh:
-            counted = _Counting(fh, progress)
-            reader = zstandard.ZstdDecompressor().stream_reader(counted, read_across_frames=True)
-            while chunk := reader.read(BLOCK):
-                h.update(chunk)
-                size += len(chunk)
+            for block in _read_blocks(fh, progress):
+                data = bytes(block)
+                while data:
+                    out = dobj.decompress(data)
+                    h.update(out)
+                    size += len(out)
+                    inside_frame, data = True, b""
+                    if dobj.eof:  # RFC 8878 §3.1: frames may follow one another
+                        data, dobj, inside_frame = dobj.unused_data, dctx.decompressobj(), False
     except OSError as exc:
         raise HashError(f"cannot read {path}: {exc.strerror or exc}") from None
     except zstandard.ZstdError as exc:
         raise HashError(f"{path} is not a valid zstd stream: {exc}") from None
+    if inside_frame or size == 0:
+        raise HashError(f"{path} is not a valid zstd stream: it ends inside a frame")
     return Digest(size, h.hexdigest())
-
-
-class _Counting:
-    """A read-only file wrapper that reports the compressed bytes consumed as progress."""
-
-    def __init__(self, fh, progress: Progress):  # type: ignore[no-untyped-def]
-        self.fh, self.progress = fh, progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
-        self.progress(len(data))
-        return data

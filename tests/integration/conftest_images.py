@@ -1,0 +1,117 @@
+"""Shared helpers for the image tests: a small lab config and a real netdeploy HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from netdeploy.config import Config, load_config
+from netdeploy.http.app import build_app
+from netdeploy.images.actions import AddRequest, add_image
+from netdeploy.server import Context, Ports, open_context
+
+LAB_TOML = """
+[server]
+state_dir = "state"
+
+[http]
+max_image_streams = {max_streams}
+image_retry_after = 7
+
+[images.base]
+file = "base.img"
+description = "standalone test image"
+
+[images.packed]
+file = "packed.img.zst"
+format = "raw+zstd"
+
+[images.clu]
+file = "clu.img"
+hardware = ["hw1"]
+
+[hardware.hw1]
+description = "test hardware"
+
+[clusters.c1]
+image = "clu"
+first_node = "n1"
+
+[[nodes]]
+mac = "52:54:00:aa:00:01"
+hostname = "n1"
+cluster = "c1"
+
+[[nodes]]
+mac = "52:54:00:aa:00:02"
+hostname = "n2"
+image = "base"
+
+[[nodes]]
+mac = "52:54:00:aa:00:03"
+hostname = "n3"
+image = "base"
+"""
+
+MAC_N2 = "52:54:00:aa:00:02"
+MAC_N3 = "52:54:00:aa:00:03"
+IMAGE_SIZE = 4 * 1024 * 1024 + 12345  # odd size, above the 1 MiB "small body" threshold
+
+
+def write_lab(root: Path, max_streams: int = 32) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "netdeploy.toml"
+    path.write_text(LAB_TOML.format(max_streams=max_streams))
+    return path
+
+
+def make_image(path: Path, size: int = IMAGE_SIZE) -> str:
+    """Random bytes (never sparse, never compressible) and their sha256."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Lab:
+    cfg: Config
+    ctx: Context
+    runner: web.AppRunner
+    url: str
+    root: Path
+
+    def image_path(self, name: str) -> Path:
+        return self.cfg.image_path(name)
+
+    async def add(self, name: str, source: Path, **kwargs: object) -> None:
+        await add_image(self.cfg, self.ctx.sessions, AddRequest(name, source, **kwargs))  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        await self.ctx.close()
+
+
+async def start_lab(root: Path, max_streams: int = 32) -> Lab:
+    port = free_port()
+    cfg = load_config(write_lab(root, max_streams), http_port=port, bind="127.0.0.1")
+    ctx = await open_context(cfg, Ports(http=port, tftp=0))
+    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return Lab(cfg, ctx, runner, f"http://127.0.0.1:{port}", root)
