@@ -158,6 +158,7 @@ async def test_parallel_aiohttp_downloads_all_verify(lab: Lab) -> None:
                 h.update(block)
         return h.hexdigest()
 
+    sent_before, active_before = await metric(lab, SENT_BASE), await metric(lab, ACTIVE)
     async with aiohttp.ClientSession() as session:
         digests = await asyncio.gather(*(download(session, m) for m in macs * 2))
     assert digests == [sha] * 8
@@ -169,10 +170,21 @@ async def test_parallel_aiohttp_downloads_all_verify(lab: Lab) -> None:
     assert by_key[MAC_N3]["bytes_sent"] == 2 * IMAGE_SIZE
     assert by_key["anon:127.0.0.1"]["anonymous"]
     assert by_key["anon:127.0.0.1"]["bytes_sent"] == 4 * IMAGE_SIZE
+    # metrics are process-wide (other tests in this process count too): compare differences
+    assert await metric(lab, SENT_BASE) - sent_before == 8 * IMAGE_SIZE
+    assert await metric(lab, ACTIVE) == active_before
+
+
+SENT_BASE = 'netdeploy_image_bytes_sent_total{image="base"}'
+ACTIVE = "netdeploy_image_streams_active"
+
+
+async def metric(lab: Lab, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(lab.url + "/metrics") as r:
-        metrics = await r.text()
-    assert 'netdeploy_image_bytes_sent_total{image="base"}' in metrics
-    assert "netdeploy_image_streams_active 0.0" in metrics
+        for line in (await r.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0
 
 
 async def test_unknown_or_malformed_mac(lab: Lab) -> None:

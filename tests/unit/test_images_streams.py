@@ -58,9 +58,10 @@ def test_a_complete_range_short_of_the_end_is_not_a_complete_image() -> None:
 
 def test_anonymous_clients_are_kept_apart_by_address() -> None:
     log = TransferLog()
-    begin(log, mac=None, peer="10.0.0.1").sent(10)
-    begin(log, mac=None, peer="10.0.0.2").sent(20)
-    begin(log).sent(30)
+    for mac, peer, n in ((None, "10.0.0.1", 10), (None, "10.0.0.2", 20), (MAC, "10.0.0.9", 30)):
+        stream = begin(log, mac=mac, peer=peer)
+        stream.sent(n)
+        stream.end()
     rows = {(r["mac"], r["peer"]): r for r in log.snapshot()}
     assert rows[(None, "10.0.0.1")]["anonymous"] and rows[(None, "10.0.0.1")]["bytes_sent"] == 10
     assert rows[(None, "10.0.0.2")]["bytes_sent"] == 20
@@ -72,7 +73,7 @@ def test_a_new_image_restarts_the_position() -> None:
     s = begin(log)
     s.sent(1000)
     s.end()
-    begin(log, image="other", image_size=5000, length=5000)
+    begin(log, image="other", image_size=5000, length=5000).end()
     [row] = log.snapshot()
     assert (row["image"], row["position"], row["complete"], row["percent"]) == (
         "other",
@@ -89,6 +90,7 @@ def test_idle_entries_are_evicted_first(monkeypatch) -> None:  # type: ignore[no
     log = TransferLog()
     busy = begin(log, mac=None, peer="a")  # stays active
     begin(log, mac=None, peer="b").end()
-    begin(log, mac=None, peer="c")
+    last = begin(log, mac=None, peer="c")
     assert sorted(r["peer"] for r in log.snapshot()) == ["a", "c"]
     busy.end()
+    last.end()
