@@ -118,7 +118,10 @@ async def running_server(
     ctx = await open_context(cfg, Ports(http=http_port, tftp=0))
     async with ctx.sessions() as db:
         row = await db.get(Image, IMAGE)
-        row.sha256, row.size, row.status = digest, path.stat().st_size, "ok"
+        # what `netdeploy image add` records: the real /images route serves only that file
+        st = path.stat()
+        row.sha256, row.size, row.status = digest, st.st_size, "ok"
+        row.mtime_ns, row.facts = st.st_mtime_ns, {**(row.facts or {}), "inode": st.st_ino}
         await db.commit()
     stop = await start_multicast(ctx)
     app = build_app(ctx)
