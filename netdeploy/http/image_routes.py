@@ -3,6 +3,8 @@
 The contract the agent relies on (docs/images.md has the full table):
 - ``ETag: "sha256-<hex>"`` (strong), ``X-Image-SHA256: <hex>``, ``Repr-Digest`` (RFC 9530) and
   ``Digest`` (RFC 3230) carry the sha256 of the whole image on every 200/206/HEAD.
+- ``?offset=N&sha256=<hex>``: the bytes from N as a 200, for busybox wget (which refuses 206
+  into a pipe); a different image is refused (409), never mixed.
 - One byte range per request (206); resume with ``Range`` + ``If-Range: <ETag>`` so a re-added
   image comes back whole (200) instead of being spliced onto the old one.
 - Identify with ``?mac=`` or ``X-Netdeploy-Mac`` so the dashboard shows per-node bytes.
@@ -166,6 +168,23 @@ async def _respond(
                 headers={"Content-Range": f"bytes */{size}"},  # §15.5.17
             )
     offset, length = (byte_range.start, byte_range.length) if byte_range else (0, size)
+    if byte_range is None and "offset" in request.query:
+        # Resume for clients that cannot take a 206 (busybox wget accepts 206 only for its own
+        # `-c` into a file, never into a pipe): ?offset=N&sha256=<hex> answers 200 with the
+        # bytes from N. The sha256 plays If-Range's part: another image is refused, not mixed.
+        raw, wanted = request.query["offset"], request.query.get("sha256")
+        if not raw.isdigit() or int(raw) >= size:
+            return _problem(416, "range", f"offset must be a byte position below {size}", size=size)
+        if wanted != row.sha256:
+            return _problem(
+                409,
+                "changed",
+                f"image {row.name!r} is now sha256 {row.sha256}, "
+                "not the one this resume started with (?sha256=); start over",
+                image=row.name,
+            )
+        offset, length = int(raw), size - int(raw)
+        headers["X-Image-Offset"] = raw
     response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = length

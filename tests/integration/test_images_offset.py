@@ -1,0 +1,66 @@
+"""`?offset=N&sha256=` resume (for busybox wget, which refuses a 206 into a pipe), with curl."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+from tests.conftest import run_cli, start_server
+
+IMAGE = "w2k3-ent-sp1"
+
+
+def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    source = tmp_path / "master.img"
+    source.write_bytes(data)
+    added = run_cli(
+        "image",
+        "add",
+        IMAGE,
+        str(source),
+        "--sysprep",
+        "reseal",
+        "--without-cluster-service",
+        "--no-shared-storage",
+        "-q",
+        "--state-dir",
+        str(state_dir),
+    )
+    assert added.returncode == 0, added.stderr
+    sha = hashlib.sha256(data).hexdigest()
+    server = start_server(state_dir)
+    try:
+        url = f"{server.url}/images/{IMAGE}?mac=52:54:00:00:10:01"
+        offset = 1024 * 1024
+        tail = subprocess.run(
+            [
+                "curl",
+                "-fsS",
+                "-D",
+                str(tmp_path / "h"),
+                "-o",
+                "-",
+                f"{url}&offset={offset}&sha256={sha}",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
+        head = (tmp_path / "h").read_text()
+        assert head.startswith("HTTP/1.1 200")
+        assert f"X-Image-Offset: {offset}" in head
+        assert tail == data[offset:]
+        for query, status in [
+            (f"offset={offset}&sha256={'0' * 64}", 409),
+            (f"offset={len(data)}&sha256={sha}", 416),
+            (f"offset=-5&sha256={sha}", 416),
+        ]:
+            code = subprocess.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{url}&{query}"],
+                capture_output=True,
+                text=True,
+            ).stdout
+            assert code == str(status), query
+    finally:
+        server.stop()
