@@ -128,3 +128,21 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
         cwd=cwd,
         timeout=120,
     )
+
+
+def add_image(state_dir: Path, path: Path, name: str = "w2k3-ent-sp1") -> None:
+    """`netdeploy image add` with the preflight facts a cluster image needs; asserts success."""
+    added = run_cli(
+        "image",
+        "add",
+        name,
+        str(path),
+        "--sysprep",
+        "reseal",
+        "--without-cluster-service",
+        "--no-shared-storage",
+        "-q",
+        "--state-dir",
+        str(state_dir),
+    )
+    assert added.returncode == 0, added.stderr

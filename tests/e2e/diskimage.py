@@ -132,3 +132,10 @@ def read_file(image: Path, name: str) -> bytes | None:
         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
     )
     return done.stdout if done.returncode == 0 else None
+
+
+def blank_disk(path: Path, size_mib: int = 80) -> Path:
+    """An empty (sparse) target disk for a guest."""
+    with open(path, "wb") as fh:
+        fh.truncate(size_mib * 1024 * 1024)
+    return path

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, run_cli, start_server
-from tests.e2e.diskimage import make_image, read_file
+from tests.conftest import add_image, free_port, start_server
+from tests.e2e.diskimage import blank_disk, make_image, read_file
 from tests.e2e.test_cluster_rollout import IMAGE, NODES, media, pytestmark, wait_exit  # noqa: F401
 from tests.e2e.vm import VM
 
@@ -35,20 +35,7 @@ def test_agent_reports_failures_and_discovery(media, tmp_path):  # noqa: F811
     state_dir = tmp_path / "state"
     master = tmp_path / "master.img"
     make_image(master, size_mib=64)
-    added = run_cli(
-        "image",
-        "add",
-        IMAGE,
-        str(master),
-        "--sysprep",
-        "reseal",
-        "--without-cluster-service",
-        "--no-shared-storage",
-        "-q",
-        "--state-dir",
-        str(state_dir),
-    )
-    assert added.returncode == 0, added.stderr
+    add_image(state_dir, master)
     # the catalog says another sha256 than the bytes served: the agent must catch it
     db = sqlite3.connect(state_dir / "netdeploy.db")
     with db:
@@ -61,9 +48,7 @@ def test_agent_reports_failures_and_discovery(media, tmp_path):  # noqa: F811
     bootfile = f"http://10.0.2.2:{port}/boot.ipxe"
     disks = {}
     for name in ("web-1", "unknown", "sql-n1"):
-        disks[name] = tmp_path / f"{name}.img"
-        with open(disks[name], "wb") as fh:
-            fh.truncate(80 * 1024 * 1024)
+        disks[name] = blank_disk(tmp_path / f"{name}.img")
     vms = []
 
     def boot(name: str, mac: str) -> VM:
@@ -110,23 +95,8 @@ def test_stream_cut_mid_way_resumes_with_range(media, tmp_path):  # noqa: F811
     state_dir = tmp_path / "state"
     master = tmp_path / "master.img"
     built = make_image(master, size_mib=64)
-    added = run_cli(
-        "image",
-        "add",
-        IMAGE,
-        str(master),
-        "--sysprep",
-        "reseal",
-        "--without-cluster-service",
-        "--no-shared-storage",
-        "-q",
-        "--state-dir",
-        str(state_dir),
-    )
-    assert added.returncode == 0, added.stderr
-    disk = tmp_path / "sql-n1.img"
-    with open(disk, "wb") as fh:
-        fh.truncate(80 * 1024 * 1024)
+    add_image(state_dir, master)
+    disk = blank_disk(tmp_path / "sql-n1.img")
     port = free_port()
     # every URL the guest gets points at the proxy, which drops the first image stream
     with CuttingProxy(port, cut_after=20 * 1024 * 1024 + 12345) as proxy:

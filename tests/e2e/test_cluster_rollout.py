@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ServerProcess, free_port, run_cli, start_server
-from tests.e2e.diskimage import LOCAL_BOOT_MARKER, make_image, read_file
+from tests.conftest import REPO, ServerProcess, add_image, free_port, run_cli, start_server
+from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
 from tests.e2e.vm import VM, qemu_available
 
 NODES = {  # hostname -> MAC (config/netdeploy.toml)
@@ -113,20 +113,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
     state_dir = tmp_path / "state"
     master = tmp_path / "master.img"
     built = make_image(master, size_mib=64)
-    added = run_cli(
-        "image",
-        "add",
-        IMAGE,
-        str(master),
-        "--sysprep",
-        "reseal",
-        "--without-cluster-service",
-        "--no-shared-storage",
-        "-q",
-        "--state-dir",
-        str(state_dir),
-    )
-    assert added.returncode == 0, added.stderr
+    add_image(state_dir, master)
 
     http_port = free_port()
     server = start_server(
@@ -136,9 +123,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
     bootfile = f"http://10.0.2.2:{http_port}/boot.ipxe"
     disks = {host: tmp_path / f"{host}.img" for host in NODES}
     for disk in disks.values():
-        disk.write_bytes(b"")
-        with open(disk, "r+b") as fh:
-            fh.truncate(80 * 1024 * 1024)
+        blank_disk(disk)
     logs = tmp_path / "serial"
     logs.mkdir()
     vms: list[VM] = []

@@ -6,7 +6,7 @@ import hashlib
 import os
 import subprocess
 
-from tests.conftest import run_cli, start_server
+from tests.conftest import add_image, start_server
 
 IMAGE = "w2k3-ent-sp1"
 
@@ -15,20 +15,7 @@ def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp
     data = os.urandom(3 * 1024 * 1024 + 17)
     source = tmp_path / "master.img"
     source.write_bytes(data)
-    added = run_cli(
-        "image",
-        "add",
-        IMAGE,
-        str(source),
-        "--sysprep",
-        "reseal",
-        "--without-cluster-service",
-        "--no-shared-storage",
-        "-q",
-        "--state-dir",
-        str(state_dir),
-    )
-    assert added.returncode == 0, added.stderr
+    add_image(state_dir, source)
     sha = hashlib.sha256(data).hexdigest()
     server = start_server(state_dir)
     try:

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import DEMO_CONFIG, REPO, run_cli
 
 pytestmark = pytest.mark.skipif(
     shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None,
@@ -81,10 +81,20 @@ def test_missing_deb_is_one_clear_line(tmp_path):
     )
 
 
-def test_check_and_serve_say_when_media_is_missing(tmp_path):
-    result = run_cli("check", "--state-dir", str(tmp_path))
-    assert result.returncode == 0
-    # the repository ships no built media: check tells the admin how to build it
-    if "startup media missing" not in result.stdout:
-        pytest.skip("media already built in this checkout")
-    assert "netdeploy media build" in result.stdout
+def test_check_says_when_media_is_missing_and_how_to_build_it(tmp_path):
+    empty = tmp_path / "bootfiles"  # the boot script templates, but no built media
+    shutil.copytree(REPO / "bootfiles" / "templates", empty / "templates")
+    text = DEMO_CONFIG.read_text().replace(
+        'bootfiles_dir = "../bootfiles"', f'bootfiles_dir = "{empty}"'
+    )
+    text = text.replace(
+        'templates_dir = "templates"', f'templates_dir = "{DEMO_CONFIG.parent / "templates"}"'
+    )
+    config = tmp_path / "netdeploy.toml"
+    config.write_text(text)
+    result = run_cli("check", "--config", str(config), "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"note: startup media missing (vmlinuz, initrd.gz in {empty}/media); machines "
+        "cannot be imaged until you run `netdeploy media build`"
+    ) in result.stdout
