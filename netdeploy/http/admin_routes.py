@@ -22,7 +22,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from netdeploy.http.agent_routes import bearer_token, error_response
-from netdeploy.http.api import node_json
+from netdeploy.http.api import cluster_json, node_json
 from netdeploy.http.common import ctx_of, json_error
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import actions
@@ -44,13 +44,7 @@ def admin_node_json(node: Node | NodeRow) -> dict[str, Any]:
 
 def admin_cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
     return {
-        "name": cluster.name,
-        "image": cluster.image,
-        "first_node": cluster.first_node,
-        "release_policy": cluster.release_policy,
-        "gate": cluster.gate,
-        "gate_detail": cluster.gate_detail,
-        "formed_at": cluster.formed_at.isoformat() if cluster.formed_at else None,
+        **cluster_json(cluster, nodes),
         "rollout": cluster.rollout,
         "nodes": [admin_node_json(n) for n in nodes],
     }
