@@ -28,7 +28,7 @@ from netdeploy.inventory import NodeState, mac_hyphens
 KERNEL_PATH = "media/vmlinuz"
 INITRD_PATH = "media/initrd.gz"
 # The EFI program a UEFI HTTP-boot client is pointed at; it then runs /boot.ipxe.
-UEFI_LOADER_PATH = "ipxe.efi"
+UEFI_LOADER_PATH = "media/ipxe.efi"  # from Debian's ipxe package, by `netdeploy media build`
 
 
 class BootAction(StrEnum):

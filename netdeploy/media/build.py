@@ -198,6 +198,15 @@ def build_initramfs(
 
 MULTICAST_RECEIVER_SOURCE = AGENT_DIR / "ndmc-recv.c"
 
+# Network boot programs from Debian's ipxe package, for machines whose firmware is not iPXE:
+# a BIOS PXE ROM chainloads undionly.kpxe over TFTP, UEFI firmware ipxe.efi or snponly.efi
+# (over TFTP, or ipxe.efi by UEFI HTTP boot); each then runs /boot.ipxe.
+IPXE_PROGRAMS = {
+    "undionly.kpxe": "usr/lib/ipxe/undionly.kpxe",
+    "snponly.efi": "usr/lib/ipxe/snponly.efi",
+    "ipxe.efi": "boot/ipxe.efi",
+}
+
 
 def compile_multicast_receiver(into: Path) -> bytes | None:
     """The static C multicast receiver (docs/decisions/0005), or None without a C compiler."""
@@ -215,8 +224,9 @@ def build_media(
     busybox: str = "busybox-static",
     progress: Progress = lambda _msg: None,
     extra_files: dict[str, bytes] | None = None,
+    ipxe: str | None = "ipxe",
 ) -> Built:
-    """Build ``out/vmlinuz``, ``out/initrd.gz`` and ``out/manifest.json``."""
+    """Build ``out/vmlinuz``, ``out/initrd.gz``, the iPXE programs and ``out/manifest.json``."""
     if not kernel.endswith(".deb"):
         progress(f"resolving {kernel}")
         kernel = resolve_kernel_package(kernel)
@@ -264,6 +274,17 @@ def build_media(
         }
         tmp_kernel.replace(kernel_out)  # atomic: a booting machine never gets half a file
         tmp_initrd.replace(initrd_out)
+        programs: dict[str, dict] = {}
+        if ipxe:
+            progress(f"fetching {ipxe}")
+            iroot = Path(tmp) / "ipxe"
+            extract_deb(fetch_deb(ipxe, cache), iroot)
+            for name, inside in IPXE_PROGRAMS.items():
+                data = (iroot / inside).read_bytes()
+                (out / f".{name}.new").write_bytes(data)
+                (out / f".{name}.new").replace(out / name)
+                programs[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest["ipxe"] = programs
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     progress("done")
     return Built(kernel_out, initrd_out, manifest)

@@ -34,6 +34,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="busybox package name or .deb (default busybox-static)",
     )
     build.add_argument(
+        "--ipxe",
+        default="ipxe",
+        metavar="PKG|PATH.deb",
+        help="package with undionly.kpxe, snponly.efi and ipxe.efi for firmware that is not "
+        "iPXE (default ipxe)",
+    )
+    build.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -55,6 +62,7 @@ def cmd_media(args: argparse.Namespace) -> int:
                 cfg.server.state_dir / "media-cache",
                 kernel=args.kernel,
                 busybox=args.busybox,
+                ipxe=args.ipxe,
                 progress=lambda msg: (status.update(msg), console.log(msg)),
             )
     except MediaError as exc:

@@ -54,6 +54,11 @@ def test_media_build_is_reproducible_and_complete(media_cache, tmp_path):
         "etc/modules.order",
         "dev/console",
     } <= set(names)
+    # iPXE for firmware that is not iPXE: BIOS PXE ROMs chainload undionly.kpxe, UEFI ipxe.efi
+    for name in ("undionly.kpxe", "snponly.efi", "ipxe.efi"):
+        data = (tmp_path / "a" / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == first["ipxe"][name]["sha256"]
+    assert (tmp_path / "a" / "ipxe.efi").read_bytes()[:2] == b"MZ"  # a PE/EFI program
     if shutil.which("gcc"):  # the multicast receiver is compiled in (decision 0005)
         assert first["multicast_receiver"] and "bin/ndmc-recv" in names
     modules = first["modules"]

@@ -199,7 +199,7 @@ def test_uefi_http_url() -> None:
     assert scripts.uefi_http_url(boot_plan(facts(NodeState.JOINED), URLS), URLS) is None
     for state in (NodeState.PXE, NodeState.HELD, None):
         url = scripts.uefi_http_url(boot_plan(facts(state), URLS), URLS)
-        assert url == "http://10.0.2.2:8080/bootfiles/ipxe.efi"
+        assert url == "http://10.0.2.2:8080/bootfiles/media/ipxe.efi"
 
 
 def test_agent_actions_are_exactly_the_non_local_ones() -> None:
