@@ -21,9 +21,9 @@ from typing import Any, cast
 from aiohttp import web
 from sqlalchemy import select
 
-from netdeploy.http.agent_routes import bearer_token, error_response
+from netdeploy.http.agent_routes import error_response
 from netdeploy.http.api import cluster_json, node_json
-from netdeploy.http.common import ctx_of, json_error
+from netdeploy.http.common import ctx_of, json_error, request_token
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import actions
 from netdeploy.rollout import service as rollout
@@ -53,7 +53,7 @@ def admin_cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
 async def _authorized(request: web.Request) -> web.Response | None:
     """None when the admin token matches; else the 401/403 answer (and an auth event)."""
     ctx = ctx_of(request)
-    token = bearer_token(request)
+    token = request_token(request)
     if token and hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
         return None
     status = 401 if not token else 403

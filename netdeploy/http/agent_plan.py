@@ -15,8 +15,7 @@ from aiohttp import web
 
 from netdeploy.boot.plan import BootAction, boot_plan
 from netdeploy.boot.service import facts_of, urls_of
-from netdeploy.http.boot_routes import request_token
-from netdeploy.http.common import ctx_of, json_error, mac_param
+from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
 from netdeploy.store.models import Cluster, Event, Image, Node
 from netdeploy.tokens import token_matches
 

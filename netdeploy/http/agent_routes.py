@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
-from netdeploy.http.common import ctx_of, json_error
+from netdeploy.http.common import ctx_of, json_error, request_token
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import actions
 from netdeploy.rollout.errors import (
@@ -35,7 +36,7 @@ from netdeploy.rollout.errors import (
     RolloutError,
     Unavailable,
 )
-from netdeploy.rollout.reports import parse_health, parse_report
+from netdeploy.rollout.reports import AgentReport, HealthReport, parse_health, parse_report
 from netdeploy.rollout.service import engine_of
 
 routes = web.RouteTableDef()
@@ -55,14 +56,6 @@ STATUS: dict[type[RolloutError], int] = {
 
 def error_response(exc: RolloutError) -> web.Response:
     return json_error(STATUS.get(type(exc), 409), str(exc))
-
-
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query.get("token") or None
 
 
 async def _mac_or_refuse(request: web.Request, route: str) -> str:
@@ -86,36 +79,35 @@ async def _json_body(request: web.Request) -> Any:
         return BadReport(f'request body is not valid JSON ({exc}); send e.g. {{"state": ...}}')
 
 
-@routes.post("/api/nodes/{mac}/events")
-async def post_event(request: web.Request) -> web.Response:
-    mac = await _mac_or_refuse(request, "events")
+async def _agent_call(
+    request: web.Request,
+    route: str,
+    parse: Callable[[Any], AgentReport | HealthReport],
+    make_action: Callable[..., actions.Action],
+) -> web.Response:
+    """Parse the body with ``parse``, run ``make_action``'s action, answer the node view."""
+    mac = await _mac_or_refuse(request, route)
     body = await _json_body(request)
     try:
-        report = body if isinstance(body, BadReport) else parse_report(body)
+        report = body if isinstance(body, BadReport) else parse(body)
     except BadReport as exc:
         report = exc
-    action = actions.agent_report(mac, bearer_token(request), report, request.remote)
+    action = make_action(mac, request_token(request), report, request.remote)
     try:
         outcome = await engine_of(ctx_of(request)).run(action, [mac])
     except RolloutError as exc:
         return error_response(exc)
     return web.json_response(outcome.json())
+
+
+@routes.post("/api/nodes/{mac}/events")
+async def post_event(request: web.Request) -> web.Response:
+    return await _agent_call(request, "events", parse_report, actions.agent_report)
 
 
 @routes.post("/api/nodes/{mac}/health")
 async def post_health(request: web.Request) -> web.Response:
-    mac = await _mac_or_refuse(request, "health")
-    body = await _json_body(request)
-    try:
-        report = body if isinstance(body, BadReport) else parse_health(body)
-    except BadReport as exc:
-        report = exc
-    action = actions.health(mac, bearer_token(request), report, request.remote)
-    try:
-        outcome = await engine_of(ctx_of(request)).run(action, [mac])
-    except RolloutError as exc:
-        return error_response(exc)
-    return web.json_response(outcome.json())
+    return await _agent_call(request, "health", parse_health, actions.health)
 
 
 def _poll_timeout(request: web.Request) -> float | BadReport:
@@ -138,7 +130,7 @@ async def get_gate(request: web.Request) -> web.Response:
     ``timeout`` seconds with its current state. The agent simply asks again."""
     mac = await _mac_or_refuse(request, "gate")
     timeout = _poll_timeout(request)
-    token, ip = bearer_token(request), request.remote
+    token, ip = request_token(request), request.remote
     engine = engine_of(ctx_of(request))
     # register before reading: a release committed after the read still wakes us
     woken = engine.waiters.register(mac)

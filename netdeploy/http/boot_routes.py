@@ -19,7 +19,7 @@ from netdeploy.answers.render import is_secret_template
 from netdeploy.boot import scripts
 from netdeploy.boot.files import node_files, serve_node_file
 from netdeploy.boot.service import answer_boot, record_first_stage, urls_of
-from netdeploy.http.common import ctx_of, mac_param
+from netdeploy.http.common import ctx_of, mac_param, request_token
 
 routes = web.RouteTableDef()
 IPXE = "text/plain"
@@ -28,14 +28,6 @@ NO_STORE = {"Cache-Control": "no-store"}  # every answer is per request: never c
 
 def client_ip(request: web.Request) -> str:
     return request.remote or "?"
-
-
-def request_token(request: web.Request) -> str | None:
-    """``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (for iPXE and busybox wget)."""
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return request.query.get("token") or None
 
 
 @routes.get("/boot.ipxe")

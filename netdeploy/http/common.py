@@ -25,3 +25,14 @@ def mac_param(request: web.Request) -> str:
         return normalize_mac(request.match_info["mac"])
     except BadMac as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+def request_token(request: web.Request) -> str | None:
+    """A node's token: ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (iPXE, busybox wget).
+
+    The scheme is case-insensitive (RFC 9110 §11.1); an empty token counts as none.
+    """
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netdeploy.http.common import ctx_of
+from netdeploy.http.common import ctx_of, request_token
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import JoinError, MulticastService
 from netdeploy.store.models import Node
@@ -30,13 +30,6 @@ def _service(request: web.Request) -> MulticastService:
     if service is None:
         raise web.HTTPServiceUnavailable(text="the multicast service is not running")
     return service
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[7:].strip()
-    return request.query.get("token")
 
 
 async def _fields(request: web.Request) -> dict[str, Any]:
@@ -87,7 +80,7 @@ async def join(request: web.Request) -> web.Response:
             node = await session.get(Node, mac)
         # a node that has a boot token must show it: nobody takes another node's place
         if node is not None and node.token:
-            token = _bearer(request)
+            token = request_token(request)
             if not token or not token_matches(token, node.token):
                 raise web.HTTPUnauthorized(
                     text=f"node {mac} must present its boot token (Authorization: Bearer ...)"
@@ -140,7 +133,7 @@ async def one_session(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     """Admin: open a session ahead of the joins, e.g. for N receivers that are not nodes."""
     ctx = ctx_of(request)
-    if not hmac.compare_digest((_bearer(request) or "").encode(), ctx.admin_token.encode()):
+    if not hmac.compare_digest((request_token(request) or "").encode(), ctx.admin_token.encode()):
         raise web.HTTPUnauthorized(text="needs the admin token (Authorization: Bearer ...)")
     fields = await _fields(request)
     service = _service(request)
