@@ -27,6 +27,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _RELEASE = re.compile(r"^(sequential|manual|waves:([1-9][0-9]*))$")
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
+Distribution = Literal["unicast", "multicast"]
 
 
 class _Section(BaseModel):
@@ -185,6 +186,9 @@ class ClusterConfig(_Section):
     answer_files: list[str] = ["sysprep.inf"]
     service_account: str | None = None
     inject: list[InjectTarget] = []
+    # how the agent receives the image: one HTTP stream per node, or one multicast session
+    # for every node of the cluster that images at the same time (docs/multicast.md)
+    distribution: Distribution = "unicast"
     shared_disks: list[SharedDisk] = []
     timeouts: Timeouts = Timeouts()
     vars: dict[str, Any] = {}
@@ -207,6 +211,7 @@ class NodeConfig(_Section):
     image: str | None = None  # standalone nodes; a cluster node uses its cluster's image
     answer_files: list[str] | None = None
     inject: list[InjectTarget] | None = None
+    distribution: Distribution | None = None  # None: the cluster's; unicast when standalone
     vars: dict[str, Any] = {}
 
     @field_validator("mac")
@@ -264,6 +269,11 @@ class Config(_Section):
         if node.inject is not None:
             return node.inject
         return self.clusters[node.cluster].inject if node.cluster else []
+
+    def distribution_for(self, node: NodeConfig) -> Distribution:
+        if node.distribution is not None:
+            return node.distribution
+        return self.clusters[node.cluster].distribution if node.cluster else "unicast"
 
     def image_path(self, name: str) -> Path:
         return self.server.images_dir / self.images[name].file

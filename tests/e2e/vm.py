@@ -1,4 +1,5 @@
-"""Run one QEMU guest for a test: TCG, iPXE NIC ROM, slirp networking, serial log with times.
+"""Run one QEMU guest for a test: TCG, iPXE NIC ROM, slirp networking (or a tap on the test
+LAN of tests/e2e/lan.py), serial log with times.
 
 KVM is present on these machines but unusable (no nested VMX), so guests run under TCG; see
 ../shared/RECIPES.md. Under slirp the guest sees the host's loopback as 10.0.2.2.
@@ -33,13 +34,18 @@ class VM:
     disk: Path | None = None
     bootfile: str = ""
     memory: int = 512
+    tap: str = ""  # a tap in ``netns`` (tests/e2e/lan.py) instead of slirp
+    netns: str = ""
     lines: list[tuple[float, str]] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
 
     def command(self) -> list[str]:
         netdev = "user,id=n0" + (f",bootfile={self.bootfile}" if self.bootfile else "")
-        cmd = [
+        if self.tap:  # the LAN's DHCP server says what to boot
+            netdev = f"tap,id=n0,ifname={self.tap},script=no,downscript=no"
+        cmd = ["ip", "netns", "exec", self.netns] if self.netns else []
+        cmd += [
             QEMU,
             "-accel",
             "tcg",
