@@ -51,8 +51,11 @@ def lab_config(
     group_commit: bool = True,
     gate_poll_timeout: float = 60,
     sweep_interval: float = 5,
+    database: str | None = None,
 ) -> Path:
-    """Write a config with one cluster ``clu`` of ``nodes`` nodes (n1 is the first node)."""
+    """Write a config with one cluster ``clu`` of ``nodes`` nodes (n1 is the first node).
+
+    ``database``: a store URL (e.g. a PostgreSQL one); default SQLite in ``state_dir``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     imaging, starting, joining = timeouts
     lines = [
@@ -61,6 +64,7 @@ def lab_config(
         f'bootfiles_dir = "{REPO / "bootfiles"}"',
         f'templates_dir = "{REPO / "config" / "templates"}"',
         'admin_token = "test-admin-token"',
+        *([f'database = "{database}"'] if database else []),
         "[http]",
         f"gate_poll_timeout = {gate_poll_timeout}",
         "[rollout]",
