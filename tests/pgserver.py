@@ -211,7 +211,7 @@ def start(timeout: float = 60.0) -> PgServer:
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded here
+                preexec_fn=_die_with_parent,  # runs after the uid switch: see its docstring
                 **as_user,
             )
         server = PgServer(bindir, root, port, proc, log)

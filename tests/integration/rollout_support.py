@@ -90,10 +90,14 @@ def lab_config(
     return path
 
 
-async def prepare_nodes(config: Path, state: str = "pxe") -> dict[str, str]:
+async def prepare_nodes(
+    config: Path, state: str = "pxe", database: str | None = None
+) -> dict[str, str]:
     """Import the config, give every node a boot token and put it in ``state``, as the boot
-    helper does when it renders the per-MAC boot script. Returns MAC -> plain token."""
-    cfg = load_config(config)
+    helper does when it renders the per-MAC boot script. Returns MAC -> plain token.
+
+    ``database`` overrides the config's store URL, as ``netdeploy serve --db`` does."""
+    cfg = load_config(config, database=database)
     engine, sessions = await open_store(cfg.database_url)
     tokens = {}
     try:

@@ -56,7 +56,9 @@ test_migrations_create_exactly_the_models = store_suite.test_migrations_create_e
 test_import_is_idempotent_and_keeps_runtime_state = (
     store_suite.test_import_is_idempotent_and_keeps_runtime_state
 )
-test_config_changes_are_applied_and_recorded = store_suite.test_config_changes_are_applied_and_recorded
+test_config_changes_are_applied_and_recorded = (
+    store_suite.test_config_changes_are_applied_and_recorded
+)
 test_a_failing_import_changes_nothing = store_suite.test_a_failing_import_changes_nothing
 test_discovered_machine_adopted_by_config = store_suite.test_discovered_machine_adopted_by_config
 
@@ -110,7 +112,7 @@ async def test_the_schema_postgresql_has(store) -> None:
         version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     for table in Base.metadata.sorted_tables:
         for column in table.columns:
-            data_type, default = columns[(table.name, column.name)]
+            data_type, _ = columns[(table.name, column.name)]
             python_type = column.type.python_type
             if python_type is datetime:
                 assert data_type == "timestamp with time zone", (table.name, column.name)
