@@ -33,6 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,12 +106,16 @@ class PgServer:
     bindir: Path
     root: Path
     port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
+    user: pwd.struct_passwd | None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def datadir(self) -> Path:
         return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -118,6 +123,100 @@ class PgServer:
     @property
     def version(self) -> str:
         return (self.datadir / "PG_VERSION").read_text().strip()
+
+    def _as_user(self) -> dict[str, Any]:
+        if self.user is None:
+            return {}
+        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+
+    def _env(self) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
+        if self.user is not None:
+            env["HOME"] = str(self.root)
+        return env
+
+    def initdb(self, timeout: float) -> None:
+        done = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(self.datadir),
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",  # loopback and a private socket dir: only this machine's tests
+                "--encoding",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            cwd=self.root,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **self._as_user(),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stderr}")
+
+    def launch(self, timeout: float = 60.0) -> None:
+        """Start ``postgres`` on the data dir and wait until it accepts connections."""
+        settings = [f"--{k.replace('_', '-')}={v}" for k, v in FAST_SETTINGS.items()]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.datadir),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.root}",
+                    *settings,
+                ],
+                cwd=self.root,
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # runs after the uid switch: see its docstring
+                **self._as_user(),
+            )
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Ready when postmaster.pid's status line says so (PostgreSQL >= 10)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        pidfile = self.datadir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"postgres exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
+            with contextlib.suppress(OSError):
+                lines = pidfile.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres not ready within {timeout:g} s:\n{self.log.read_text()}")
+
+    def shutdown(self) -> None:
+        """Fast shutdown (SIGINT: roll back, disconnect clients, exit); the data stays."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> None:
+        """Shut down and delete everything."""
+        self.shutdown()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     async def create_database(self, name: str | None = None) -> str:
         """A new empty database; returns its URL."""
@@ -141,105 +240,22 @@ class PgServer:
         finally:
             await conn.close()
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT: roll back, disconnect, exit), then delete everything."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 def start(timeout: float = 60.0) -> PgServer:
     """initdb and start a private server; raises :class:`NoPostgres` when there is none."""
     bindir = find_binaries()
     user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="nd-pg-"))
-    proc = None
+    server = PgServer(bindir, root, _free_port(), user)
     try:
-        as_user: dict = {}
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
-            as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
-        if user is not None:
-            env["HOME"] = str(root)
-        log = root / "postgres.log"
-        initdb = subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "--pgdata",
-                str(root / "data"),
-                "--username",
-                SUPERUSER,
-                "--auth",
-                "trust",  # loopback and a private socket dir: only this machine's tests
-                "--encoding",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            **as_user,
-        )
-        if initdb.returncode != 0:
-            raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stderr}")
-        port = _free_port()
-        settings = [f"--{k.replace('_', '-')}={v}" for k, v in FAST_SETTINGS.items()]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [
-                    str(bindir / "postgres"),
-                    "-D",
-                    str(root / "data"),
-                    "-p",
-                    str(port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={root}",
-                    *settings,
-                ],
-                cwd=root,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # runs after the uid switch: see its docstring
-                **as_user,
-            )
-        server = PgServer(bindir, root, port, proc, log)
-        _wait_ready(server, timeout)
+        server.initdb(timeout)
+        server.launch(timeout)
         return server
     except BaseException:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
         raise
-
-
-def _wait_ready(server: PgServer, timeout: float) -> None:
-    """Ready when postmaster.pid's status line says so (PostgreSQL >= 10)."""
-    deadline = time.monotonic() + timeout
-    pidfile = server.datadir / "postmaster.pid"
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(
-                f"postgres exited with {server.proc.returncode}:\n{server.log.read_text()}"
-            )
-        with contextlib.suppress(OSError):
-            lines = pidfile.read_text().splitlines()
-            if len(lines) >= 8 and lines[7].strip() == "ready":
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"postgres not ready within {timeout:g} s:\n{server.log.read_text()}")
 
 
 # ---------------------------------------------------------------- pytest fixtures

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from netdeploy.store import open_store
 from netdeploy.store.models import Event, Node
+from tests import pgserver
 from tests.conftest import start_server
 from tests.integration import test_rollout_api as api_suite
 from tests.integration.rollout_support import (
@@ -185,3 +186,31 @@ async def test_two_servers_on_one_database_release_each_node_once(
     assert set(states.values()) == {"joined"}
     assert set(released.values()) == {1} and len(released) == 12
     assert peak <= 3
+
+
+async def test_postgresql_restarting_under_the_server_loses_no_report(tmp_path: Path) -> None:
+    """While PostgreSQL is down agents get 503 "retry" (their retry loop covers it); after it
+    is back, the next report is stored: the pool reconnects (pool_pre_ping)."""
+    try:
+        private = pgserver.start()  # its own server: the shared one must not go away
+    except pgserver.NoPostgres as exc:
+        pytest.skip(str(exc))
+    try:
+        url = await private.create_database()
+        config = lab_config(tmp_path, 2, database=url)
+        tokens = await prepare_nodes(config)
+        async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
+            n2 = Agent(http, srv.url, mac_of(2), tokens[mac_of(2)])
+            assert (await n2.event("imaging", 10))[0] == 200
+            private.shutdown()
+            status, body = await n2.event("imaging", 20)
+            assert status == 503 and "retry" in body["error"]
+            private.launch()
+            status, body = await n2.event("imaging", 30)
+            assert status == 200 and body["progress"] == 30
+            status, body = await n2.event("imaged")
+            assert status == 200 and body["state"] == "held"
+        states, _, _ = await _store(url)
+        assert states == {"n1": "pxe", "n2": "held"}
+    finally:
+        private.stop()
