@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ class PgServer:
     root: Path
     port: int
     user: pwd.struct_passwd | None
+    settings: dict[str, str] = field(default_factory=lambda: dict(FAST_SETTINGS))
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -162,7 +163,7 @@ class PgServer:
 
     def launch(self, timeout: float = 60.0) -> None:
         """Start ``postgres`` on the data dir and wait until it accepts connections."""
-        settings = [f"--{k.replace('_', '-')}={v}" for k, v in FAST_SETTINGS.items()]
+        settings = [f"--{k.replace('_', '-')}={v}" for k, v in self.settings.items()]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -241,12 +242,15 @@ class PgServer:
             await conn.close()
 
 
-def start(timeout: float = 60.0) -> PgServer:
-    """initdb and start a private server; raises :class:`NoPostgres` when there is none."""
+def start(timeout: float = 60.0, **settings: str) -> PgServer:
+    """initdb and start a private server; raises :class:`NoPostgres` when there is none.
+
+    ``settings`` override :data:`FAST_SETTINGS` (the rollout bench measures durable commits
+    with ``fsync="on", synchronous_commit="on", full_page_writes="on"``)."""
     bindir = find_binaries()
     user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="nd-pg-"))
-    server = PgServer(bindir, root, _free_port(), user)
+    server = PgServer(bindir, root, _free_port(), user, {**FAST_SETTINGS, **settings})
     try:
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
