@@ -143,15 +143,25 @@ async def test_two_servers_on_one_database_release_each_node_once(
 ) -> None:
     """Agents split between two `netdeploy serve` processes sharing one PostgreSQL.
 
-    A release decided by one server wakes long-polls on that server only (no LISTEN/NOTIFY
-    yet), so agents on the other see it at their next poll; the gate itself stays exact.
+    Both start at once on an empty database: schema upgrade and config import take turns
+    (store.db.STARTUP_LOCK). A release decided by one server wakes long-polls on that server
+    only (no LISTEN/NOTIFY yet), so agents on the other see it at their next poll; the gate
+    itself stays exact (the writers' cluster lock).
     """
     config = lab_config(tmp_path / "lab", 12, release="waves:3")
-    tokens = await prepare_nodes(config, database=pg_url)
-    servers = [
-        start_server(tmp_path / f"state{i}", config=config, extra=("--db", pg_url)) for i in (1, 2)
-    ]
+    started = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                start_server, tmp_path / f"state{i}", config=config, extra=("--db", pg_url)
+            )
+            for i in (1, 2)
+        ),
+        return_exceptions=True,
+    )
+    servers = [s for s in started if not isinstance(s, BaseException)]
     try:
+        assert len(servers) == 2, [str(s) for s in started if isinstance(s, BaseException)]
+        tokens = await prepare_nodes(config, database=pg_url)
         async with aiohttp.ClientSession() as http:
             agents = [
                 Agent(http, servers[i % 2].url, mac_of(i), tokens[mac_of(i)]) for i in range(1, 13)
