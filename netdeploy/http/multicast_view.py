@@ -16,6 +16,7 @@ from typing import Any
 # what a dropped receiver's reason ends with: the page says it in its own words
 _UNICAST_SUFFIX = "; finishes by unicast"
 ACTIVE_STATES = ("waiting", "running", "repairing")
+TIMES = "\u00d7"  # multiplication sign: "sent 1.03 times the image"
 
 
 def percent(value: float) -> str:
@@ -97,7 +98,7 @@ class SessionView:
     @property
     def ratio_text(self) -> str:
         """Image bytes sent (repairs included) per image byte: what one stream cost."""
-        return f"{self.bytes_sent / self.size:.2f}×" if self.size else "—"
+        return f"{self.bytes_sent / self.size:.2f}{TIMES}" if self.size else "—"
 
     @property
     def rate_text(self) -> str:
