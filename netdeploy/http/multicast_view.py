@@ -176,7 +176,10 @@ def _session(data: dict[str, Any], labels: dict[str, str]) -> SessionView:
         repair_slices=int(data.get("repair_slices") or 0),
         expected=data.get("expected"),
         elapsed=data.get("elapsed"),
-        receivers=[_receiver(r, labels) for r in data.get("receivers", [])],
+        # by name, as the node tables are: an admin looks a host up
+        receivers=sorted(
+            (_receiver(r, labels) for r in data.get("receivers", [])), key=lambda r: r.label
+        ),
     )
 
 

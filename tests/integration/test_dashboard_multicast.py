@@ -117,7 +117,8 @@ async def test_section_shows_the_session_its_receivers_and_the_dropped_one(tmp_p
         assert '"multicast": {"available": true, "active": false}' in idle  # no polling
 
         # the cluster's session waits for its three nodes: two real receivers and one that
-        # goes silent after joining
+        # goes silent after joining. Each join is announced to live pages (not recorded).
+        listener = server.ctx.bus.subscribe()
         copies = [
             asyncio.create_task(run_receiver(server.url, tmp_path / h, "--mac", SQL[h]))
             for h in ("sql-n1", "sql-n2")
@@ -129,6 +130,10 @@ async def test_section_shows_the_session_its_receivers_and_the_dropped_one(tmp_p
         assert session["state"] == "waiting", session
         assert "w2k3-ent-sp1 → sqlclu" in session["text"]
         assert '"active": true' in waiting  # the page's script polls while it waits
+        joined = [listener.queue.get_nowait() for _ in range(listener.queue.qsize())]
+        joined = [e for e in joined if e["detail"].get("what") == "receiver_joined"]
+        assert joined and all(e["id"] is None and e["kind"] == "multicast" for e in joined)
+        assert {e["mac"] for e in joined} <= {SQL["sql-n1"], SQL["sql-n2"]}
         await silent_join(server.url, SQL["sql-n3"])
         for status, output in await asyncio.gather(*copies):
             assert status == 0, output
@@ -146,7 +151,7 @@ async def test_section_shows_the_session_its_receivers_and_the_dropped_one(tmp_p
         assert ratio >= 1.0 and f"{ratio:.2f}{TIMES} the image (3.0 MiB)" in done["text"]
         assert "Mbit/s average" in done["text"]
         rows = {cells[0].split()[0]: cells for cells in done["receivers"]}
-        assert sorted(rows) == ["sql-n1", "sql-n2", "sql-n3"]  # MACs shown as host names
+        assert list(rows) == ["sql-n1", "sql-n2", "sql-n3"]  # MACs shown as host names, sorted
         for host in ("sql-n1", "sql-n2"):
             name, ip, state, progress, loss, note = rows[host]
             assert name == f"{host} {SQL[host]}" and ip == "127.0.0.1"

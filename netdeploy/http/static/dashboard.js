@@ -363,8 +363,9 @@
     const title = el("span", f.title, "mtitle");
     title.id = `mc-${f.hex}-h`;
     const meta = `session ${f.hex} · ${s.group}:${s.port} · receivers: ${mcTally(s)}`;
-    head.append(title, el("span", s.state, "state m-" + s.state));
-    head.append(el("span", f.detail, "gdetail"), el("span", meta, "meta"));
+    // spaced like the template: a folded session's summary line is inline text
+    head.append(title, " ", el("span", s.state, "state m-" + s.state), " ");
+    head.append(el("span", f.detail, "gdetail"), " ", el("span", meta, "meta"));
 
     const stats = el("dl", undefined, "mcstats");
     const fact = (term, ...content) => {
@@ -394,7 +395,9 @@
     const thead = el("thead");
     thead.append(header);
     const body = el("tbody");
-    if (s.receivers.length) body.append(...s.receivers.map(mcReceiver));
+    // by name, as the node tables are (and as the server sorts them)
+    const byLabel = (a, b) => (mcLabel(a) < mcLabel(b) ? -1 : mcLabel(a) > mcLabel(b) ? 1 : 0);
+    if (s.receivers.length) body.append(...[...s.receivers].sort(byLabel).map(mcReceiver));
     else {
       const empty = el("tr");
       const td = el("td", "No receiver has joined yet.");
