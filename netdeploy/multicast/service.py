@@ -20,7 +20,7 @@ from sqlalchemy import select
 from netdeploy.inventory import NodeState
 from netdeploy.multicast.session import SenderSession, SessionParams
 from netdeploy.server import Context
-from netdeploy.store.models import Event, Image, Node
+from netdeploy.store.models import Event, Image, Node, utcnow
 
 log = logging.getLogger("netdeploy.multicast")
 
@@ -241,6 +241,7 @@ class MulticastService:
         return self._answer(target, target.join(name, mac, client_ip), unicast)
 
     def _answer(self, session: SenderSession, rec: Any, unicast: dict[str, Any]) -> dict[str, Any]:
+        self._announce_join(session, rec)
         return {
             "mode": "multicast",
             "image": session.image,
@@ -281,6 +282,26 @@ class MulticastService:
         task = asyncio.create_task(self._store(event))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    def _announce_join(self, session: SenderSession, rec: Any) -> None:
+        """Tell live listeners (the dashboard) that a session gained a receiver.
+
+        Announced on the bus without an events row, like imaging progress: a rack joins at
+        once and the session's start records who took part. No id, so it is never replayed."""
+        self.ctx.bus.publish(
+            Event(
+                kind="multicast",
+                at=utcnow(),
+                mac=rec.mac,
+                cluster=session.cluster,
+                detail={
+                    "what": "receiver_joined",
+                    "session": f"{session.id:08x}",
+                    "image": session.image,
+                    "receiver": rec.name,
+                },
+            )
+        )
 
     async def _store(self, event: Event) -> None:
         try:

@@ -106,7 +106,7 @@ def test_cluster_imaged_by_one_multicast_stream(media, tmp_path):
             assert states == {"sql-n1": "starting", "sql-n2": "held", "sql-n3": "held"}
 
             # one session for the cluster; the lossy node was dropped and finished by HTTP
-            [session] = net.get_json("/api/multicast/sessions")["finished"]  # type: ignore[index]
+            [session] = net.request("/api/multicast/sessions", token=admin)["finished"]  # type: ignore[index]
             receivers = {r["mac"]: r for r in session["receivers"]}
             assert session["cluster"] == "sqlclu" and session["expected"] == 3
             assert {mac: receivers[mac]["state"] for mac in NODES.values()} == {
