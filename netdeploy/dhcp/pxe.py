@@ -268,10 +268,9 @@ def answer(request: DhcpPacket, *, pxe_port: bool, server_ip: str, public_url: s
     elif message == p.DISCOVER:
         reply_type = p.OFFER
     elif message == p.REQUEST:
-        server_id = request.options.get(p.OPT_SERVER_ID, b"")
-        ours = len(server_id) == 4 and str(ipaddress.IPv4Address(server_id)) == server_ip
-        if not ours:  # the client takes its address from the LAN's DHCP server: not for us
-            return Answer(client, None, "not_for_us", None, "DHCPREQUEST to another server")
+        if not _requests_our_offer(request, server_ip):
+            # the client takes its address from the LAN's DHCP server: not for us
+            return Answer(client, None, "not_for_us", None, "DHCPREQUEST for an address")
         reply_type = p.ACK
     else:
         return Answer(client, None, "ignored", None, f"{_name(message)} needs no ProxyDHCP answer")
@@ -281,6 +280,19 @@ def answer(request: DhcpPacket, *, pxe_port: bool, server_ip: str, public_url: s
     reply = build_reply(request, client, choice, server_ip, reply_type)
     decision = "offer" if reply_type == p.OFFER else "ack"
     return Answer(client, reply, decision, choice, choice.why)
+
+
+def _requests_our_offer(request: DhcpPacket, server_ip: str) -> bool:
+    """A DHCPREQUEST on port 67 that selects our (address-less) offer: server id ours and no
+    address asked for. The LAN's DHCP server may run on this very host with the same address
+    (RFC 2131 §4.3.2: its REQUESTs carry option 50 or ciaddr); acking those with yiaddr 0 would
+    race its real ACK, so they are never ours."""
+    server_id = request.options.get(p.OPT_SERVER_ID, b"")
+    if len(server_id) != 4 or str(ipaddress.IPv4Address(server_id)) != server_ip:
+        return False
+    wanted = request.options.get(p.OPT_REQUESTED_IP, b"")
+    no_address = not wanted or wanted == bytes(4)
+    return no_address and request.ciaddr == "0.0.0.0"
 
 
 def _name(message: int) -> str:

@@ -154,6 +154,14 @@ def test_requests_on_port_67_are_answered_only_when_addressed_to_us():
         "PXEClient", arch=0, message=p.REQUEST, extra={p.OPT_SERVER_ID: bytes([10, 89, 0, 1])}
     )
     assert decide(ours).decision == "ack"
+    # the LAN's DHCP server on this same host (same address): a REQUEST for an address is its
+    same_host = request(
+        "PXEClient",
+        arch=0,
+        message=p.REQUEST,
+        extra={p.OPT_SERVER_ID: bytes([10, 89, 0, 1]), p.OPT_REQUESTED_IP: bytes([10, 89, 0, 150])},
+    )
+    assert decide(same_host).decision == "not_for_us" and decide(same_host).reply is None
     assert decide(request("PXEClient", arch=0, message=p.RELEASE)).reply is None
 
 
