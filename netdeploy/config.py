@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.tomlpos import line_of
@@ -125,6 +132,42 @@ class MulticastConfig(_Section):
         if value[1] - value[0] < 1:
             raise ValueError("needs at least two ports, low first, e.g. [47800, 47899]")
         return value
+
+
+class DhcpConfig(_Section):
+    """``[dhcp]``: the built-in ProxyDHCP (docs/boot.md "ProxyDHCP"). The LAN's DHCP server
+    keeps handing out addresses; we add the boot information PXE clients need."""
+
+    proxy: bool = False
+    interface: str | None = None  # the boot LAN's interface, e.g. "eth1"; required with proxy
+    # IPv4 address clients use as next-server (TFTP) and server id; None: the interface's own
+    address: str | None = None
+    port: Port = 67  # real clients always use 67 and 4011; other ports only for tests
+    pxe_port: Port = 4011
+    # identical requests of one MAC within this many seconds make one event with a count
+    event_interval: Seconds = 30.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{value} cannot be a server address; use the boot LAN's address")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_interface(self) -> DhcpConfig:
+        if self.proxy and not self.interface:
+            raise ValueError(
+                'proxy = true needs interface = "<name>": the interface on the boot LAN '
+                "(ProxyDHCP listens for broadcasts there)"
+            )
+        return self
 
 
 class MassStorageDriver(_Section):
@@ -239,6 +282,7 @@ class Config(_Section):
     dashboard: DashboardConfig = DashboardConfig()
     rollout: RolloutConfig = RolloutConfig()
     multicast: MulticastConfig = MulticastConfig()
+    dhcp: DhcpConfig = DhcpConfig()
     images: dict[str, ImageConfig] = {}
     hardware: dict[str, HardwareProfile] = {}
     clusters: dict[str, ClusterConfig] = {}

@@ -1,6 +1,12 @@
 """A private boot LAN for end-to-end tests: a network namespace with a bridge, taps for QEMU
 guests, dnsmasq as the DHCP server and `netdeploy serve` on the bridge (RECIPES task 3).
 
+``dhcp`` picks the LAN's DHCP server: ``"dnsmasq"`` (the default: addresses and the boot file
+for iPXE), ``"udhcpd"`` (busybox: addresses only, as on a LAN whose DHCP server knows nothing of
+PXE; netdeploy's ProxyDHCP adds the boot information), ``"dnsmasq-proxy"`` (udhcpd plus dnsmasq
+as ProxyDHCP, the by-hand setup FOG users run) or ``"none"``. Every mode but ``"none"`` sends
+IPv6 router advertisements (dnsmasq), without which iPXE waits ~16 s per boot.
+
 Slirp (tests/e2e/vm.py's default) carries no multicast, so multicast imaging is tested here.
 Nothing touches the host's own interfaces: every link lives in the namespace
 ``ndlan-<pid>``, and the test reaches the server from a worker thread that entered the
@@ -30,6 +36,7 @@ SUBNET = "10.89.0"
 SERVER_IP = f"{SUBNET}.1"
 HTTP_PORT = 8080  # the namespace has its own port space
 CLONE_NEWNET = 0x40000000
+DHCP_MODES = ("dnsmasq", "udhcpd", "dnsmasq-proxy", "none")
 
 
 def lan_unavailable() -> str | None:
@@ -55,10 +62,15 @@ def _enter(netns: str) -> None:
 
 
 class Lan:
-    def __init__(self, workdir: Path, taps: int):
+    def __init__(self, workdir: Path, taps: int, dhcp: str = "dnsmasq", veths: int = 0):
+        if dhcp not in DHCP_MODES:
+            raise ValueError(f"dhcp must be one of {', '.join(DHCP_MODES)}")
         self.netns = f"ndlan-{os.getpid()}"
         self.workdir = workdir
         self.taps = [f"tap{i}" for i in range(taps)]
+        self.dhcp = dhcp
+        # veth pairs: "vc<i>" stays in the namespace for a client program, its peer joins br0
+        self.veths = [f"vc{i}" for i in range(veths)]
         self.url = f"http://{SERVER_IP}:{HTTP_PORT}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.owned = False
@@ -98,7 +110,15 @@ class Lan:
                 self.ip("tuntap", "add", "dev", tap, "mode", "tap")
                 self.ip("link", "set", tap, "master", "br0")
                 self.ip("link", "set", tap, "up")
-            self._dnsmasq()
+            for veth in self.veths:
+                self.ip("link", "add", veth, "type", "veth", "peer", "name", f"{veth}br")
+                self.ip("link", "set", f"{veth}br", "master", "br0")
+                self.ip("link", "set", f"{veth}br", "up")
+                self.ip("link", "set", veth, "up")
+            if self.dhcp in ("udhcpd", "dnsmasq-proxy"):
+                self._udhcpd()
+            if self.dhcp != "none":
+                self._dnsmasq()
             self._http = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=self.netns, initializer=_enter, initargs=(self.netns,)
             )
@@ -107,29 +127,58 @@ class Lan:
             raise
         return self
 
-    def _dnsmasq(self) -> None:
-        conf = self.workdir / "dnsmasq.conf"
+    def _udhcpd(self) -> None:
+        """busybox udhcpd: addresses, a router, nothing about booting."""
+        conf = self.workdir / "udhcpd.conf"
         conf.write_text(
             "\n".join(
                 [
-                    "port=0",  # DHCP only, no DNS
-                    "interface=br0",
-                    "bind-interfaces",
-                    "no-resolv",
-                    "no-hosts",
-                    "log-dhcp",
-                    f"dhcp-range={SUBNET}.100,{SUBNET}.200,255.255.255.0,1h",
-                    f"dhcp-option=option:router,{SERVER_IP}",
-                    "dhcp-match=set:ipxe,175",
-                    f"dhcp-boot=tag:ipxe,{self.url}/boot.ipxe",
-                    # iPXE 175.176 no-pxedhcp: do not wait 2 s for ProxyDHCP offers
-                    "dhcp-option=tag:ipxe,encap:175,176,1",
-                    "enable-ra",
-                    "dhcp-range=::,constructor:br0,ra-only",
+                    f"start {SUBNET}.100",
+                    f"end {SUBNET}.200",
+                    "interface br0",
+                    f"lease_file {self.workdir / 'udhcpd.leases'}",
+                    f"pidfile {self.workdir / 'udhcpd.pid'}",
+                    "option subnet 255.255.255.0",
+                    f"option router {SERVER_IP}",
+                    "option lease 3600",
                     "",
                 ]
             )
         )
+        (self.workdir / "udhcpd.leases").touch()
+        log = open(self.workdir / "udhcpd.log", "ab")  # noqa: SIM115 - kept by the child
+        self.spawn(["busybox", "udhcpd", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def _dnsmasq_lines(self) -> list[str]:
+        common = ["port=0", "interface=br0", "bind-interfaces", "no-resolv", "no-hosts", "log-dhcp"]
+        ra = ["enable-ra", "dhcp-range=::,constructor:br0,ra-only"]
+        if self.dhcp == "udhcpd":  # router advertisements only; no DHCPv4 socket at all
+            return common + ra
+        if self.dhcp == "dnsmasq-proxy":
+            return [
+                *common,
+                f"dhcp-range={SUBNET}.0,proxy,255.255.255.0",
+                "dhcp-match=set:ipxe,175",
+                # without one pxe-service line dnsmasq ignores PXE clients (RECIPES pitfall 7)
+                'pxe-service=tag:!ipxe,x86PC,"Chainload iPXE",media/undionly',
+                f"dhcp-boot=tag:ipxe,{self.url}/boot.ipxe,,{SERVER_IP}",
+                *ra,
+            ]
+        return [
+            *common,
+            f"dhcp-range={SUBNET}.100,{SUBNET}.200,255.255.255.0,1h",
+            f"dhcp-option=option:router,{SERVER_IP}",
+            "dhcp-match=set:ipxe,175",
+            f"dhcp-boot=tag:ipxe,{self.url}/boot.ipxe",
+            # iPXE 175.176 no-pxedhcp: do not wait 2 s for ProxyDHCP offers
+            "dhcp-option=tag:ipxe,encap:175,176,1",
+            *ra,
+        ]
+
+    def _dnsmasq(self) -> None:
+        conf = self.workdir / "dnsmasq.conf"
+        conf.write_text("\n".join([*self._dnsmasq_lines(), ""]))
         self.spawn(
             [
                 "dnsmasq",
@@ -143,8 +192,11 @@ class Lan:
             ]
         )
 
-    def serve(self, config: Path, state_dir: Path) -> None:
-        """`netdeploy serve` on the bridge; returns once its API answers."""
+    def serve(
+        self, config: Path, state_dir: Path, *, tftp_port: int = 6969, extra: tuple[str, ...] = ()
+    ) -> None:
+        """`netdeploy serve` on the bridge; returns once its API answers. Plain PXE firmware
+        fetches from TFTP port 69 (free inside the namespace): pass ``tftp_port=69``."""
         with open(self.server_log, "ab") as out:
             proc = self.spawn(
                 [
@@ -161,9 +213,10 @@ class Lan:
                     "--http-port",
                     str(HTTP_PORT),
                     "--tftp-port",
-                    "6969",
+                    str(tftp_port),
                     "--public-url",
                     self.url,
+                    *extra,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -238,12 +291,12 @@ class Lan:
 
 
 @contextlib.contextmanager
-def lan(workdir: Path, taps: int) -> Iterator[Lan]:
-    net = Lan(workdir, taps).up()
+def lan(workdir: Path, taps: int, dhcp: str = "dnsmasq", veths: int = 0) -> Iterator[Lan]:
+    net = Lan(workdir, taps, dhcp, veths).up()
     try:
         yield net
     finally:
         net.down()
 
 
-__all__ = ["HTTP_PORT", "SERVER_IP", "Lan", "lan", "lan_unavailable"]
+__all__ = ["DHCP_MODES", "HTTP_PORT", "SERVER_IP", "Lan", "lan", "lan_unavailable"]
