@@ -54,6 +54,48 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def serve_argv(
+    config: Path, state_dir: Path, *, bind: str, http_port: int, tftp_port: int, extra=()
+) -> list[str]:  # type: ignore[no-untyped-def]
+    """The command line of a real `netdeploy serve` for tests."""
+    return [
+        sys.executable, "-m", "netdeploy", "serve", "--config", str(config),
+        "--state-dir", str(state_dir), "--bind", bind,
+        "--http-port", str(http_port), "--tftp-port", str(tftp_port), *extra,
+    ]  # fmt: skip
+
+
+def wait_answering(proc: subprocess.Popen, get_json, log: Path, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    """Return once ``get_json("/api/version")`` answers; raise with the server's log if the
+    process exits or does not answer in time (killing it then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"netdeploy serve exited {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            get_json("/api/version")
+            return
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"netdeploy serve did not answer within {timeout:.0f} s:\n{log.read_text()}")
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float) -> None:  # type: ignore[type-arg]
+    """SIGTERM each process still running, give them ``grace`` seconds together, then SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start_server(
     state_dir: Path,
     *,
@@ -66,23 +108,9 @@ def start_server(
     tftp_port = tftp_port or free_port(socket.SOCK_DGRAM)
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / f"serve-{http_port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "netdeploy",
-        "serve",
-        "--config",
-        str(config),
-        "--state-dir",
-        str(state_dir),
-        "--bind",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--tftp-port",
-        str(tftp_port),
-        *extra,
-    ]
+    cmd = serve_argv(
+        config, state_dir, bind="127.0.0.1", http_port=http_port, tftp_port=tftp_port, extra=extra
+    )
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             cmd,
@@ -94,16 +122,8 @@ def start_server(
     server = ServerProcess(
         proc, f"http://127.0.0.1:{http_port}", http_port, tftp_port, state_dir, log
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"netdeploy serve exited {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError):
-            server.get_json("/api/version")
-            return server
-        time.sleep(0.1)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"netdeploy serve did not answer within 30 s:\n{log.read_text()}")
+    wait_answering(proc, server.get_json, log)
+    return server
 
 
 def demo_variant(path: Path, replace: dict[str, str] | None = None, append: str = "") -> Path:

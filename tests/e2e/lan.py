@@ -24,13 +24,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, serve_argv, stop_processes, wait_answering
 
 SUBNET = "10.89.0"
 SERVER_IP = f"{SUBNET}.1"
@@ -197,41 +195,23 @@ class Lan:
     ) -> None:
         """`netdeploy serve` on the bridge; returns once its API answers. Plain PXE firmware
         fetches from TFTP port 69 (free inside the namespace): pass ``tftp_port=69``."""
+        argv = serve_argv(
+            config,
+            state_dir,
+            bind="0.0.0.0",
+            http_port=HTTP_PORT,
+            tftp_port=tftp_port,
+            extra=("--public-url", self.url, *extra),
+        )
         with open(self.server_log, "ab") as out:
             proc = self.spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "netdeploy",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--state-dir",
-                    str(state_dir),
-                    "--bind",
-                    "0.0.0.0",
-                    "--http-port",
-                    str(HTTP_PORT),
-                    "--tftp-port",
-                    str(tftp_port),
-                    "--public-url",
-                    self.url,
-                    *extra,
-                ],
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"netdeploy serve exited:\n{self.server_log.read_text()}")
-            with contextlib.suppress(OSError):
-                self.get_json("/api/version")
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"netdeploy serve did not answer:\n{self.server_log.read_text()}")
+        wait_answering(proc, self.get_json, self.server_log)
 
     def lose(self, tap: str, per_mille: int, group: str) -> None:
         """Drop ``per_mille`` of the multicast frames the bridge sends out of ``tap`` (nftables
@@ -269,17 +249,7 @@ class Lan:
     def down(self) -> None:
         if self._http:
             self._http.shutdown(wait=False, cancel_futures=True)
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, grace=10)
         if not self.owned:
             return
         pids = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)

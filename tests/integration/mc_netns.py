@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.conftest import stop_processes
+
 SUBNET = "10.77.0"
 SENDER_IP = f"{SUBNET}.1"
 
@@ -166,17 +168,7 @@ class Rig:
     # ---------------------------------------------------------------- tear-down
 
     def down(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        deadline = time.monotonic() + 3
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, grace=3)
         for ns in self.created:  # anything still running inside our own namespaces
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             for pid in pids.stdout.split():
