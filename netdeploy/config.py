@@ -148,7 +148,8 @@ class InjectTarget(_Section):
 
     file: str  # an answer file of the node, e.g. "sysprep.inf"
     partition: Annotated[int, Field(ge=1, le=128)] = 1
-    fs: Literal["vfat", "ext4"] = "vfat"
+    # ntfs: mounted by ntfs-3g (FUSE) in the agent; the kernel has no NTFS driver (decision 0007)
+    fs: Literal["vfat", "ext4", "ntfs"] = "vfat"
     path: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]+$")]  # inside that filesystem
 
     @field_validator("path")
