@@ -266,6 +266,10 @@ class Config(_Section):
             return node.inject
         return self.clusters[node.cluster].inject if node.cluster else []
 
+    def injects_into(self, fs: str) -> bool:
+        """Whether any node gets an answer file injected into a filesystem of type ``fs``."""
+        return any(target.fs == fs for node in self.nodes for target in self.inject_for(node))
+
     def image_path(self, name: str) -> Path:
         return self.server.images_dir / self.images[name].file
 

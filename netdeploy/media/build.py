@@ -325,13 +325,23 @@ def build_media(
     return Built(kernel_out, initrd_out, manifest)
 
 
-def media_status(bootfiles: Path) -> str | None:
-    """None when startup media is present, else a line telling the admin how to build it."""
+def media_status(bootfiles: Path, needs_ntfs: bool = False) -> str | None:
+    """None when startup media is present (with ntfs-3g if ``needs_ntfs``), else what to do."""
     media = bootfiles / "media"
     missing = [n for n in ("vmlinuz", "initrd.gz") if not (media / n).is_file()]
-    if not missing:
-        return None
-    return (
-        f"startup media missing ({', '.join(missing)} in {media}); machines cannot be imaged "
-        "until you run `netdeploy media build`"
-    )
+    if missing:
+        return (
+            f"startup media missing ({', '.join(missing)} in {media}); machines cannot be imaged "
+            "until you run `netdeploy media build`"
+        )
+    if needs_ntfs:
+        try:
+            has_ntfs = bool(json.loads((media / "manifest.json").read_text()).get("ntfs-3g"))
+        except (OSError, ValueError, AttributeError):
+            has_ntfs = False
+        if not has_ntfs:
+            return (
+                f'inject entries use fs = "ntfs" but the startup media in {media} has no '
+                "ntfs-3g; run `netdeploy media build` (without --ntfs-3g none)"
+            )
+    return None

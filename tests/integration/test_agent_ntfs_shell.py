@@ -128,3 +128,15 @@ def test_mount_ntfs_on_a_fat_partition_points_at_the_inject_entry(tmp_path):
     assert done.returncode == 1
     assert done.stdout.startswith(f"FAILED: cannot mount {image} (ntfs) with ntfs-3g to inject ")
     assert "check partition and fs of this file's inject entry in the config" in done.stdout
+
+
+def test_mount_ntfs_without_ntfs3g_in_the_media_says_to_rebuild_it(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    call = f'PATH="{empty}"; mount_ntfs /dev/vda1 /mnt/target sysprep.inf && echo MOUNTED'
+    done = run_agent(["mount_ntfs"], call)
+    assert done.returncode == 1
+    assert done.stdout.strip() == (
+        "FAILED: this startup media has no ntfs-3g, so sysprep.inf cannot be injected into "
+        "/dev/vda1 (ntfs); rebuild it with `netdeploy media build` (without --ntfs-3g none)"
+    )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from netdeploy.config import ConfigError, load_config
+from netdeploy.media.build import media_status
 from netdeploy.tomlpos import line_of
 from tests.conftest import DEMO_CONFIG, run_cli
 
@@ -80,3 +83,44 @@ def test_multiline_inline_table_arrays_map_each_element_to_its_line():
     assert line_of(source, ("clusters", "c", "inject", 2)) == 2  # no such element: the array
     assert line_of(source, ("clusters", "c", "image")) == 7  # the array closed on line 6
     assert line_of(source, ("clusters", "c", "disks", 1, "n")) == 8  # one-line arrays: the key
+
+
+def media_dir(tmp_path: Path, ntfs: object) -> Path:
+    """A bootfiles dir whose built media has (or lacks) ntfs-3g according to its manifest."""
+    bootfiles = tmp_path / "bootfiles"
+    shutil.copytree(DEMO_CONFIG.parent.parent / "bootfiles" / "templates", bootfiles / "templates")
+    media = bootfiles / "media"
+    media.mkdir()
+    for name in ("vmlinuz", "initrd.gz"):
+        (media / name).write_bytes(b"x")
+    (media / "manifest.json").write_text(json.dumps({"ntfs-3g": ntfs}))
+    return bootfiles
+
+
+def test_check_notes_media_without_ntfs3g_when_an_inject_entry_needs_it(tmp_path):
+    bootfiles = media_dir(tmp_path, None)  # built with --ntfs-3g none
+    text = DEMO.replace(SYSPREP_ENTRY, SYSPREP_ENTRY.replace('"vfat"', '"ntfs"'), 1)
+    text = text.replace('bootfiles_dir = "../bootfiles"', f'bootfiles_dir = "{bootfiles}"')
+    text = text.replace(
+        'templates_dir = "templates"', f'templates_dir = "{DEMO_CONFIG.parent / "templates"}"'
+    )
+    path = tmp_path / "netdeploy.toml"
+    path.write_text(text)
+    result = run_cli("check", "--config", str(path), "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f'note: inject entries use fs = "ntfs" but the startup media in {bootfiles}/media has '
+        "no ntfs-3g; run `netdeploy media build` (without --ntfs-3g none)"
+    ) in result.stdout.splitlines()
+
+
+def test_media_with_ntfs3g_or_a_config_without_ntfs_needs_no_note(tmp_path):
+    with_ntfs = media_dir(tmp_path / "a", {"bin/ntfs-3g": {"size": 1}})
+    without = media_dir(tmp_path / "b", None)
+    assert media_status(with_ntfs, needs_ntfs=True) is None
+    assert media_status(without, needs_ntfs=False) is None
+    assert "has no ntfs-3g" in (media_status(without, needs_ntfs=True) or "")
+    (without / "media" / "manifest.json").unlink()  # media from before manifests said so
+    assert "has no ntfs-3g" in (media_status(without, needs_ntfs=True) or "")
+    cfg = load_config(DEMO_CONFIG)
+    assert cfg.injects_into("vfat") and not cfg.injects_into("ntfs")
