@@ -11,15 +11,17 @@ One asyncio client process drives every node through the whole state machine ove
 There is no external peer for this, so the run compares netdeploy's two designs side by side:
 ``naive`` (one transaction and commit per report) and ``group`` (the single writer batching
 concurrent reports into one transaction; docs/decisions/0004). Bar: >= 2,000 events/s and the
-release of 1,000 held nodes in < 1 s.
+release of 1,000 held nodes in < 1 s. ``--stores sqlite,postgresql`` runs each mode on both
+stores (PostgreSQL: a private throwaway server from tests/pgserver.py; docs/decisions/0008).
 
-    ./dev bench rollout [--nodes 1000] [--modes naive,group]
+    ./dev bench rollout [--nodes 1000] [--modes naive,group] [--stores sqlite,postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import resource
@@ -32,6 +34,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests import pgserver
 from tests.integration.rollout_support import (
     Agent,
     lab_config,
@@ -66,6 +69,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU of a PostgreSQL postmaster and its backends (SQLite's work is inside the server)."""
+    if pid is None:
+        return 0.0
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -96,7 +111,9 @@ async def waiters(http: aiohttp.ClientSession, url: str) -> int:
     return int(await metric(http, url, "netdeploy_rollout_gate_waiters"))
 
 
-async def run_mode(mode: str, held: int, workdir: Path) -> dict[str, float]:
+async def run_mode(
+    mode: str, held: int, workdir: Path, database: str | None = None, db_pid: int | None = None
+) -> dict[str, float]:
     state = workdir / mode
     config = lab_config(
         state,
@@ -105,6 +122,7 @@ async def run_mode(mode: str, held: int, workdir: Path) -> dict[str, float]:
         group_commit=mode == "group",
         gate_poll_timeout=120,
         sweep_interval=60,
+        database=database,
     )
     print(f"[{mode}] preparing {held + 1} nodes in {state}", file=sys.stderr)
     tokens = await prepare_nodes(config)
@@ -124,6 +142,7 @@ async def run_mode(mode: str, held: int, workdir: Path) -> dict[str, float]:
             # 1. reports: everyone images at once
             timed = Timed()
             server_cpu, client_cpu = cpu_seconds(server.proc.pid), own_cpu_seconds()
+            db_cpu = tree_cpu_seconds(db_pid)
             writer = await metric(http, server.url, "netdeploy_rollout_batch_seconds_sum")
             batches = await metric(http, server.url, "netdeploy_rollout_batch_actions_count")
 
@@ -140,8 +159,9 @@ async def run_mode(mode: str, held: int, workdir: Path) -> dict[str, float]:
             result["p50_ms"], result["p99_ms"] = timed.pct(0.50), timed.pct(0.99)
             n = len(timed.latencies)
             result["server_cpu_us"] = (cpu_seconds(server.proc.pid) - server_cpu) / n * 1e6
+            result["db_cpu_us"] = (tree_cpu_seconds(db_pid) - db_cpu) / n * 1e6
             # what one free core would sustain: independent of other load on the machine
-            result["capacity"] = 1e6 / result["server_cpu_us"]
+            result["capacity"] = 1e6 / (result["server_cpu_us"] + result["db_cpu_us"])
             result["client_cpu_us"] = (own_cpu_seconds() - client_cpu) / n * 1e6
             writer = await metric(http, server.url, "netdeploy_rollout_batch_seconds_sum") - writer
             result["writer_us"] = writer / n * 1e6
@@ -201,7 +221,8 @@ ROWS = [
     ("p50_ms", "report latency p50 (ms)", "{:.1f}", False),
     ("p99_ms", "report latency p99 (ms)", "{:.1f}", False),
     ("server_cpu_us", "server CPU per report (µs)", "{:.0f}", False),
-    ("capacity", "server capacity (reports per CPU-second)", "{:,.0f}", True),
+    ("db_cpu_us", "PostgreSQL CPU per report (µs)", "{:.0f}", False),
+    ("capacity", "server+db capacity (reports per CPU-second)", "{:,.0f}", True),
     ("writer_us", "writer time per report (µs)", "{:.0f}", False),
     ("batch", "reports per transaction (mean)", "{:.0f}", True),
     ("client_cpu_us", "client CPU per report (µs)", "{:.0f}", False),
@@ -215,18 +236,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000, help="held nodes (plus a first node)")
     parser.add_argument("--modes", default="naive,group", help="naive, group or both")
+    parser.add_argument("--stores", default="sqlite", help="sqlite, postgresql or both")
+    parser.add_argument(
+        "--pg-durable",
+        action="store_true",
+        help="PostgreSQL with fsync and synchronous_commit on (default: off, like a test server)",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * args.nodes + 200  # client sockets + the server's (inherited by the subprocess)
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results = {}
-    with tempfile.TemporaryDirectory(prefix="nd-bench-rollout-") as tmp:
-        for mode in modes:
-            results[mode] = asyncio.run(run_mode(mode, args.nodes, Path(tmp)))
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nd-bench-rollout-")))
+        pg = None
+        if "postgresql" in stores:
+            durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+            pg = pgserver.start(**(durable if args.pg_durable else {}))
+            stack.callback(pg.stop)
+        for store in stores:
+            for mode in modes:
+                name = mode if len(stores) == 1 else f"{mode}/{store[:2]}"
+                database = asyncio.run(pg.create_database()) if pg and store != "sqlite" else None
+                print(f"[{name}] store: {database or 'SQLite'}", file=sys.stderr)
+                db_pid = pg.proc.pid if pg and pg.proc and database else None
+                results[name] = asyncio.run(
+                    run_mode(mode, args.nodes, tmp / store, database, db_pid)
+                )
+    modes = list(results)
     width = max(len(r[1]) for r in ROWS)
-    print(f"\nrollout bench: {args.nodes} held nodes + 1 first node, SQLite, one client process")
+    what = " and ".join("SQLite" if s == "sqlite" else "PostgreSQL" for s in stores)
+    print(f"\nrollout bench: {args.nodes} held nodes + 1 first node, {what}, one client process")
     print(f"{'':{width}}  " + "  ".join(f"{m:>10}" for m in modes) + "      ratio")
     for key, label, fmt, higher_better in ROWS:
         cells = "  ".join(f"{fmt.format(results[m][key]):>10}" for m in modes)
@@ -235,12 +278,12 @@ def main() -> int:
             a, b = results[modes[0]][key], results[modes[1]][key]
             ratio = f"{(b / a if higher_better else a / b):8.1f}x" if a and b else ""
         print(f"{label:{width}}  {cells}  {ratio}")
-    if "group" in results:
-        g = results["group"]
+    for name in (m for m in modes if m.startswith("group")):
+        g = results[name]
         ok = g["events_per_s"] >= 2000 and g["release_all_ms"] < 1000
         print(
             f"bar (>= 2,000 reports/s, release of all held nodes < 1,000 ms): "
-            f"{'met' if ok else 'NOT met'} by group commit"
+            f"{'met' if ok else 'NOT met'} by {name}"
         )
         if not ok and g["capacity"] >= 2000:
             print(

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.tomlpos import line_of
@@ -27,6 +34,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _RELEASE = re.compile(r"^(sequential|manual|waves:([1-9][0-9]*))$")
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
+Distribution = Literal["unicast", "multicast"]
 
 
 class _Section(BaseModel):
@@ -126,6 +134,42 @@ class MulticastConfig(_Section):
         return value
 
 
+class DhcpConfig(_Section):
+    """``[dhcp]``: the built-in ProxyDHCP (docs/boot.md "ProxyDHCP"). The LAN's DHCP server
+    keeps handing out addresses; we add the boot information PXE clients need."""
+
+    proxy: bool = False
+    interface: str | None = None  # the boot LAN's interface, e.g. "eth1"; required with proxy
+    # IPv4 address clients use as next-server (TFTP) and server id; None: the interface's own
+    address: str | None = None
+    port: Port = 67  # real clients always use 67 and 4011; other ports only for tests
+    pxe_port: Port = 4011
+    # identical requests of one MAC within this many seconds make one event with a count
+    event_interval: Seconds = 30.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{value} cannot be a server address; use the boot LAN's address")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_interface(self) -> DhcpConfig:
+        if self.proxy and not self.interface:
+            raise ValueError(
+                'proxy = true needs interface = "<name>": the interface on the boot LAN '
+                "(ProxyDHCP listens for broadcasts there)"
+            )
+        return self
+
+
 class MassStorageDriver(_Section):
     """One ``[SysprepMassStorage]`` line: ``hardware_id = "inf", "dir", "desc", "tag"``."""
 
@@ -186,6 +230,9 @@ class ClusterConfig(_Section):
     answer_files: list[str] = ["sysprep.inf"]
     service_account: str | None = None
     inject: list[InjectTarget] = []
+    # how the agent receives the image: one HTTP stream per node, or one multicast session
+    # for every node of the cluster that images at the same time (docs/multicast.md)
+    distribution: Distribution = "unicast"
     shared_disks: list[SharedDisk] = []
     timeouts: Timeouts = Timeouts()
     vars: dict[str, Any] = {}
@@ -208,6 +255,7 @@ class NodeConfig(_Section):
     image: str | None = None  # standalone nodes; a cluster node uses its cluster's image
     answer_files: list[str] | None = None
     inject: list[InjectTarget] | None = None
+    distribution: Distribution | None = None  # None: the cluster's; unicast when standalone
     vars: dict[str, Any] = {}
 
     @field_validator("mac")
@@ -235,6 +283,7 @@ class Config(_Section):
     dashboard: DashboardConfig = DashboardConfig()
     rollout: RolloutConfig = RolloutConfig()
     multicast: MulticastConfig = MulticastConfig()
+    dhcp: DhcpConfig = DhcpConfig()
     images: dict[str, ImageConfig] = {}
     hardware: dict[str, HardwareProfile] = {}
     clusters: dict[str, ClusterConfig] = {}
@@ -265,6 +314,11 @@ class Config(_Section):
         if node.inject is not None:
             return node.inject
         return self.clusters[node.cluster].inject if node.cluster else []
+
+    def distribution_for(self, node: NodeConfig) -> Distribution:
+        if node.distribution is not None:
+            return node.distribution
+        return self.clusters[node.cluster].distribution if node.cluster else "unicast"
 
     def injects_into(self, fs: str) -> bool:
         """Whether any node gets an answer file injected into a filesystem of type ``fs``."""

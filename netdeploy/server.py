@@ -207,6 +207,16 @@ async def start_multicast(ctx: Context) -> Stopper:
 SERVICES.append(start_multicast)
 
 
+async def start_proxy_dhcp(ctx: Context) -> Stopper:
+    """ProxyDHCP when ``[dhcp] proxy = true`` (netdeploy.dhcp); otherwise nothing."""
+    from netdeploy.dhcp.service import start
+
+    return await start(ctx)
+
+
+SERVICES.append(start_proxy_dhcp)
+
+
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:

@@ -106,6 +106,21 @@ def start_server(
     raise RuntimeError(f"netdeploy serve did not answer within 30 s:\n{log.read_text()}")
 
 
+def demo_variant(path: Path, replace: dict[str, str] | None = None, append: str = "") -> Path:
+    """A copy of the demo config at ``path`` (its relative paths made absolute), with each
+    ``replace`` key swapped for its value (the key must be there) and ``append`` added."""
+    text = DEMO_CONFIG.read_text()
+    for old, new in {
+        'bootfiles_dir = "../bootfiles"': f'bootfiles_dir = "{REPO / "bootfiles"}"',
+        'templates_dir = "templates"': f'templates_dir = "{REPO / "config" / "templates"}"',
+        **(replace or {}),
+    }.items():
+        assert old in text, f"the demo config changed: no {old!r}"
+        text = text.replace(old, new)
+    path.write_text(text + append)
+    return path
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"

@@ -469,6 +469,7 @@ int main(int argc, char **argv) {
             } else if (type == ACK && n == 12 && get32(buf + 8) == S.rid && done) {
                 goto verdict;
             } else if (type == DROP && n == 16 && get32(buf + 8) == S.rid && !done) {
+                if (S.dropped) continue; /* the sender repeats DROP until we stop asking */
                 S.dropped = 1;
                 fputs("ndmc-recv: dropped by the sender; listening on, then unicast\n", stderr);
             } else if (type == FINISH && n == 12) {

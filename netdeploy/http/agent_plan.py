@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shlex
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from netdeploy.boot.plan import BootAction, boot_plan
 from netdeploy.boot.service import facts_of, urls_of
+from netdeploy.config import NodeConfig
 from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
 from netdeploy.store.models import Cluster, Event, Image, Node
 from netdeploy.tokens import token_matches
@@ -74,6 +76,7 @@ async def plan(request: web.Request) -> web.Response:
         "image": None,
         "disk": "auto",
         "inject": [],
+        "distribution": {"mode": "unicast"},
     }
     node_cfg = ctx.config.node_by_mac(mac)
     if node_cfg is not None:
@@ -84,11 +87,27 @@ async def plan(request: web.Request) -> web.Response:
         body["image"], problem = image_plan(ctx, node, image)
         if problem:
             body.update(mode="error", why=problem)
+        elif node_cfg is not None:
+            body["distribution"] = distribution(ctx, node_cfg, body["image"]["name"], mac)
     if request.query.get("format") == "sh":
         return web.Response(
             text=as_shell(body), content_type="text/plain", headers={"Cache-Control": "no-store"}
         )
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def distribution(ctx, node_cfg: NodeConfig, image: str, mac: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """How the agent receives the image: its own HTTP stream, or the cluster's multicast session.
+
+    The join URL is what the agent POSTs to; the session it answers with may still turn out to
+    be unicast (late joiner, no free ports), which the agent handles the same way.
+    """
+    if ctx.config.distribution_for(node_cfg) != "multicast":
+        return {"mode": "unicast"}
+    if not ctx.config.multicast.enabled:
+        return {"mode": "unicast", "why": "multicast is configured but multicast.enabled = false"}
+    query = urlencode({"image": image, "mac": mac})
+    return {"mode": "multicast", "join": f"{ctx.public_url}/api/multicast/join?{query}"}
 
 
 def as_shell(body: dict[str, Any]) -> str:
@@ -103,6 +122,12 @@ def as_shell(body: dict[str, Any]) -> str:
         "ND_IMAGE_SHA256": image.get("sha256", ""),
         "ND_IMAGE_SIZE": str(image.get("size", "")),
         "ND_DISK": body["disk"],
+        # empty: stream over HTTP; else the join URL for the media's multicast receiver
+        "ND_MULTICAST": (
+            f"{body['distribution']['join']}&format=args"
+            if body["distribution"]["mode"] == "multicast"
+            else ""
+        ),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),

@@ -23,6 +23,7 @@ from netdeploy.http import session as auth
 from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
 from netdeploy.http.common import ctx_of
 from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
+from netdeploy.http.multicast_view import multicast_view
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import service as rollout
 from netdeploy.rollout.errors import RolloutError
@@ -115,6 +116,12 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
             log_node=request.query.get("node", "").strip(),
             log_cluster=request.query.get("cluster", "").strip(),
         )
+    service = ctx.services.get("multicast")
+    multicast = multicast_view(
+        service.status() if service is not None else None,
+        view.labels,
+        enabled=ctx.config.multicast.enabled,
+    )
     page_data = {
         "lastEventId": view.last_event_id,
         "admin": session is not None,
@@ -122,10 +129,13 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "gateLabels": GATE_LABELS,
         "nodeActions": NODE_ACTIONS,
         "logFilter": {"node": view.log_node, "cluster": view.log_cluster},
+        # the section polls /api/multicast/sessions only while a session is under way
+        "multicast": {"available": multicast.available, "active": bool(multicast.sessions)},
     }
     response = render(
         "dashboard.html",
         view=view,
+        multicast=multicast,
         session=session,
         page_data=script_json(page_data),
     )

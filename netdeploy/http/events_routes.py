@@ -37,6 +37,32 @@ REPLAY_MAX = 5000  # more missed events than this: tell the page to reload inste
 STREAMS: web.AppKey[set[Subscription]] = web.AppKey("event_streams")
 
 
+def _multicast_text(d: dict[str, Any]) -> str:
+    """A multicast session's events (netdeploy/multicast/session.py) in the admin's words."""
+    what, session, image = d["what"], d.get("session", "?"), d.get("image", "?")
+    if what == "receiver_done":
+        return f"received {image} from multicast session {session}, sha256 verified"
+    if what == "receiver_bad":
+        return f"multicast copy of {image} failed its sha256 (session {session}): not used"
+    if what == "receiver_dropped":
+        return f"dropped from multicast session {session}: {d.get('why', '')}; finishing by HTTP"
+    head = f"multicast session {session} of {image} {what.removeprefix('session_')}"
+    if what == "session_started":
+        head += f": {d['reason']}" if d.get("reason") else ""
+    counts = ", ".join(
+        f"{v} {k.removeprefix('receivers_')}" for k, v in d.items() if k.startswith("receivers_")
+    )
+    parts = [head, f"{d.get('receivers', 0)} receivers" + (f" ({counts})" if counts else "")]
+    if what != "session_started":
+        parts.append(
+            f"sent {d.get('bytes_sent', 0) / 2**20:.1f} MiB, "
+            f"{d.get('repair_slices', 0)} slices repaired"
+        )
+    if d.get("detail"):
+        parts.append(str(d["detail"]))
+    return "; ".join(parts)
+
+
 class LogFilterError(ValueError):
     """A filter names a node or cluster that does not exist; the message says which."""
 
@@ -51,6 +77,8 @@ def describe(ev: dict[str, Any]) -> str:
         text = f"gate {text}" if ev["kind"] == "gate" else text
         extra = reason or message
         return f"{text}: {extra}" if extra else text
+    if ev.get("kind") == "multicast" and detail.get("what"):
+        return _multicast_text(dict(ev["detail"]))
     error = str(detail.pop("error", "") or "")
     if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
         head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"

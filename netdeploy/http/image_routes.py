@@ -3,8 +3,9 @@
 The contract the agent relies on (docs/images.md has the full table):
 - ``ETag: "sha256-<hex>"`` (strong), ``X-Image-SHA256: <hex>``, ``Repr-Digest`` (RFC 9530) and
   ``Digest`` (RFC 3230) carry the sha256 of the whole image on every 200/206/HEAD.
-- ``?offset=N&sha256=<hex>``: the bytes from N as a 200, for busybox wget (which refuses 206
-  into a pipe); a different image is refused (409), never mixed.
+- ``?offset=N&sha256=<hex>[&length=L]``: the bytes from N (L of them, default to the end) as a
+  200, for busybox wget (which refuses 206 into a pipe); a different image is refused (409),
+  never mixed. The multicast agent fills the ranges its session missed this way.
 - One byte range per request (206); resume with ``Range`` + ``If-Range: <ETag>`` so a re-added
   image comes back whole (200) instead of being spliced onto the old one.
 - Identify with ``?mac=`` or ``X-Netdeploy-Mac`` so the dashboard shows per-node bytes.
@@ -184,6 +185,16 @@ async def _respond(
                 image=row.name,
             )
         offset, length = int(raw), size - int(raw)
+        if "length" in request.query:
+            raw_length = request.query["length"]
+            if not raw_length.isdigit() or not 0 < int(raw_length) <= length:
+                return _problem(
+                    416,
+                    "range",
+                    f"length must be 1 to {length} (the bytes from offset {offset} to the end)",
+                    size=size,
+                )
+            length = int(raw_length)
         headers["X-Image-Offset"] = raw
     response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
     response.content_type = "application/octet-stream"

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from netdeploy.http.common import ctx_of, request_token
+from netdeploy.http.events_routes import require_read
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import JoinError, MulticastService
 from netdeploy.store.models import Node
@@ -114,11 +115,14 @@ def _error(exc: JoinError) -> web.HTTPException:
 
 @routes.get("/api/multicast/sessions")
 async def sessions(request: web.Request) -> web.Response:
+    # names, MACs and addresses of receivers: the dashboard's read rule, like the event log
+    require_read(request)
     return web.json_response(_service(request).status())
 
 
 @routes.get("/api/multicast/sessions/{id}")
 async def one_session(request: web.Request) -> web.Response:
+    require_read(request)
     try:
         session_id = int(request.match_info["id"])
     except ValueError:

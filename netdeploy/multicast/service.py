@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import prometheus_client
+from sqlalchemy import select
 
+from netdeploy.inventory import NodeState
 from netdeploy.multicast.session import SenderSession, SessionParams
 from netdeploy.server import Context
-from netdeploy.store.models import Event, Image
+from netdeploy.store.models import Event, Image, Node, utcnow
 
 log = logging.getLogger("netdeploy.multicast")
 
@@ -35,6 +37,8 @@ RECEIVERS = prometheus_client.Counter(
     "netdeploy_multicast_receivers", "Receivers at the end of their session, by state", ["state"]
 )
 HISTORY = 20  # finished sessions kept for the status API
+# node states whose next boot images the node (DESIGN: registered/pxe/imaging -> the agent)
+_COMING = {NodeState.REGISTERED, NodeState.PXE, NodeState.IMAGING}
 
 
 class JoinError(Exception):
@@ -96,11 +100,25 @@ class MulticastService:
 
     # ------------------------------------------------------------------ sessions
 
-    def _expected(self, image: str, cluster: str | None) -> int | None:
+    async def _expected(self, image: str, cluster: str | None) -> int | None:
+        """How many receivers a cluster's session waits for: the cluster's nodes that receive
+        this image by multicast and are about to image (a node that is already imaged, held or
+        running is not coming). None for receivers outside a cluster: min_receivers decides."""
         if cluster is None:
             return None
         cfg = self.ctx.config
-        return sum(1 for n in cfg.cluster_nodes(cluster) if cfg.image_for(n) == image) or None
+        macs = [
+            n.mac
+            for n in cfg.cluster_nodes(cluster)
+            if cfg.image_for(n) == image and cfg.distribution_for(n) == "multicast"
+        ]
+        if not macs:
+            return None
+        async with self.ctx.sessions() as session:
+            rows = await session.execute(select(Node.mac, Node.state).where(Node.mac.in_(macs)))
+            states = {mac: state for mac, state in rows}
+        coming = sum(1 for mac in macs if states.get(mac, "registered") in _COMING)
+        return coming or None
 
     def _params(self, interface: str | None, **overrides: Any) -> SessionParams:
         if not self._free_ports:
@@ -200,6 +218,9 @@ class MulticastService:
             return {**unicast, "reason": "multicast is disabled (multicast.enabled = false)"}
         node = self.ctx.config.node_by_mac(mac) if mac else None
         cluster = node.cluster if node else None
+        # read the store first: from here to create() nothing awaits, so two joins arriving
+        # together cannot both find no waiting session and open one each
+        expected = await self._expected(image, cluster)
         chain = self._chain(image, cluster)
         for session in chain:
             for rec in session.receivers.values():
@@ -210,17 +231,17 @@ class MulticastService:
             if self.cfg.late_joiners == "unicast":
                 return {**unicast, "reason": "the multicast session already started"}
             members = {r.mac for s in chain for r in s.receivers.values() if r.mac}
-            expected = self._expected(image, cluster)
             if expected is not None:
                 expected = max(expected - len(members), 1)
             # a late session starts with whoever is there once the earlier one ends and
             # max_wait passed: min_receivers must not strand one late machine for ever
             target = self.create(source, cluster, expected, local_ip, min_receivers=1)
         if target is None:
-            target = self.create(source, cluster, self._expected(image, cluster), local_ip)
+            target = self.create(source, cluster, expected, local_ip)
         return self._answer(target, target.join(name, mac, client_ip), unicast)
 
     def _answer(self, session: SenderSession, rec: Any, unicast: dict[str, Any]) -> dict[str, Any]:
+        self._announce_join(session, rec)
         return {
             "mode": "multicast",
             "image": session.image,
@@ -261,6 +282,26 @@ class MulticastService:
         task = asyncio.create_task(self._store(event))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    def _announce_join(self, session: SenderSession, rec: Any) -> None:
+        """Tell live listeners (the dashboard) that a session gained a receiver.
+
+        Announced on the bus without an events row, like imaging progress: a rack joins at
+        once and the session's start records who took part. No id, so it is never replayed."""
+        self.ctx.bus.publish(
+            Event(
+                kind="multicast",
+                at=utcnow(),
+                mac=rec.mac,
+                cluster=session.cluster,
+                detail={
+                    "what": "receiver_joined",
+                    "session": f"{session.id:08x}",
+                    "image": session.image,
+                    "receiver": rec.name,
+                },
+            )
+        )
 
     async def _store(self, event: Event) -> None:
         try:

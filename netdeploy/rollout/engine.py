@@ -60,6 +60,17 @@ Action = Callable[["Batch"], Awaitable[Any]]
 # state changes that can change a cluster's gate decision
 _GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED})
 
+# Several servers on one PostgreSQL (DESIGN "Scale") each run a writer. Every batch first
+# locks the cluster rows, in name order so two batches never deadlock, and reads nodes only
+# after that: one batch at a time decides, on rows no other writer is still changing, as a
+# single writer does within one process. Without it, PostgreSQL's READ COMMITTED lets two
+# writers both see a node held and both release it (docs/decisions/0008).
+# FOR NO KEY UPDATE (not FOR UPDATE): inserting or re-pointing a node's foreign key to its
+# cluster (config import) takes FOR KEY SHARE, which it does not block, so no deadlock there.
+# SQLite has no row locks and needs none: it has one writer at a time; SQLAlchemy leaves the
+# clause out there.
+_LOCK_CLUSTERS = select(Cluster).order_by(Cluster.name).with_for_update(key_share=True)
+
 
 @dataclass
 class LiveEvent:
@@ -98,12 +109,12 @@ class Batch:
         return [self.nodes.setdefault(row.mac, row) for row in rows]
 
     async def prefetch(self, macs: Iterable[str]) -> None:
-        """Load every node the batch will touch in one query instead of one per request."""
+        """Lock the clusters, then load every node the batch will touch in one query."""
+        if not self.clusters:
+            self.clusters = {c.name: c for c in await self.session.scalars(_LOCK_CLUSTERS)}
         wanted = [m for m in set(macs) if m not in self.nodes]
         for chunk in range(0, len(wanted), 500):
             await self.load(Node.mac.in_(wanted[chunk : chunk + 500]))
-        if not self.clusters:
-            self.clusters = {c.name: c for c in await self.session.scalars(select(Cluster))}
 
     async def node(self, mac: str) -> NodeRow | None:
         if mac not in self.nodes:

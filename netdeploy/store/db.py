@@ -6,11 +6,24 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# Several servers may start at once on one PostgreSQL (DESIGN "Scale"). Two schema upgrades at
+# once collide (both CREATE TABLE: duplicate key in pg_type), and two config imports both
+# INSERT the same rows. An advisory lock held to the end of the upgrade's (or import's)
+# transaction makes them take turns; the second then finds nothing left to do. SQLite takes
+# one writer at a time anyway. The key is an arbitrary constant of ours: "nddploy".
+STARTUP_LOCK = 0x6E6464706C6F79
+_TAKE_STARTUP_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=STARTUP_LOCK)
 
 
 class StoreError(Exception):
@@ -54,10 +67,18 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(_TAKE_STARTUP_LOCK)
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
+
+
+async def take_startup_lock(session: AsyncSession) -> None:
+    """Wait for any other server's schema upgrade or config import (PostgreSQL; see above)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(_TAKE_STARTUP_LOCK)
 
 
 async def migrate(engine: AsyncEngine) -> None:

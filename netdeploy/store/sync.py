@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from netdeploy.config import Config
 from netdeploy.inventory import NodeState
+from netdeploy.store.db import take_startup_lock
 from netdeploy.store.models import Cluster, Event, HardwareProfile, Image, Node, utcnow
 
 
@@ -158,6 +159,7 @@ async def import_config(sessions: async_sessionmaker, cfg: Config) -> ImportResu
     """Make the store's inventory match ``cfg`` in one transaction (nothing changes on error)."""
     result = ImportResult()
     async with sessions() as session, session.begin():
+        await take_startup_lock(session)  # another server importing at the same moment
         await _import(session, cfg, result)
         if result.changed:
             session.add(

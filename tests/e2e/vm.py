@@ -1,4 +1,5 @@
-"""Run one QEMU guest for a test: TCG, iPXE NIC ROM, slirp networking, serial log with times.
+"""Run one QEMU guest for a test: TCG, iPXE NIC ROM, slirp networking (or a tap on the test
+LAN of tests/e2e/lan.py), serial log with times.
 
 KVM is present on these machines but unusable (no nested VMX), so guests run under TCG; see
 ../shared/RECIPES.md. Under slirp the guest sees the host's loopback as 10.0.2.2.
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")  # Debian package ovmf
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
 
 def qemu_available() -> str | None:
@@ -25,6 +28,13 @@ def qemu_available() -> str | None:
     return None
 
 
+def ovmf_available() -> str | None:
+    """None when OVMF (UEFI firmware for QEMU) is installed, else why not."""
+    if not (OVMF_CODE.exists() and OVMF_VARS.exists()):
+        return "OVMF not installed (Debian: ovmf)"
+    return None
+
+
 @dataclass
 class VM:
     name: str
@@ -33,13 +43,22 @@ class VM:
     disk: Path | None = None
     bootfile: str = ""
     memory: int = 512
+    tap: str = ""  # a tap in ``netns`` (tests/e2e/lan.py) instead of slirp
+    netns: str = ""
+    uefi: bool = False  # OVMF instead of SeaBIOS (RECIPES t3c/t3d)
+    # False: no option ROM on the NIC (``romfile=``), so the firmware's own PXE client boots
+    # instead of QEMU's iPXE (under UEFI only: QEMU's only BIOS PXE ROMs are iPXE)
+    nic_rom: bool = True
     lines: list[tuple[float, str]] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
 
     def command(self) -> list[str]:
         netdev = "user,id=n0" + (f",bootfile={self.bootfile}" if self.bootfile else "")
-        cmd = [
+        if self.tap:  # the LAN's DHCP server says what to boot
+            netdev = f"tap,id=n0,ifname={self.tap},script=no,downscript=no"
+        cmd = ["ip", "netns", "exec", self.netns] if self.netns else []
+        cmd += [
             QEMU,
             "-accel",
             "tcg",
@@ -51,15 +70,25 @@ class VM:
             "-monitor",
             "none",
             "-no-reboot",
-            "-boot",
-            "order=nc",
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-netdev",
             netdev,
-            "-device",
-            f"virtio-net-pci,netdev=n0,mac={self.mac}",
         ]
+        nic = f"virtio-net-pci,netdev=n0,mac={self.mac}" + ("" if self.nic_rom else ",romfile=")
+        if self.uefi:  # OVMF boots by bootindex; -boot order is a BIOS option
+            vars_copy = self.log.with_name(f"{self.name}-OVMF_VARS.fd")
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            cmd += [
+                "-drive",
+                f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,file={vars_copy}",
+                "-device",
+                nic + ",bootindex=1",
+            ]
+        else:
+            cmd += ["-boot", "order=nc", "-device", nic]
         if self.disk:
             cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]
         return cmd

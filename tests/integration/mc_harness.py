@@ -112,7 +112,11 @@ async def running_server(
     settings.update(multicast)
     if settings["port_range"][1] == 0:
         settings["port_range"] = (settings["port_range"][0], settings["port_range"][0] + 5)
-    cfg = cfg.model_copy(update={"multicast": MulticastConfig(**settings)})
+    # the demo cluster receives by multicast: its nodes are the sessions' expected receivers
+    clusters = {
+        name: c.model_copy(update={"distribution": "multicast"}) for name, c in cfg.clusters.items()
+    }
+    cfg = cfg.model_copy(update={"multicast": MulticastConfig(**settings), "clusters": clusters})
     path = cfg.image_path(IMAGE)
     digest = sha256 or (sha256_of(path) if path.exists() else make_image(path, size))
     ctx = await open_context(cfg, Ports(http=http_port, tftp=0))
@@ -125,16 +129,6 @@ async def running_server(
         await db.commit()
     stop = await start_multicast(ctx)
     app = build_app(ctx)
-    # GET /images/{name} (Range) is the images helper's; until it is merged, the tests
-    # serve the catalogued file the same way with aiohttp's FileResponse.
-    if not any(
-        r.resource and r.resource.canonical == "/images/{name}" for r in app.router.routes()
-    ):
-
-        async def image(request: web.Request) -> web.FileResponse:
-            return web.FileResponse(cfg.image_path(request.match_info["name"]))
-
-        app.router.add_get("/images/{name}", image)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, bind, http_port).start()

@@ -51,8 +51,11 @@ def lab_config(
     group_commit: bool = True,
     gate_poll_timeout: float = 60,
     sweep_interval: float = 5,
+    database: str | None = None,
 ) -> Path:
-    """Write a config with one cluster ``clu`` of ``nodes`` nodes (n1 is the first node)."""
+    """Write a config with one cluster ``clu`` of ``nodes`` nodes (n1 is the first node).
+
+    ``database``: a store URL (e.g. a PostgreSQL one); default SQLite in ``state_dir``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     imaging, starting, joining = timeouts
     lines = [
@@ -61,6 +64,7 @@ def lab_config(
         f'bootfiles_dir = "{REPO / "bootfiles"}"',
         f'templates_dir = "{REPO / "config" / "templates"}"',
         'admin_token = "test-admin-token"',
+        *([f'database = "{database}"'] if database else []),
         "[http]",
         f"gate_poll_timeout = {gate_poll_timeout}",
         "[rollout]",
@@ -86,10 +90,14 @@ def lab_config(
     return path
 
 
-async def prepare_nodes(config: Path, state: str = "pxe") -> dict[str, str]:
+async def prepare_nodes(
+    config: Path, state: str = "pxe", database: str | None = None
+) -> dict[str, str]:
     """Import the config, give every node a boot token and put it in ``state``, as the boot
-    helper does when it renders the per-MAC boot script. Returns MAC -> plain token."""
-    cfg = load_config(config)
+    helper does when it renders the per-MAC boot script. Returns MAC -> plain token.
+
+    ``database`` overrides the config's store URL, as ``netdeploy serve --db`` does."""
+    cfg = load_config(config, database=database)
     engine, sessions = await open_store(cfg.database_url)
     tokens = {}
     try:

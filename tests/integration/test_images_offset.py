@@ -38,7 +38,23 @@ def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp
         assert head.startswith("HTTP/1.1 200")
         assert f"X-Image-Offset: {offset}" in head
         assert tail == data[offset:]
+        # a bounded range, as the multicast agent fills what its session missed
+        middle = subprocess.run(
+            ["curl", "-fsS", "-o", "-", f"{url}&offset=5&length=11816&sha256={sha}"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert middle == data[5 : 5 + 11816]
+        last = subprocess.run(
+            ["curl", "-fsS", "-o", "-", f"{url}&offset={len(data) - 3}&length=3&sha256={sha}"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert last == data[-3:]
         for query, status in [
+            (f"offset={len(data) - 3}&length=4&sha256={sha}", 416),
+            (f"offset=0&length=0&sha256={sha}", 416),
+            (f"offset=0&length=x&sha256={sha}", 416),
             (f"offset={offset}&sha256={'0' * 64}", 409),
             (f"offset={len(data)}&sha256={sha}", 416),
             (f"offset=-5&sha256={sha}", 416),

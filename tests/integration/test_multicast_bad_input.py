@@ -111,6 +111,9 @@ async def test_joining_twice_keeps_one_place(tmp_path):
         assert answers[0]["receiver"] == answers[1]["receiver"]
         assert answers[0]["session"] == answers[1]["session"]
         async with http.get(f"{server.url}/api/multicast/sessions") as r:
+            assert r.status == 401  # receivers' names and addresses: the dashboard's read rule
+        admin = {"Authorization": f"Bearer {server.ctx.admin_token}"}
+        async with http.get(f"{server.url}/api/multicast/sessions", headers=admin) as r:
             [session] = (await r.json())["sessions"]
         assert session["state"] == "waiting"
         assert [x["name"] for x in session["receivers"]] == ["twice"]

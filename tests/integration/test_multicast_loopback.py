@@ -8,7 +8,7 @@ import json
 import aiohttp
 from sqlalchemy import select
 
-from netdeploy.store.models import Event
+from netdeploy.store.models import Event, Node
 from tests.integration.mc_harness import run_receiver, running_server, sha256_of, wait_for
 
 
@@ -52,4 +52,25 @@ async def test_cluster_session_starts_when_every_expected_node_joined(tmp_path):
         await wait_for(lambda: server.service.finished)
         [session] = server.service.finished
         assert (session["cluster"], session["expected"]) == ("sqlclu", 3)
+        assert sorted(r["mac"] for r in session["receivers"]) == macs
+
+
+async def test_a_node_that_is_already_imaged_is_not_waited_for(tmp_path):
+    """sql-n2 is held (imaged earlier): the session of n1 and n3 starts at their two joins."""
+    macs = ["52:54:00:00:10:01", "52:54:00:00:10:03"]
+    async with running_server(tmp_path, min_receivers=5, max_wait=600) as server:
+        async with server.ctx.sessions() as db:
+            held = await db.get(Node, "52:54:00:00:10:02")
+            held.state = "held"
+            await db.commit()
+        outs = [tmp_path / f"n{i}.img" for i in range(2)]
+        results = await asyncio.gather(
+            *(run_receiver(server.url, o, "--mac", m) for o, m in zip(outs, macs, strict=True))
+        )
+        for (status, output), out in zip(results, outs, strict=True):
+            assert status == 0, output
+            assert sha256_of(out) == server.sha256
+        await wait_for(lambda: server.service.finished)
+        [session] = server.service.finished
+        assert session["expected"] == 2
         assert sorted(r["mac"] for r in session["receivers"]) == macs

@@ -264,10 +264,218 @@
     byId("log-rows").replaceChildren(...body.events.map(logRow));
   }
 
+  // ---------------------------------------------------------------- multicast sessions
+  // Built like the server renders them (templates/_multicast.html, http/multicast_view.py).
+  // Polled every MC_POLL_MS only while a session waits or runs; a multicast event on the
+  // stream (a join, a start, a verdict) triggers a fresh look, so an idle page asks nothing.
+  const MC_POLL_MS = 2000;
+  const MC_ACTIVE = ["waiting", "running", "repairing"];
+  const mc = { timer: null, busy: false, again: false };
+  const percent = (n) => `${Math.round(n)}%`;
+
+  function size(n) {
+    if (typeof n !== "number") return "—";
+    if (n < 1024) return `${n} B`;
+    let value = n;
+    for (const unit of ["KiB", "MiB", "GiB", "TiB"]) {
+      value /= 1024;
+      if (value < 1024 || unit === "TiB") return `${value.toFixed(1)} ${unit}`;
+    }
+  }
+
+  function mcLabel(r) {
+    const row = r.mac && rowOf(r.mac);
+    return (row && row.dataset.label) || r.name || r.mac || r.ip;
+  }
+
+  function mcTally(s) {
+    const counts = new Map();
+    for (const r of s.receivers) counts.set(r.state, (counts.get(r.state) || 0) + 1);
+    const sorted = [...counts].sort(([a], [b]) => (a < b ? -1 : 1));
+    return sorted.map(([state, n]) => `${n} ${state}`).join(", ") || "none";
+  }
+
+  function mcFacts(s) {
+    const active = MC_ACTIVE.includes(s.state);
+    const title = `${s.image} → ${s.cluster || "no cluster"}`;
+    let detail = s.detail || "";
+    if (s.state === "waiting") {
+      detail = `${s.receivers.length} joined` + (s.expected ? ` of ${s.expected} expected` : "");
+    }
+    let rate = "—";
+    if (active && s.state !== "waiting") rate = `${s.rate_mbit.toFixed(1)} Mbit/s`;
+    else if (!active && s.elapsed) {
+      rate = `${((s.bytes_sent * 8) / s.elapsed / 1e6).toFixed(1)} Mbit/s average`;
+    }
+    const ratio = s.size ? `${(s.bytes_sent / s.size).toFixed(2)}×` : "—";
+    return { active, title, detail, rate, ratio, hex: s.id.toString(16).padStart(8, "0") };
+  }
+
+  function progressBar(value, label) {
+    const bar = el("progress");
+    Object.assign(bar, { max: 100, value });
+    bar.setAttribute("aria-label", label);
+    return bar;
+  }
+
+  function mcReceiver(r) {
+    const row = el("tr");
+    Object.assign(row.dataset, { mac: r.mac || "", state: r.state });
+    const label = mcLabel(r);
+    const head = el("th");
+    head.scope = "row";
+    head.append(el("span", label, "host"), " ", el("span", r.mac || "", "mac"));
+    const cell = (h, cls, ...content) => {
+      const td = el("td", undefined, cls);
+      td.dataset.h = h;
+      td.append(...content);
+      return td;
+    };
+    const state = [el("span", r.state, "state r-" + r.state)];
+    if (r.state === "dropped") state.push(" ", el("span", "finishing by HTTP", "via"));
+    let note = (r.reason || "").replace(/; finishes by unicast$/, "");
+    if (!note && r.state === "done" && typeof r.done_after === "number") {
+      note = `verified after ${r.done_after.toFixed(1)} s`;
+    }
+    row.append(
+      head,
+      cell("IP", "ip", r.ip || ""),
+      cell("State", "", ...state),
+      cell(
+        "Progress",
+        "prog",
+        progressBar(r.progress, `${label} multicast progress`),
+        el("span", percent(r.progress), "rate"),
+      ),
+      cell("Loss", "loss", `${(100 * r.loss).toFixed(1)}%`),
+      cell("Note", "msg", note),
+    );
+    return row;
+  }
+
+  function mcSession(s, open) {
+    const f = mcFacts(s);
+    const article = el("article", undefined, "mcs");
+    article.id = "mc-" + f.hex;
+    Object.assign(article.dataset, { session: f.hex, state: s.state });
+    article.setAttribute("aria-labelledby", `mc-${f.hex}-h`);
+    const head = el(f.active ? "div" : "summary", undefined, "chead");
+    const title = el("span", f.title, "mtitle");
+    title.id = `mc-${f.hex}-h`;
+    const meta = `session ${f.hex} · ${s.group}:${s.port} · receivers: ${mcTally(s)}`;
+    // spaced like the template: a folded session's summary line is inline text
+    head.append(title, " ", el("span", s.state, "state m-" + s.state), " ");
+    head.append(el("span", f.detail, "gdetail"), " ", el("span", meta, "meta"));
+
+    const stats = el("dl", undefined, "mcstats");
+    const fact = (term, ...content) => {
+      const box = el("div");
+      const dd = el("dd");
+      dd.append(...content);
+      box.append(el("dt", term), dd);
+      stats.append(box);
+      return dd;
+    };
+    const bar = progressBar(s.progress, `session ${f.hex} progress`);
+    const progress = [bar, " ", el("span", percent(s.progress), "pct")];
+    if (s.round) progress.push(" ", el("span", `repair round ${s.round}`, "meta"));
+    fact("Progress", ...progress);
+    fact("Rate", f.rate).className = "mrate";
+    fact("Sent", `${size(s.bytes_sent)}: ${f.ratio} the image (${size(s.size)})`).className = "sent";
+    fact("Repairs", `${s.repair_slices} slices`).className = "repairs";
+
+    const table = el("table", undefined, "receivers");
+    const caption = el("caption", `Receivers of multicast session ${f.hex} (${f.title})`, "vh");
+    const header = el("tr");
+    for (const name of ["Receiver", "IP", "State", "Progress", "Loss", "Note"]) {
+      const th = el("th", name);
+      th.scope = "col";
+      header.append(th);
+    }
+    const thead = el("thead");
+    thead.append(header);
+    const body = el("tbody");
+    // by name, as the node tables are (and as the server sorts them)
+    const byLabel = (a, b) => (mcLabel(a) < mcLabel(b) ? -1 : mcLabel(a) > mcLabel(b) ? 1 : 0);
+    if (s.receivers.length) body.append(...[...s.receivers].sort(byLabel).map(mcReceiver));
+    else {
+      const empty = el("tr");
+      const td = el("td", "No receiver has joined yet.");
+      td.colSpan = 6;
+      empty.append(td);
+      body.append(empty);
+    }
+    table.append(caption, thead, body);
+
+    if (f.active) {
+      article.append(head, stats, table);
+    } else {
+      const details = el("details");
+      details.open = open;
+      details.append(head, stats, table);
+      article.append(details);
+    }
+    return article;
+  }
+
+  function mcSummary(status) {
+    if (!status.sessions.length) return "No multicast session running.";
+    return status.sessions.map((s) => `${mcFacts(s).title} ${s.state}: ${mcTally(s)}`).join("; ") + ".";
+  }
+
+  function renderMulticast(status) {
+    // finished sessions fold; keep whatever the admin opened or closed across refreshes
+    const opened = new Map();
+    for (const details of document.querySelectorAll("#mc-finished details")) {
+      opened.set(details.parentElement.dataset.session, details.open);
+    }
+    const hex = (s) => s.id.toString(16).padStart(8, "0");
+    byId("mc-sessions").replaceChildren(...status.sessions.map((s) => mcSession(s, true)));
+    byId("mc-finished").replaceChildren(
+      ...status.finished.map((s, i) => mcSession(s, opened.get(hex(s)) ?? i === 0)),
+    );
+    byId("mc-finished-h").hidden = status.finished.length === 0;
+    byId("mc-empty").hidden = status.sessions.length + status.finished.length > 0;
+    setText(byId("mc-status"), mcSummary(status)); // spoken only when it changes
+  }
+
+  async function refreshMulticast() {
+    if (mc.busy) {
+      mc.again = true; // one more look once this one is back
+      return;
+    }
+    mc.busy = true;
+    clearTimeout(mc.timer);
+    mc.timer = null;
+    let active = false;
+    try {
+      const answer = await fetch("/api/multicast/sessions", {
+        headers: { Accept: "application/json" },
+      });
+      // 401: logged out elsewhere; 503: no multicast service. Either way stop asking.
+      if (answer.ok) {
+        const status = await answer.json();
+        renderMulticast(status);
+        active = status.sessions.length > 0;
+      }
+    } catch (err) {
+      active = true; // the server is unreachable (restarting?): look again in a moment
+    } finally {
+      mc.busy = false;
+    }
+    if (mc.again) {
+      mc.again = false;
+      refreshMulticast();
+    } else if (active) {
+      mc.timer = setTimeout(refreshMulticast, MC_POLL_MS);
+    }
+  }
+
   // ---------------------------------------------------------------- the stream
   function apply(ev) {
     if (ev.mac) applyToNode(ev);
     if (ev.cluster) applyToCluster(ev);
+    if (ev.kind === "multicast" && data.multicast.available) refreshMulticast();
     prependLog(ev);
   }
 
@@ -353,6 +561,7 @@
   });
   tick();
   setInterval(tick, 1000);
+  if (data.multicast.active) mc.timer = setTimeout(refreshMulticast, MC_POLL_MS);
   live("off", "connecting…");
   connect();
 })();

@@ -1,0 +1,291 @@
+"""``netdeploy serve`` runs the ProxyDHCP through :func:`start` when ``[dhcp] proxy = true``.
+
+Two UDP sockets on the boot LAN's interface: port 67 hears the PXE clients' broadcast
+DHCPDISCOVERs (next to the LAN's own DHCP server, which may run on this same host: both bind
+with SO_REUSEADDR and the kernel hands each of them every broadcast), port 4011 the boot server
+requests of PXE 2.1 §2.2.1. Decisions come from :mod:`netdeploy.dhcp.pxe`; this module only
+moves bytes, counts and records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from netdeploy.dhcp import packet as p
+from netdeploy.dhcp import pxe, record
+from netdeploy.dhcp.packet import MalformedPacket
+
+if TYPE_CHECKING:
+    from netdeploy.server import Context
+
+log = logging.getLogger("netdeploy.dhcp")
+
+CLIENT_PORT = 68
+SIOCGIFADDR = 0x8915  # linux/sockios.h
+RECEIVE_BUFFER = 4 << 20
+
+
+def interface_ipv4(name: str) -> str | None:
+    """The interface's (first) IPv4 address, or None when it has none or does not exist."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            res = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(res[20:24])
+
+
+def udp_socket(port: int, interface: str | None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        # a rack powering on at once: room for a few thousand requests between two reads
+        # (the kernel caps it at net.core.rmem_max)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        if interface:  # broadcasts to 255.255.255.255 go out of (and are heard on) this LAN only
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        sock.bind(("0.0.0.0", port))  # a broadcast reaches only a wildcard-bound socket
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self, server: ProxyDhcpServer, pxe_port: bool):
+        self.server = server
+        self.pxe_port = pxe_port
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.server.handle(data, addr, self.pxe_port, self.transport)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors of earlier sends
+        log.debug("DHCP socket error: %s", exc)
+
+
+def _factory(server: ProxyDhcpServer, pxe_port: bool) -> Callable[[], _Listener]:
+    return lambda: _Listener(server, pxe_port)
+
+
+class ProxyDhcpServer:
+    """Answers PXE clients on two ports; ``on_answer`` gets every recorded decision."""
+
+    def __init__(
+        self,
+        server_ip: str,
+        public_url: str,
+        on_answer: Callable[[pxe.Answer, dict[str, Any]], None] = lambda a, d: None,
+        client_port: int = CLIENT_PORT,
+    ):
+        self.server_ip = server_ip
+        self.public_url = public_url
+        self.on_answer = on_answer
+        self.client_port = client_port
+        self.transports: list[asyncio.DatagramTransport] = []
+        self.ports: tuple[int, int] = (0, 0)
+
+    async def start(self, interface: str | None, port: int, pxe_port: int) -> None:
+        loop = asyncio.get_running_loop()
+        bound = []
+        try:
+            for number, is_pxe in ((port, False), (pxe_port, True)):
+                sock = udp_socket(number, interface)
+                transport, _ = await loop.create_datagram_endpoint(
+                    _factory(self, is_pxe), sock=sock
+                )
+                self.transports.append(transport)
+                bound.append(sock.getsockname()[1])
+        except OSError:
+            await self.stop()
+            raise
+        self.ports = (bound[0], bound[1])
+
+    async def stop(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        self.transports = []
+
+    def handle(
+        self,
+        data: bytes,
+        addr: tuple[str, int],
+        pxe_port: bool,
+        transport: asyncio.DatagramTransport,
+    ) -> None:
+        """One datagram: parse, decide, answer, count; never raises (hostile input)."""
+        port_label = "pxe" if pxe_port else "dhcp"
+        try:
+            request = p.parse(data)
+        except MalformedPacket as exc:
+            record.MALFORMED.labels(exc.reason).inc()
+            record.REQUESTS.labels(port_label, "malformed").inc()
+            log.debug("malformed DHCP packet from %s:%d: %s", *addr, exc)
+            return
+        answer = pxe.answer(
+            request, pxe_port=pxe_port, server_ip=self.server_ip, public_url=self.public_url
+        )
+        if answer.client is None:
+            record.REQUESTS.labels(port_label, "not_pxe").inc()
+            return
+        outcome = answer.decision
+        if answer.reply is not None:
+            try:
+                transport.sendto(p.build(answer.reply), self._destination(request, addr, pxe_port))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot answer %s at %s: %s", answer.client.mac, addr[0], exc)
+                outcome = "send_error"
+            else:
+                record.ANSWERS.labels(answer.client.firmware.value).inc()
+        record.REQUESTS.labels(port_label, outcome).inc()
+        if answer.decision != "not_for_us":
+            self.on_answer(answer, event_detail(answer, addr, pxe_port, self.server_ip))
+
+    def _destination(
+        self, request: p.DhcpPacket, addr: tuple[str, int], pxe_port: bool
+    ) -> tuple[str, int]:
+        if pxe_port:  # PXE 2.1 §2.2.1 step 6: back to the request's source address and port
+            return addr
+        if request.giaddr != "0.0.0.0":  # RFC 2131 §4.1: through the relay agent, port 67
+            return request.giaddr, 67
+        if request.ciaddr != "0.0.0.0":  # RFC 2131 §4.1: a client that has an address
+            return request.ciaddr, self.client_port
+        return "255.255.255.255", self.client_port  # no address yet: broadcast (PXE 2.1)
+
+
+def event_detail(
+    answer: pxe.Answer, addr: tuple[str, int], pxe_port: bool, server_ip: str
+) -> dict[str, Any]:
+    """What the client said and what we did, for ``Event(kind="dhcp")``."""
+    client = answer.client
+    assert client is not None
+    request = p.MESSAGE_NAMES.get(client.message, f"type {client.message}")
+    target = answer.choice.boot_file if answer.choice and answer.choice.boot_file else None
+    what = f"{answer.decision} {target}" if target else "no answer"
+    detail: dict[str, Any] = {
+        "message": (
+            f"{request} on port {'4011' if pxe_port else '67'} from {client.firmware.value} "
+            f"({client.arch_name}{', iPXE' if client.ipxe else ''}): {what}"
+        ),
+        "request": request,
+        "port": 4011 if pxe_port else 67,
+        "ip": addr[0],
+        "arch": client.arch,
+        "arch_name": client.arch_name,
+        "arch_from": client.arch_from,
+        "vendor_class": client.vendor_class,
+        "ipxe": client.ipxe,
+        "firmware": client.firmware.value,
+        "decision": answer.decision,
+        "why": answer.why,
+    }
+    if client.user_class:
+        detail["user_class"] = client.user_class
+    if client.guid:
+        detail["guid"] = client.guid.hex()
+    if target:
+        detail["boot_file"] = target
+        detail["via"] = answer.choice.via if answer.choice else ""
+        detail["next_server"] = server_ip
+    return detail
+
+
+def coalesce_key(answer: pxe.Answer, pxe_port: bool) -> tuple[object, ...]:
+    """Requests with the same key for one MAC are the same question with the same answer."""
+    client = answer.client
+    assert client is not None
+    boot_file = answer.choice.boot_file if answer.choice else None
+    return (client.message, pxe_port, client.arch, client.ipxe, answer.decision, boot_file)
+
+
+def missing_program(bootfiles_dir: Path, boot_file: str | None, public_url: str) -> str | None:
+    """The bootfiles path of a program we hand out that is not there (media not built)."""
+    if not boot_file:
+        return None
+    path = boot_file.removeprefix(f"{public_url}/bootfiles/")
+    if "://" in path:  # boot.ipxe and other server routes: always there
+        return None
+    return None if (bootfiles_dir / path).is_file() else path
+
+
+async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Awaitable[None]]:
+    """Listen on ``[dhcp] interface`` when ``[dhcp] proxy``; ``client_port`` only for tests."""
+    from netdeploy.server import ServiceError
+
+    cfg = ctx.config.dhcp
+
+    async def nothing() -> None:
+        return None
+
+    if not cfg.proxy:
+        return nothing
+    assert cfg.interface is not None  # the config validator requires it with proxy = true
+    server_ip = cfg.address or interface_ipv4(cfg.interface)
+    if server_ip is None:
+        raise ServiceError(
+            f"[dhcp] interface {cfg.interface!r} does not exist or has no IPv4 address; "
+            "check `ip -4 addr`, or set [dhcp] address"
+        )
+    ipaddress.IPv4Address(server_ip)
+    bootfiles = ctx.config.server.bootfiles_dir
+    writer = record.EventWriter(ctx, cfg.event_interval)
+
+    def on_answer(answer: pxe.Answer, detail: dict[str, Any]) -> None:
+        assert answer.client is not None
+        missing = missing_program(bootfiles, detail.get("boot_file"), ctx.public_url)
+        if missing:
+            detail["warning"] = f"{missing} is missing: run `netdeploy media build`"
+        writer.add(answer.client.mac, coalesce_key(answer, detail["port"] == 4011), detail)
+
+    server = ProxyDhcpServer(server_ip, ctx.public_url, on_answer, client_port)
+    try:
+        await server.start(cfg.interface, cfg.port, cfg.pxe_port)
+    except OSError as exc:
+        hint = (
+            "run as root (ports 67/4011 and SO_BINDTODEVICE need it), "
+            if exc.errno in (1, 13)
+            else ""
+        )
+        raise ServiceError(
+            f"cannot listen for ProxyDHCP on {cfg.interface} ports {cfg.port}/{cfg.pxe_port}: "
+            f"{exc.strerror or exc}; {hint}or set [dhcp] proxy = false"
+        ) from None
+    writer.start()
+    ctx.services["dhcp"] = server
+    log.info(
+        "ProxyDHCP on %s (ports %d, %d): next-server %s, iPXE gets %s/boot.ipxe",
+        cfg.interface,
+        cfg.port,
+        cfg.pxe_port,
+        server_ip,
+        ctx.public_url,
+    )
+    if ctx.ports.tftp != 69:
+        log.warning(
+            "TFTP is on port %d, but PXE firmware always fetches its boot program from port 69: "
+            "BIOS and UEFI PXE clients that are not iPXE will fail; use --tftp-port 69",
+            ctx.ports.tftp,
+        )
+    for program in (pxe.BIOS_PROGRAM, pxe.UEFI_PROGRAM, pxe.UEFI_HTTP_PROGRAM):
+        if not (bootfiles / program).is_file():
+            log.warning("%s is missing: run `netdeploy media build`", bootfiles / program)
+
+    async def stop() -> None:
+        await server.stop()
+        await writer.close()
+
+    return stop

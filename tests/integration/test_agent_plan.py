@@ -1,0 +1,71 @@
+"""`GET /api/nodes/{mac}/plan`: what the imaging agent is told, over real HTTP with curl."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from netdeploy.config import MulticastConfig
+from tests.integration.conftest_boot import curl, token_in
+from tests.integration.mc_harness import IMAGE, running_server
+
+SQL_N1, WEB_1 = "52:54:00:00:10:01", "52:54:00:00:20:01"
+
+
+async def boot_token(url: str, mac: str) -> str:
+    """The token the node's boot script hands its agent (nd.token= on the kernel line)."""
+    got = await curl(f"{url}/boot/{mac}.ipxe")
+    assert got.status == 200, got.text
+    return token_in(got.text)
+
+
+async def shell_plan(url: str, mac: str, token: str) -> dict[str, str]:
+    """What the busybox agent gets by sourcing the ?format=sh answer: KEY='value' lines."""
+    got = await curl(
+        f"{url}/api/nodes/{mac}/plan?format=sh", "-H", f"Authorization: Bearer {token}"
+    )
+    assert got.status == 200, got.text
+    lines = (line.partition("=") for line in got.text.splitlines())
+    return {key: "".join(shlex.split(value)) for key, _, value in lines}
+
+
+async def test_a_multicast_cluster_node_is_told_where_to_join(tmp_path):
+    async with running_server(tmp_path) as server:
+        token = await boot_token(server.url, SQL_N1)
+        auth = f"Authorization: Bearer {token}"
+        plan = await shell_plan(server.url, SQL_N1, token)
+        assert plan["ND_MODE"] == "image" and plan["ND_IMAGE"] == IMAGE
+        join = plan["ND_MULTICAST"]
+        assert join == (
+            f"{server.url}/api/multicast/join?image={IMAGE}&mac=52%3A54%3A00%3A00%3A10%3A01"
+            "&format=args"
+        )
+        # what the agent does with it: the answer is ndmc-recv's command line
+        got = await curl(join, "-X", "POST", "-H", auth)
+        assert got.status == 200, got.text
+        words = got.text.split()
+        assert words[0] == "--session"
+        assert words[words.index("--sha256") + 1] == server.sha256
+        assert words[words.index("--size") + 1] == str(server.image_path.stat().st_size)
+        # the join checks the token too: nobody takes another node's place
+        got = await curl(join, "-X", "POST", "-H", "Authorization: Bearer not-the-token")
+        assert got.status == 401
+
+
+async def test_standalone_nodes_and_disabled_multicast_stream_over_http(tmp_path):
+    async with running_server(tmp_path) as server:
+        token = await boot_token(server.url, WEB_1)
+        assert (await shell_plan(server.url, WEB_1, token))["ND_MULTICAST"] == ""
+
+        cfg = server.ctx.config
+        off = MulticastConfig(**{**cfg.multicast.model_dump(), "enabled": False})
+        server.ctx.config = cfg.model_copy(update={"multicast": off})
+        token = await boot_token(server.url, SQL_N1)
+        assert (await shell_plan(server.url, SQL_N1, token))["ND_MULTICAST"] == ""
+        got = await curl(
+            f"{server.url}/api/nodes/{SQL_N1}/plan", "-H", f"Authorization: Bearer {token}"
+        )
+        assert json.loads(got.body)["distribution"] == {
+            "mode": "unicast",
+            "why": "multicast is configured but multicast.enabled = false",
+        }

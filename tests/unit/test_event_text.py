@@ -1,0 +1,41 @@
+"""The event log's one-line texts for multicast events (what the dashboard and JSON log show)."""
+
+from __future__ import annotations
+
+from netdeploy.http.events_routes import describe
+
+
+def event(what: str, **detail: object) -> dict:
+    return {
+        "kind": "multicast",
+        "detail": {"what": what, "session": "0badcafe", "image": "w2k3", **detail},
+    }
+
+
+def test_receiver_events_say_what_happened_to_the_copy():
+    assert describe(event("receiver_done", receiver="sql-n1", mac="m")) == (
+        "received w2k3 from multicast session 0badcafe, sha256 verified"
+    )
+    assert describe(event("receiver_dropped", receiver="sql-n3", why="lost 22% of the slices")) == (
+        "dropped from multicast session 0badcafe: lost 22% of the slices; finishing by HTTP"
+    )
+    assert "failed its sha256" in describe(event("receiver_bad"))
+
+
+def test_session_events_count_receivers_and_bytes():
+    started = event("session_started", reason="all 3 expected receivers joined", receivers=3,
+                    receivers_joined=3, bytes_sent=0, repair_slices=0)  # fmt: skip
+    assert describe(started) == (
+        "multicast session 0badcafe of w2k3 started: all 3 expected receivers joined; "
+        "3 receivers (3 joined)"
+    )
+    finished = event("session_finished", receivers=3, receivers_done=2, receivers_dropped=1,
+                     bytes_sent=34 * 2**20, repair_slices=12)  # fmt: skip
+    assert describe(finished) == (
+        "multicast session 0badcafe of w2k3 finished; 3 receivers (2 done, 1 dropped); "
+        "sent 34.0 MiB, 12 slices repaired"
+    )
+    failed = event(
+        "session_failed", receivers=0, bytes_sent=0, repair_slices=0, detail="no receivers"
+    )
+    assert describe(failed).endswith("; no receivers")
