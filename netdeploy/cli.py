@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"netdeploy: {ports.note}", file=sys.stderr)
     from netdeploy.media.build import media_status
 
-    if media := media_status(cfg.server.bootfiles_dir):
+    if media := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
         print(f"netdeploy: {media}", file=sys.stderr)
     try:
         asyncio.run(serve(cfg, ports))
@@ -151,7 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     from netdeploy.media.build import media_status
 
-    if media := media_status(cfg.server.bootfiles_dir):
+    if media := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
         print(f"note: {media}")
     for name in missing:
         print(

@@ -192,7 +192,8 @@ class InjectTarget(_Section):
 
     file: str  # an answer file of the node, e.g. "sysprep.inf"
     partition: Annotated[int, Field(ge=1, le=128)] = 1
-    fs: Literal["vfat", "ext4"] = "vfat"
+    # ntfs: mounted by ntfs-3g (FUSE) in the agent; the kernel has no NTFS driver (decision 0007)
+    fs: Literal["vfat", "ext4", "ntfs"] = "vfat"
     path: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]+$")]  # inside that filesystem
 
     @field_validator("path")
@@ -318,6 +319,10 @@ class Config(_Section):
         if node.distribution is not None:
             return node.distribution
         return self.clusters[node.cluster].distribution if node.cluster else "unicast"
+
+    def injects_into(self, fs: str) -> bool:
+        """Whether any node gets an answer file injected into a filesystem of type ``fs``."""
+        return any(target.fs == fs for node in self.nodes for target in self.inject_for(node))
 
     def image_path(self, name: str) -> Path:
         return self.server.images_dir / self.images[name].file

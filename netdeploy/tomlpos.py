@@ -3,7 +3,9 @@
 ``tomllib`` returns plain dicts without positions. This scanner follows table headers
 (``[a.b]``, ``[[a]]``) and ``key =`` lines well enough to map a validation location such as
 ``("nodes", 2, "mac")`` to the line that set it; when the exact key is absent (a missing
-field) it answers with the line of the closest enclosing table.
+field) it answers with the line of the closest enclosing table. A multi-line array of inline
+tables (``inject = [`` then one ``{ file = ..., fs = ... }`` per line) maps each element and its
+keys to the element's own line.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+_INLINE_KEY = re.compile(r"(?:\{|,)\s*([A-Za-z0-9_\-]+)\s*=")
 
 
 def _split_dotted(text: str) -> list[str]:
@@ -26,7 +29,19 @@ def key_lines(source: str) -> dict[tuple[str | int, ...], int]:
     array_counts: dict[tuple[str, ...], int] = {}
     current: tuple[str | int, ...] = ()
     in_multiline = False
+    array: tuple[str | int, ...] | None = None  # key path of an open multi-line array
+    element = 0
     for lineno, line in enumerate(source.splitlines(), start=1):
+        if array is not None:
+            stripped = line.strip()
+            if stripped.startswith("{"):
+                positions.setdefault((*array, element), lineno)
+                for name in _INLINE_KEY.findall(stripped):
+                    positions.setdefault((*array, element, name), lineno)
+                element += 1
+            if line.split("#", 1)[0].count("]") > line.count("["):
+                array = None
+            continue
         if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
             in_multiline = not in_multiline
             if not in_multiline:
@@ -48,6 +63,9 @@ def key_lines(source: str) -> dict[tuple[str | int, ...], int]:
         if key and not line.lstrip().startswith("#"):
             path = (*current, *_split_dotted(key.group(1)))
             positions.setdefault(path, lineno)
+            value = line[key.end() :].split("#", 1)[0].strip()
+            if value.startswith("[") and value.count("[") > value.count("]"):
+                array, element = path, 0
     return positions
 
 

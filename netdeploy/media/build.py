@@ -1,9 +1,10 @@
 """``netdeploy media build``: kernel + busybox initramfs from Debian packages, reproducibly.
 
-Inputs are Debian packages (the kernel of ``linux-image-amd64`` and ``busybox-static``), downloaded
-once with ``apt-get download`` into a cache, or given as ``.deb`` paths. The initramfs holds the
-imaging agent (``bootfiles/agent/``), busybox, and the NIC/disk/filesystem modules in dependency
-order; it is written with fixed ownership and timestamps, so the same inputs give the same bytes.
+Inputs are Debian packages (the kernel of ``linux-image-amd64``, ``busybox-static`` and
+``ntfs-3g``), downloaded once with ``apt-get download`` into a cache, or given as ``.deb`` paths.
+The initramfs holds the imaging agent (``bootfiles/agent/``), busybox, ntfs-3g with its libraries
+(``ntfs.py``), and the NIC/disk/filesystem modules in dependency order; it is written with fixed
+ownership and timestamps, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netdeploy.media.cpio import Entry, write_newc
+from netdeploy.media.ntfs import PROGRAM as NTFS_PROGRAM
+from netdeploy.media.ntfs import BundleError, Piece, Tree, bundle, parse_depends
 
 AGENT_DIR = Path(__file__).resolve().parent.parent.parent / "bootfiles" / "agent"
 
@@ -47,6 +50,7 @@ WANTED_MODULES = [
     "nls_ascii",  # the kernel's default FAT iocharset: without it vfat refuses to mount
     "ext4",
 ]
+NTFS_MODULES = ["fuse"]  # ntfs-3g is a FUSE program; CONFIG_FUSE_FS=m in Debian's kernel
 DEFAULT_KERNEL_PACKAGE = "linux-image-amd64"  # a metapackage: resolved to its versioned kernel
 
 
@@ -146,7 +150,7 @@ def resolve_modules(root: Path, wanted: list[str]) -> list[tuple[str, Path]]:
     return ordered
 
 
-def _agent_entries(extra: dict[str, bytes]) -> list[Entry]:
+def _agent_entries(extra: dict[str, bytes], known_dirs: set[str]) -> list[Entry]:
     files = {"init": AGENT_DIR / "init", "etc/udhcpc.script": AGENT_DIR / "udhcpc.script"}
     entries = []
     for name, path in files.items():
@@ -154,6 +158,12 @@ def _agent_entries(extra: dict[str, bytes]) -> list[Entry]:
             raise MediaError(f"agent file missing: {path}")
         entries.append(Entry.file(name, path.read_bytes(), executable=True))
     for name, data in sorted(extra.items()):
+        # the kernel's initramfs unpacker creates no parent directories: list them first
+        parents = [str(p) for p in reversed(Path(name).parents) if str(p) != "."]
+        for parent in parents:
+            if parent not in known_dirs:
+                known_dirs.add(parent)
+                entries.append(Entry.directory(parent))
         entries.append(Entry.file(name, data, executable=True))
     return entries
 
@@ -180,10 +190,11 @@ def build_initramfs(
             "usr/sbin",
         )
     ]
+    known_dirs = {entry.name for entry in entries}
     entries += [Entry.chardev("dev/console", 5, 1), Entry.chardev("dev/null", 1, 3, 0o666)]
     entries.append(Entry.file("bin/busybox", busybox, executable=True))
     entries.append(Entry.symlink("bin/sh", "busybox"))
-    entries += _agent_entries(extra_files or {})
+    entries += _agent_entries(extra_files or {}, known_dirs)
     for name, path in modules:
         entries.append(Entry.file(f"lib/modules/{name}.ko", path.read_bytes()))
     order = "".join(f"{name}\n" for name, _ in modules).encode()
@@ -217,6 +228,24 @@ def compile_multicast_receiver(into: Path) -> bytes | None:
     return binary.read_bytes()
 
 
+def bundle_ntfs3g(spec: str, cache: Path, tmp: Path, progress: Progress) -> list[Piece]:
+    """ntfs-3g, its shared libraries and the loader, as files for the initramfs."""
+
+    def fetch(name: str) -> Tree:
+        progress(f"fetching {name}")
+        deb = fetch_deb(name, cache)
+        root = tmp / "ntfs" / deb.name.removesuffix(".deb")
+        root.mkdir(parents=True)
+        extract_deb(deb, root)
+        depends = parse_depends(_run(["dpkg-deb", "-f", str(deb), "Depends"]))
+        return Tree(root, deb.name, depends)
+
+    try:
+        return bundle(NTFS_PROGRAM, fetch(spec), fetch, Tree(Path("/"), "host"))
+    except BundleError as exc:
+        raise MediaError(f"{exc} (or pass --ntfs-3g none to build without NTFS support)") from None
+
+
 def build_media(
     out: Path,
     cache: Path,
@@ -225,6 +254,7 @@ def build_media(
     progress: Progress = lambda _msg: None,
     extra_files: dict[str, bytes] | None = None,
     ipxe: str | None = "ipxe",
+    ntfs3g: str | None = NTFS_PROGRAM,
 ) -> Built:
     """Build ``out/vmlinuz``, ``out/initrd.gz``, the iPXE programs and ``out/manifest.json``."""
     if not kernel.endswith(".deb"):
@@ -245,9 +275,12 @@ def build_media(
         bb = broot / "bin" / "busybox"
         if not bb.is_file():
             raise MediaError(f"{busybox_deb.name} holds no bin/busybox")
+        ntfs = bundle_ntfs3g(ntfs3g, cache, Path(tmp), progress) if ntfs3g else []
         progress("resolving modules")
-        modules = resolve_modules(kroot / "lib" / "modules", WANTED_MODULES)
+        wanted = WANTED_MODULES + (NTFS_MODULES if ntfs else [])
+        modules = resolve_modules(kroot / "lib" / "modules", wanted)
         extra = dict(extra_files or {})
+        extra.update({piece.path: piece.data for piece in ntfs})
         receiver = compile_multicast_receiver(Path(tmp))
         if receiver is None:
             progress("multicast receiver left out: install gcc and libc6-dev to include it")
@@ -266,6 +299,8 @@ def build_media(
             "kernel_version": vmlinuz[-1].name.removeprefix("vmlinuz-"),
             "modules": [name for name, _ in modules],
             "multicast_receiver": receiver is not None,
+            # what was copied for ntfs-3g and from where (decision 0007); None: left out
+            "ntfs-3g": {piece.path: piece.describe() for piece in ntfs} or None,
             "vmlinuz": {
                 "size": tmp_kernel.stat().st_size,
                 "sha256": hashlib.sha256(tmp_kernel.read_bytes()).hexdigest(),
@@ -290,13 +325,23 @@ def build_media(
     return Built(kernel_out, initrd_out, manifest)
 
 
-def media_status(bootfiles: Path) -> str | None:
-    """None when startup media is present, else a line telling the admin how to build it."""
+def media_status(bootfiles: Path, needs_ntfs: bool = False) -> str | None:
+    """None when startup media is present (with ntfs-3g if ``needs_ntfs``), else what to do."""
     media = bootfiles / "media"
     missing = [n for n in ("vmlinuz", "initrd.gz") if not (media / n).is_file()]
-    if not missing:
-        return None
-    return (
-        f"startup media missing ({', '.join(missing)} in {media}); machines cannot be imaged "
-        "until you run `netdeploy media build`"
-    )
+    if missing:
+        return (
+            f"startup media missing ({', '.join(missing)} in {media}); machines cannot be imaged "
+            "until you run `netdeploy media build`"
+        )
+    if needs_ntfs:
+        try:
+            has_ntfs = bool(json.loads((media / "manifest.json").read_text()).get("ntfs-3g"))
+        except (OSError, ValueError, AttributeError):
+            has_ntfs = False
+        if not has_ntfs:
+            return (
+                f'inject entries use fs = "ntfs" but the startup media in {media} has no '
+                "ntfs-3g; run `netdeploy media build` (without --ntfs-3g none)"
+            )
+    return None

@@ -41,6 +41,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "iPXE (default ipxe)",
     )
     build.add_argument(
+        "--ntfs-3g",
+        dest="ntfs3g",
+        default="ntfs-3g",
+        metavar="PKG|PATH.deb|none",
+        help="package with the ntfs-3g program, for answer files on NTFS partitions; its "
+        "libraries come from the packages it depends on and the host's libc (default ntfs-3g)",
+    )
+    build.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -63,6 +71,7 @@ def cmd_media(args: argparse.Namespace) -> int:
                 kernel=args.kernel,
                 busybox=args.busybox,
                 ipxe=args.ipxe,
+                ntfs3g=None if args.ntfs3g == "none" else args.ntfs3g,
                 progress=lambda msg: (status.update(msg), console.log(msg)),
             )
     except MediaError as exc:
@@ -70,7 +79,8 @@ def cmd_media(args: argparse.Namespace) -> int:
     m = built.manifest
     print(
         f"built {built.kernel} ({m['vmlinuz']['size']} bytes) and {built.initrd} "
-        f"({m['initrd.gz']['size']} bytes, {len(m['modules'])} modules, kernel "
-        f"{m['kernel_version']}); initrd sha256 {m['initrd.gz']['sha256']}"
+        f"({m['initrd.gz']['size']} bytes, {len(m['modules'])} modules, "
+        f"{'ntfs-3g' if m['ntfs-3g'] else 'no ntfs-3g'}, kernel {m['kernel_version']}); "
+        f"initrd sha256 {m['initrd.gz']['sha256']}"
     )
     return 0
