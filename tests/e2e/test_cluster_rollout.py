@@ -207,7 +207,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
     assert first_id(n2, to="released") > joined1
     assert first_id(n3, to="released") > first_id(n2, to="joined")
     for host, mac in NODES.items():
-        verified = first_id(mac, message=f"verified sha256={built['sha256']}")
+        verified = first_id(mac, message=f"verified sha256={built['sha256']} (HTTP)")
         injected = next(
             e["id"]
             for e in by_mac[mac]
