@@ -105,7 +105,7 @@ class EventListener:
             timeout=10,
         )
         try:
-            conn.add_termination_listener(lambda _conn: self._inbox.put_nowait(None))
+            conn.add_termination_listener(self._terminated)
             await conn.add_listener(CHANNEL, self._heard)
             if self._baseline is None:  # first time: history before us is not news
                 self._baseline = await conn.fetchval("SELECT coalesce(max(id), 0) FROM events")
@@ -124,6 +124,10 @@ class EventListener:
         if conn is not None and not conn.is_closed():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+    def _terminated(self, conn: Any) -> None:
+        if conn is self._conn:  # not a late word about a connection already replaced
+            self._inbox.put_nowait(None)
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self._inbox.put_nowait(payload)
