@@ -58,7 +58,7 @@ def encode(origin: str, ids: list[int]) -> str:
 
 
 def _id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise BadNotice(f"{text[:40]!r} is not an event id")
     return int(text)
 
