@@ -1,10 +1,12 @@
-"""The pure parts of cross-server events: NOTIFY payloads and the bus's once-per-id window."""
+"""The pure parts of cross-server events: NOTIFY payloads, the bus's once-per-id window and
+the SSE resume cursor."""
 
 from __future__ import annotations
 
 import pytest
 
 from netdeploy.events import EventBus, RecentIds
+from netdeploy.http.event_cursor import MAX_HOLES, WINDOW, BadCursor, Cursor
 from netdeploy.store.models import Event
 from netdeploy.store.notify import IDS_MAX_CHARS, BadNotice, Notice, decode, encode, new_origin
 
@@ -96,3 +98,43 @@ def test_the_bus_publishes_an_id_once_and_says_what_it_published() -> None:
         assert item is not None
         delivered.append(item["id"])
     assert delivered == [2, 3, 1, None]  # id 3 once; events without a row always pass
+
+
+def test_the_cursor_is_a_plain_id_while_ids_arrive_in_order() -> None:
+    cursor = Cursor(40)
+    for event_id in (41, 42, 43):
+        cursor.add(event_id)
+    assert str(cursor) == "43" and Cursor.parse("43").holes == set()
+
+
+def test_the_cursor_waits_for_an_id_that_commits_late() -> None:
+    cursor = Cursor(40)
+    cursor.add(42)  # 41 was drawn first but has not committed yet
+    assert str(cursor) == "42/41"
+    assert cursor.sent(42) and cursor.sent(40) and not cursor.sent(41) and not cursor.sent(43)
+    resumed = Cursor.parse(str(cursor))  # what the browser sends back as Last-Event-ID
+    assert (resumed.high, resumed.holes) == (42, {41})
+    resumed.add(41)
+    assert str(resumed) == "42"
+
+
+def test_the_cursor_stays_small() -> None:
+    cursor = Cursor(0)
+    cursor.add(100_000)  # a jump: only the newest ids below are waited for
+    assert len(cursor.holes) == MAX_HOLES and max(cursor.holes) == 99_999
+    cursor.add(100_000 + WINDOW + 1)  # old holes age out
+    assert min(cursor.holes) > 100_000
+    assert len(str(cursor)) < 1000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("x", "-1", "+4", "4_2", "\uff14\uff12", "42/", "42/41.x", "42/42", "42/43", "1e3"),
+        f"5000/{5000 - WINDOW - 1}",  # a hole older than any this server keeps
+        "10000/" + ".".join(str(10000 - i) for i in range(1, MAX_HOLES + 2)),
+    ],
+)
+def test_cursors_this_server_never_sent_are_refused(text: str) -> None:
+    with pytest.raises(BadCursor):
+        Cursor.parse(text)
