@@ -107,11 +107,14 @@ class SseClient:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.events: list[dict[str, Any]] = []
+        self.cursors: list[str] = []  # each event's `id:` field
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         async for raw in self.response.content:
             line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                self.cursors.append(line[4:])
             if line.startswith("data: "):
                 self.events.append(json.loads(line[6:]))
 
@@ -127,8 +130,11 @@ class SseClient:
 
 
 @contextlib.asynccontextmanager
-async def sse(http: aiohttp.ClientSession, url: str) -> AsyncIterator[SseClient]:
-    async with http.get(f"{url}/api/events", headers=ADMIN) as response:
+async def sse(
+    http: aiohttp.ClientSession, url: str, last_event_id: str | None = None
+) -> AsyncIterator[SseClient]:
+    headers = {**ADMIN, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    async with http.get(f"{url}/api/events", headers=headers) as response:
         assert response.status == 200
         client = SseClient(response)
         try:
@@ -274,3 +280,40 @@ async def test_a_killed_listener_reconnects_and_catches_up(
     caught = [int(n) for n in re.findall(r"caught up (\d+) written meanwhile", log)]
     assert sum(caught) >= 1, log[-3000:]
     assert "Traceback" not in log
+
+
+async def test_an_sse_client_resuming_gets_an_event_that_committed_out_of_id_order(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """Event ``late`` gets the lower id but commits after ``early``, which is streamed first:
+    the cursor in ``id:`` says ``late`` is still missing, and a resume replays it."""
+    config = lab_config(tmp_path / "lab", 1)
+    server = start_server(tmp_path / "s", config=config, extra=("--db", pg_url))
+    engine, sessions = await open_store(pg_url)
+    try:
+        async with aiohttp.ClientSession() as http, sessions() as slow:
+            async with sse(http, server.url) as stream:
+                late = Event(kind="test", detail={"n": "late"})
+                slow.add(late)
+                await slow.flush()  # id drawn, not committed
+                async with sessions() as fast, fast.begin():
+                    early = Event(kind="test", detail={"n": "early"})
+                    fast.add(early)
+                await stream.wait_for_ids({early.id})
+                assert late.id < early.id and late.id not in stream.ids
+                cursor = stream.cursors[-1]
+                assert cursor == f"{early.id}/{late.id}"
+            await slow.commit()  # while no client listens
+            await asyncio.sleep(0.3)  # the server has heard of it (and has nobody to tell)
+            # the old id field (just the highest id) would have lost it for good
+            async with sse(http, server.url, str(early.id)) as plain:
+                await asyncio.sleep(0.5)
+            assert late.id not in plain.ids
+            async with sse(http, server.url, cursor) as resumed:
+                await resumed.wait_for_ids({late.id})
+                await asyncio.sleep(0.2)
+            assert resumed.ids == [late.id] and resumed.cursors == [str(early.id)]
+    finally:
+        await engine.dispose()
+        server.stop()
