@@ -174,8 +174,20 @@ async def start_tftp(ctx: Context) -> Stopper:
     return await start(ctx)
 
 
+async def start_event_listener(ctx: Context) -> Stopper:
+    """Other servers' events on a shared PostgreSQL (netdeploy.fanout); nothing on SQLite.
+    First, so it listens before agents can reach us."""
+    from netdeploy.fanout import start
+
+    return await start(ctx)
+
+
 # Each protocol service is one coroutine: start, then hand back how to stop.
-SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [start_http, start_tftp]
+SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [
+    start_event_listener,
+    start_http,
+    start_tftp,
+]
 
 
 async def start_rollout_sweeper(ctx: Context) -> Stopper:

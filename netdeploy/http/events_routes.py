@@ -1,11 +1,12 @@
 """The event log over HTTP: a live Server-Sent Events stream and a filterable JSON query.
 
-``GET /api/events`` streams every committed event (``id:`` is the event row id). A client that
-reconnects sends ``Last-Event-ID`` (browsers do this by themselves, WHATWG HTML §9.2) and gets
-the events it missed replayed from the ``events`` table before the live ones, so a dropped
-connection loses nothing. A client that cannot keep up is cut off — by the bus when its queue
-overflows, or here when one write stalls — and never slows the server or other clients; it
-reconnects and resumes from the store.
+``GET /api/events`` streams every committed event. A client that reconnects sends
+``Last-Event-ID`` (browsers do this by themselves, WHATWG HTML §9.2) and gets the events it
+missed replayed from the ``events`` table before the live ones, so a dropped connection loses
+nothing. The ``id:`` field is the event row id, or ``high/hole.hole`` while lower ids may still
+commit (PostgreSQL; netdeploy/http/event_cursor.py). A client that cannot keep up is cut
+off — by the bus when its queue overflows, or here when one write stalls — and never slows
+the server or other clients; it reconnects and resumes from the store.
 
 ``GET /api/events/log`` pages through the record, newest first, by node, cluster and kind.
 """
@@ -18,11 +19,12 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.events import Subscription, event_json
 from netdeploy.http.common import ctx_of
+from netdeploy.http.event_cursor import BadCursor, Cursor
 from netdeploy.http.session import may_read
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.store.models import Cluster, Event, Node
@@ -186,38 +188,42 @@ async def event_log(request: web.Request) -> web.Response:
     return web.json_response({"events": events, "next_before": events[-1]["id"] if more else None})
 
 
-def sse_frame(ev: dict[str, Any]) -> bytes:
+def sse_frame(ev: dict[str, Any], cursor: Cursor | None = None) -> bytes:
+    """One event; ``cursor`` (already advanced past it) becomes its ``id:`` field."""
     # one `data:` line: json.dumps never emits a raw newline, which would split the field.
     # Progress reports are announced without a row (no id): no `id:` line, so the browser's
     # Last-Event-ID stays at the last recorded event (WHATWG HTML §9.2.6).
-    head = f"id: {ev['id']}\n" if ev.get("id") is not None else ""
+    head = f"id: {cursor or ev['id']}\n" if ev.get("id") is not None else ""
     return f"{head}data: {json.dumps(with_text(ev))}\n\n".encode()
 
 
-def _last_event_id(request: web.Request) -> int | None:
+def _last_event_id(request: web.Request) -> Cursor | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
     if not raw.strip():
         return None
     try:
-        value = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=f"Last-Event-ID {raw!r} is not an event id; reconnect without it"
-        ) from None
-    if value < 0:
-        raise web.HTTPBadRequest(text=f"Last-Event-ID {value} is negative")
-    return value
+        return Cursor.parse(raw)
+    except BadCursor as exc:
+        raise web.HTTPBadRequest(text=f"Last-Event-ID: {exc}; reconnect without it") from None
 
 
-async def _missed(request: web.Request, after: int) -> tuple[list[dict[str, Any]], bool]:
-    """Events after ``after`` from the store, oldest first; False when there are too many."""
+async def _missed(request: web.Request, cursor: Cursor) -> tuple[list[dict[str, Any]], bool]:
+    """Events the client lacks, from the store, oldest first; False when there are too many."""
+    missed = Event.id > cursor.high
+    if cursor.holes:  # ids that committed after higher ones were sent (PostgreSQL)
+        missed = or_(missed, Event.id.in_(sorted(cursor.holes)))
     async with ctx_of(request).sessions() as session:
         rows = (
             await session.scalars(
-                select(Event).where(Event.id > after).order_by(Event.id).limit(REPLAY_MAX + 1)
+                select(Event).where(missed).order_by(Event.id).limit(REPLAY_MAX + 1)
             )
         ).all()
     return [event_json(ev) for ev in rows[:REPLAY_MAX]], len(rows) <= REPLAY_MAX
+
+
+async def _newest_id(request: web.Request) -> int:
+    async with ctx_of(request).sessions() as session:
+        return await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:
@@ -227,7 +233,7 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
 @routes.get("/api/events")
 async def event_stream(request: web.Request) -> web.StreamResponse:
     require_read(request)
-    last_id = _last_event_id(request)
+    cursor = _last_event_id(request)
     ctx = ctx_of(request)
     # subscribe before reading the store, so nothing committed in between is missed
     sub: Subscription = ctx.bus.subscribe()
@@ -243,15 +249,16 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await _write(response, f"retry: {RETRY_MS}\n: connected\n\n".encode())
-        replayed: set[int] = set()
-        if last_id is not None:
-            missed, complete = await _missed(request, last_id)
+        if cursor is None:  # a new client: from now on
+            cursor = Cursor(await _newest_id(request))
+        else:
+            missed, complete = await _missed(request, cursor)
             if not complete:  # too far behind to replay: the page re-renders from the store
                 await _write(response, b"event: reload\ndata: {}\n\n")
                 return response
             for ev in missed:
-                await _write(response, sse_frame(ev))
-                replayed.add(ev["id"])
+                cursor.add(ev["id"])
+                await _write(response, sse_frame(ev, cursor))
         while True:
             try:
                 item = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
@@ -262,9 +269,11 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
                 if sub.overflowed:
                     log.info("event stream to %s fell behind and was cut off", request.remote)
                 break
-            if item.get("id") is not None and item["id"] in replayed:
-                continue
-            await _write(response, sse_frame(item))
+            if item.get("id") is not None:
+                if cursor.sent(item["id"]):  # replayed already
+                    continue
+                cursor.add(item["id"])
+            await _write(response, sse_frame(item, cursor))
     except (ConnectionError, TimeoutError):
         log.info("event stream to %s closed (client gone or not reading)", request.remote)
     finally:

@@ -39,5 +39,9 @@ class Waiters:
         for mac in list(self._by_mac):
             self.wake(mac, value)
 
+    def __contains__(self, mac: str) -> bool:
+        """Is anyone waiting on ``mac`` (another server's change may concern them)."""
+        return mac in self._by_mac
+
     def __len__(self) -> int:
         return sum(len(f) for f in self._by_mac.values())

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from netdeploy.store.notify import new_origin
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -24,6 +27,16 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # one writer at a time anyway. The key is an arbitrary constant of ours: "nddploy".
 STARTUP_LOCK = 0x6E6464706C6F79
 _TAKE_STARTUP_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=STARTUP_LOCK)
+
+
+# Each engine's PostgreSQL connections carry its own application_name, which the events
+# trigger puts into every notification: a server knows its own (store/notify.py).
+_ORIGINS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def origin_of(engine: AsyncEngine) -> str | None:
+    """The ``application_name`` of ``engine``'s PostgreSQL connections (None on SQLite)."""
+    return _ORIGINS.get(engine.sync_engine)
 
 
 class StoreError(Exception):
@@ -60,9 +73,17 @@ def create_engine(url: str) -> AsyncEngine:
                 f"cannot open or upgrade database {url!r}: cannot create "
                 f"its directory: {exc.strerror or exc}"
             ) from None
-    engine = create_async_engine(url, pool_pre_ping=not parsed.drivername.startswith("sqlite"))
     if parsed.drivername.startswith("sqlite"):
+        engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    origin = new_origin()
+    engine = create_async_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": origin}},
+    )
+    _ORIGINS[engine.sync_engine] = origin
     return engine
 
 

@@ -144,9 +144,10 @@ async def test_two_servers_on_one_database_release_each_node_once(
     """Agents split between two `netdeploy serve` processes sharing one PostgreSQL.
 
     Both start at once on an empty database: schema upgrade and config import take turns
-    (store.db.STARTUP_LOCK). A release decided by one server wakes long-polls on that server
-    only (no LISTEN/NOTIFY yet), so agents on the other see it at their next poll; the gate
-    itself stays exact (the writers' cluster lock).
+    (store.db.STARTUP_LOCK). Agents long-poll for 30 s: a release decided by one server
+    wakes long-polls on the other at once (LISTEN/NOTIFY, netdeploy/fanout.py), so the
+    rollout takes as long as on one server; the gate itself stays exact (the writers'
+    cluster lock).
     """
     config = lab_config(tmp_path / "lab", 12, release="waves:3")
     started = await asyncio.gather(
@@ -173,7 +174,7 @@ async def test_two_servers_on_one_database_release_each_node_once(
                 await agent.image(steps=1)
                 view = {"released": False}
                 while not view["released"]:
-                    _, view = await agent.gate(timeout=0.5)
+                    _, view = await agent.gate(timeout=30)
                 in_flight += 1
                 peak = max(peak, in_flight)
                 await agent.event("starting")

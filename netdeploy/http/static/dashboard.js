@@ -481,10 +481,11 @@
 
   function connect() {
     // `since` covers the first connection; on reconnects the browser sends Last-Event-ID itself
-    const source = new EventSource(`/api/events?since=${lastId}`);
+    const source = new EventSource(`/api/events?since=${encodeURIComponent(lastId)}`);
     source.onopen = () => live("on", "live");
     source.onmessage = (message) => {
-      lastId = Number(message.lastEventId) || lastId;
+      // "42", or "42/41" while id 41 may still commit (see netdeploy/http/event_cursor.py)
+      lastId = message.lastEventId || lastId;
       apply(JSON.parse(message.data));
     };
     source.addEventListener("reload", () => location.reload());

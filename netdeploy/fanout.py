@@ -1,0 +1,281 @@
+"""Other servers' events, here too: several servers on one PostgreSQL act as one (DESIGN "Scale").
+
+Every transaction that writes event rows sends ``NOTIFY netdeploy_events`` (a trigger;
+netdeploy/store/notify.py). Each server holds one dedicated asyncpg connection, outside the
+pool, that LISTENs. On another server's notification it reads those rows and
+
+- publishes them on the local bus, so SSE clients and dashboards on every server see every
+  server's events;
+- wakes local long-polls (``GET /api/nodes/{mac}/gate``) of every node whose state changed,
+  with the node's gate view read fresh from the store: an agent held on this server returns
+  the moment another server releases it, not at its next poll. This is what the rollout
+  writer does for its own changes (it wakes every node it moved); a gate event alone never
+  frees a node, its ``released`` state event does.
+
+Its own notifications it skips: the writer already published those. When the connection is
+lost (PostgreSQL restarted, the backend killed, the network) it logs, reconnects with
+backoff, and then reads back what was written meanwhile. Ids do not commit in id order on
+PostgreSQL, so it reads from :data:`LOOKBACK` ids below the highest it had seen, and the bus
+drops the ids it already published. Nothing here can stop the server: a failure is logged and
+retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import prometheus_client
+from sqlalchemy import select
+
+from netdeploy.store.db import origin_of
+from netdeploy.store.models import Cluster, Event, Node
+from netdeploy.store.notify import CHANNEL, BadNotice, decode
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from netdeploy.server import Context
+
+log = logging.getLogger("netdeploy.fanout")
+
+LOOKBACK = 1000  # ids re-read after a reconnect, below the highest seen (decision 0008)
+PAGE = 1000  # rows per query when catching up
+IDLE_CHECK_S = 15.0  # an idle listener pings, so a silently dead connection is noticed
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+FOREIGN = prometheus_client.Counter(
+    "netdeploy_peer_events_total", "Events written by other servers and published here"
+)
+CONNECTED = prometheus_client.Gauge(
+    "netdeploy_peer_listener_connected", "1 while this server listens for other servers' events"
+)
+RECONNECTS = prometheus_client.Counter(
+    "netdeploy_peer_listener_reconnects_total", "Times the listener connection was re-opened"
+)
+
+
+class _Lost(Exception):
+    """The listener connection is gone."""
+
+
+def _asyncpg_dsn(ctx: Context) -> str:
+    return ctx.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class EventListener:
+    """One server's LISTEN connection and what it does with what it hears."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.origin = origin_of(ctx.engine) or "?"
+        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._baseline: int | None = None  # the newest id when we first listened
+        self._resume_after = 0  # after a loss: re-read ids above this
+        self.connected = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listen now if we can (before HTTP accepts agents); else keep trying in the back."""
+        try:
+            await self._connect()
+        except Exception as exc:  # the server starts anyway; the loop retries
+            log.warning("cannot listen for other servers' events yet (%s); retrying", exc)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close()
+
+    async def _connect(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            _asyncpg_dsn(self.ctx),
+            server_settings={"application_name": f"{self.origin}-listen"},
+            timeout=10,
+        )
+        try:
+            conn.add_termination_listener(self._terminated)
+            await conn.add_listener(CHANNEL, self._heard)
+            if self._baseline is None:  # first time: history before us is not news
+                self._baseline = await conn.fetchval("SELECT coalesce(max(id), 0) FROM events")
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        self.connected.set()
+        CONNECTED.set(1)
+        log.info("listening for other servers' events (LISTEN %s, as %s)", CHANNEL, self.origin)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        self.connected.clear()
+        CONNECTED.set(0)
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+
+    def _terminated(self, conn: Any) -> None:
+        if conn is self._conn:  # not a late word about a connection already replaced
+            self._inbox.put_nowait(None)
+
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._inbox.put_nowait(payload)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self._conn is None:
+                    await self._connect()
+                    RECONNECTS.inc()
+                    caught = await self._catch_up(self._resume_after)
+                    log.warning(
+                        "listening again for other servers' events; caught up %d written meanwhile",
+                        caught,
+                    )
+                failures = 0
+                await self._serve()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._conn is not None or failures == 0:
+                    log.warning(
+                        "lost the connection that listens for other servers' events (%s); "
+                        "agents and dashboards here hear of other servers' changes at their "
+                        "next poll until it is back",
+                        exc,
+                    )
+                self._mark_lost()
+                await self._close()
+                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                failures += 1
+                await asyncio.sleep(delay)
+
+    def _mark_lost(self, failed_low: int | None = None) -> None:
+        """Remember where to re-read from once the connection is back."""
+        highest = self.ctx.bus.recent.highest
+        if self._conn is not None or self._resume_after == 0:
+            self._resume_after = max(self._baseline or 0, highest - LOOKBACK)
+        if failed_low is not None:
+            self._resume_after = min(self._resume_after, failed_low - 1)
+
+    async def _serve(self) -> None:
+        """Handle notifications until the connection is lost."""
+        conn = self._conn
+        assert conn is not None
+        while True:
+            try:
+                first = await asyncio.wait_for(self._inbox.get(), IDLE_CHECK_S)
+            except TimeoutError:
+                await conn.fetchval("SELECT 1", timeout=5)  # raises if the link is dead
+                continue
+            payloads = [first]
+            while not self._inbox.empty():  # a burst (a wave of releases): one query
+                payloads.append(self._inbox.get_nowait())
+            if None in payloads or conn.is_closed():
+                raise _Lost("the database closed it")
+            ids, spans = self._foreign(p for p in payloads if p is not None)
+            try:
+                await self._deliver(ids, spans)
+            except Exception:
+                self._mark_lost(min([*ids, *(low for low, _ in spans)], default=None))
+                raise
+
+    def _foreign(self, payloads: Iterable[str]) -> tuple[set[int], list[tuple[int, int]]]:
+        ids: set[int] = set()
+        spans: list[tuple[int, int]] = []
+        for payload in payloads:
+            try:
+                notice = decode(payload)
+            except BadNotice as exc:
+                log.warning(
+                    "ignored a notification on %s not written by netdeploy: %s", CHANNEL, exc
+                )
+                continue
+            if notice.origin == self.origin:
+                continue  # ours: the writer published it already
+            ids.update(notice.ids)
+            if notice.span:
+                spans.append(notice.span)
+        return ids, spans
+
+    # ------------------------------------------------------------------ reading and waking
+
+    async def _deliver(self, ids: set[int], spans: list[tuple[int, int]]) -> int:
+        async with self.ctx.sessions() as session:
+            rows: list[Event] = []
+            wanted = sorted(ids)
+            for chunk in range(0, len(wanted), PAGE):
+                part = wanted[chunk : chunk + PAGE]
+                rows += await session.scalars(select(Event).where(Event.id.in_(part)))
+            for low, high in spans:
+                rows += await session.scalars(select(Event).where(Event.id.between(low, high)))
+        return await self._publish(rows)
+
+    async def _catch_up(self, after: int) -> int:
+        """Publish every event above ``after`` this bus has not published yet."""
+        published = 0
+        while True:
+            async with self.ctx.sessions() as session:
+                rows = list(
+                    await session.scalars(
+                        select(Event).where(Event.id > after).order_by(Event.id).limit(PAGE)
+                    )
+                )
+            if not rows:
+                return published
+            published += await self._publish(rows)
+            after = rows[-1].id
+
+    async def _publish(self, rows: list[Event]) -> int:
+        rows.sort(key=lambda ev: ev.id)
+        fresh = self.ctx.bus.publish(rows)
+        FOREIGN.inc(len(fresh))
+        await self._wake({ev.mac for ev in fresh if ev.kind == "state" and ev.mac})
+        return len(fresh)
+
+    async def _wake(self, macs: set[str]) -> None:
+        from netdeploy.rollout.engine import gate_view
+
+        engine = self.ctx.services.get("rollout")
+        if engine is None:  # no long-poll yet on this server: nobody to wake
+            return
+        waiting = {mac for mac in macs if mac in engine.waiters}
+        if not waiting:
+            return
+        async with self.ctx.sessions() as session:
+            nodes = list(await session.scalars(select(Node).where(Node.mac.in_(waiting))))
+            names = {n.cluster for n in nodes if n.cluster}
+            clusters = {
+                c.name: c
+                for c in await session.scalars(select(Cluster).where(Cluster.name.in_(names)))
+            }
+        for node in nodes:
+            engine.waiters.wake(node.mac, gate_view(node, clusters.get(node.cluster or "")))
+
+
+async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
+    """Listen on PostgreSQL; on SQLite (one server by definition) there is nothing to do."""
+    if ctx.engine.dialect.name != "postgresql":
+
+        async def nothing() -> None:
+            return None
+
+        return nothing
+    listener = EventListener(ctx)
+    ctx.services["event_listener"] = listener
+    await listener.start()
+    return listener.stop
