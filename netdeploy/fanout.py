@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from netdeploy.store.db import origin_of
 from netdeploy.store.models import Cluster, Event, Node
@@ -46,6 +46,7 @@ LOOKBACK = 1000  # ids re-read after a reconnect, below the highest seen (decisi
 PAGE = 1000  # rows per query when catching up
 IDLE_CHECK_S = 15.0  # an idle listener pings, so a silently dead connection is noticed
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+POLL_S = 2.0  # SQLite: how often to look for events other processes (the CLI) wrote
 
 FOREIGN = prometheus_client.Counter(
     "netdeploy_peer_events_total", "Events written by other servers and published here"
@@ -241,40 +242,96 @@ class EventListener:
             after = rows[-1].id
 
     async def _publish(self, rows: list[Event]) -> int:
-        rows.sort(key=lambda ev: ev.id)
-        fresh = self.ctx.bus.publish(rows)
-        FOREIGN.inc(len(fresh))
-        await self._wake({ev.mac for ev in fresh if ev.kind == "state" and ev.mac})
-        return len(fresh)
+        return await publish_foreign(self.ctx, rows)
 
-    async def _wake(self, macs: set[str]) -> None:
-        from netdeploy.rollout.engine import gate_view
 
-        engine = self.ctx.services.get("rollout")
-        if engine is None:  # no long-poll yet on this server: nobody to wake
-            return
-        waiting = {mac for mac in macs if mac in engine.waiters}
-        if not waiting:
-            return
+async def publish_foreign(ctx: Context, rows: list[Event]) -> int:
+    """Publish events another process wrote (the bus drops what it published already) and
+    wake the long-polls of nodes whose state they changed; returns how many were new."""
+    rows.sort(key=lambda ev: ev.id)
+    fresh = ctx.bus.publish(rows)
+    FOREIGN.inc(len(fresh))
+    await _wake(ctx, {ev.mac for ev in fresh if ev.kind == "state" and ev.mac})
+    return len(fresh)
+
+
+async def _wake(ctx: Context, macs: set[str]) -> None:
+    from netdeploy.rollout.engine import gate_view
+
+    engine = ctx.services.get("rollout")
+    if engine is None:  # no long-poll yet on this server: nobody to wake
+        return
+    waiting = {mac for mac in macs if mac in engine.waiters}
+    if not waiting:
+        return
+    async with ctx.sessions() as session:
+        nodes = list(await session.scalars(select(Node).where(Node.mac.in_(waiting))))
+        names = {n.cluster for n in nodes if n.cluster}
+        clusters = {
+            c.name: c for c in await session.scalars(select(Cluster).where(Cluster.name.in_(names)))
+        }
+    for node in nodes:
+        engine.waiters.wake(node.mac, gate_view(node, clusters.get(node.cluster or "")))
+
+
+class StorePoller:
+    """SQLite has one server, but other processes write to it too: `netdeploy image add`,
+    `image verify` and `import` from the CLI. Every :data:`POLL_S` seconds this reads the ids
+    written since, and publishes the rows this server did not write itself, so a dashboard
+    sees a CLI change live. Ids on SQLite commit in id order (one writer at a time), so one
+    high-water mark is enough; an id-only scan keeps the cost of a busy rollout's own events
+    to an index read."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.after = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
         async with self.ctx.sessions() as session:
-            nodes = list(await session.scalars(select(Node).where(Node.mac.in_(waiting))))
-            names = {n.cluster for n in nodes if n.cluster}
-            clusters = {
-                c.name: c
-                for c in await session.scalars(select(Cluster).where(Cluster.name.in_(names)))
-            }
-        for node in nodes:
-            engine.waiters.wake(node.mac, gate_view(node, clusters.get(node.cluster or "")))
+            self.after = await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.poll()
+            except Exception as exc:  # a locked or busy database: next time
+                log.warning("could not read events written by other processes: %s", exc)
+
+    async def poll(self) -> int:
+        recent = self.ctx.bus.recent
+        async with self.ctx.sessions() as session:
+            ids = list(
+                await session.scalars(
+                    select(Event.id).where(Event.id > self.after).order_by(Event.id).limit(PAGE)
+                )
+            )
+            if not ids:
+                return 0
+            self.after = ids[-1]
+            # below the bus's horizon it no longer knows what it published: leave those
+            unknown = [i for i in ids if i not in recent and i > recent.horizon]
+            if not unknown:
+                return 0
+            rows = list(await session.scalars(select(Event).where(Event.id.in_(unknown))))
+        return await publish_foreign(self.ctx, rows)
 
 
 async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
-    """Listen on PostgreSQL; on SQLite (one server by definition) there is nothing to do."""
+    """Listen on PostgreSQL; poll on SQLite (one server, but the CLI writes events too)."""
     if ctx.engine.dialect.name != "postgresql":
-
-        async def nothing() -> None:
-            return None
-
-        return nothing
+        poller = StorePoller(ctx)
+        ctx.services["event_poller"] = poller
+        await poller.start()
+        return poller.stop
     listener = EventListener(ctx)
     ctx.services["event_listener"] = listener
     await listener.start()

@@ -175,8 +175,8 @@ async def start_tftp(ctx: Context) -> Stopper:
 
 
 async def start_event_listener(ctx: Context) -> Stopper:
-    """Other servers' events on a shared PostgreSQL (netdeploy.fanout); nothing on SQLite.
-    First, so it listens before agents can reach us."""
+    """Events other processes wrote (netdeploy.fanout): other servers' on a shared PostgreSQL
+    (LISTEN), the CLI's on SQLite (a poll). First, so it listens before agents can reach us."""
     from netdeploy.fanout import start
 
     return await start(ctx)
