@@ -10,9 +10,8 @@ closes. Nothing is lost from the record: every request is either an event or cou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 from sqlalchemy import select
 
+from netdeploy.store.batch import BatchWriter
 from netdeploy.store.models import Event, Node
 
 if TYPE_CHECKING:
     from netdeploy.server import Context
 
-log = logging.getLogger("netdeploy.dhcp")
 
 REQUESTS = Counter(
     "netdeploy_dhcp_requests",
@@ -108,58 +107,28 @@ class Coalescer:
         return [(key[0], detail)]
 
 
-class EventWriter:
+class EventWriter(BatchWriter[tuple[str, dict[str, Any]]]):
     """Coalesces per MAC, then writes event rows in batches off the packet path."""
 
+    what = "DHCP events"
+    log = logging.getLogger("netdeploy.dhcp")
+
     def __init__(self, ctx: Context, interval: float, flush_every: float = 1.0):
-        self.ctx = ctx
+        super().__init__(ctx, EVENTS_LOST, interval=flush_every)
         self.coalescer = Coalescer(interval)
-        self.flush_every = flush_every
-        self.queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self.max_queue = 10_000
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
 
     def add(self, mac: str, key: Hashable, detail: dict[str, Any]) -> None:
         now = asyncio.get_running_loop().time()
         for item in self.coalescer.add(mac, key, detail, now):
-            if len(self.queue) >= self.max_queue:
-                self.queue.popleft()
-                EVENTS_LOST.inc()
-            self.queue.append(item)
-        if self.queue:
-            self._wake.set()
+            self.put(item)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def due(self, closing: bool) -> list[tuple[str, dict[str, Any]]]:
+        """Repeats folded into a summary once their window closed (all of them on close)."""
+        if closing:
+            return self.coalescer.drain()
+        return self.coalescer.due(asyncio.get_running_loop().time())
 
-    async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task:
-            await self._task
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_every)
-            self._wake.clear()
-            self.queue.extend(
-                self.coalescer.drain() if self._closing else self.coalescer.due(loop.time())
-            )
-            while self.queue:
-                batch = [self.queue.popleft() for _ in range(min(len(self.queue), 1000))]
-                try:
-                    await self.flush(batch)
-                except Exception:  # the store is down: say so, keep answering clients
-                    log.exception("could not record %d DHCP events", len(batch))
-                    EVENTS_LOST.inc(len(batch))
-            if self._closing:
-                return
-
-    async def flush(self, batch: list[tuple[str, dict[str, Any]]]) -> list[Event]:
+    async def rows(self, batch: list[tuple[str, dict[str, Any]]]) -> list[Event]:
         macs = {mac for mac, _ in batch}
         async with self.ctx.sessions() as session:
             rows = await session.execute(select(Node.mac, Node.cluster).where(Node.mac.in_(macs)))
@@ -170,5 +139,4 @@ class EventWriter:
             ]
             session.add_all(events)
             await session.commit()
-        self.ctx.bus.publish(events)
         return events

@@ -1,29 +1,25 @@
 """Per-transfer statistics as Prometheus metrics and as ``Event(kind="tftp")`` rows.
 
 Both are updated once per finished transfer, never per packet. Event rows are written in
-batches by a background task, so the data path never waits on the database; when the
-database cannot keep up the oldest unwritten rows are dropped and counted, never queued
-without bound.
+batches by a background task (netdeploy/store/batch.py), so the data path never waits on the
+database.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import select
 
+from netdeploy.store.batch import BatchWriter
 from netdeploy.store.models import Event, Node
 from netdeploy.tftp.transfer import TransferStats
 
 if TYPE_CHECKING:
     from netdeploy.server import Context
 
-log = logging.getLogger("netdeploy.tftp")
 
 TRANSFERS = Counter(
     "netdeploy_tftp_transfers", "TFTP read requests by outcome", ["outcome"]
@@ -58,52 +54,20 @@ def count_dropped(reason: str) -> None:
     DROPPED.labels(reason).inc()
 
 
-class EventWriter:
-    """Queues finished transfers and writes them as event rows, one transaction per batch."""
+class EventWriter(BatchWriter[TransferStats]):
+    """Finished transfers as event rows of the nodes whose ``last_ip`` is the client's."""
+
+    what = "TFTP events"
+    log = logging.getLogger("netdeploy.tftp")
 
     def __init__(self, ctx: Context, interval: float = 1.0, max_queue: int = 10_000):
-        self.ctx = ctx
-        self.interval = interval
-        self.queue: deque[TransferStats] = deque()
-        self.max_queue = max_queue
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        # a storm writes every 500 transfers; a trickle once a second
+        super().__init__(ctx, EVENTS_LOST, interval=interval, max_queue=max_queue, wake_at=500)
 
     def add(self, stats: TransferStats) -> None:
-        if len(self.queue) >= self.max_queue:
-            self.queue.popleft()
-            EVENTS_LOST.inc()
-        self.queue.append(stats)
-        if len(self.queue) >= 500:
-            self._wake.set()
+        self.put(stats)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task:
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
-            while self.queue:
-                batch = [self.queue.popleft() for _ in range(min(len(self.queue), 1000))]
-                try:
-                    await self.flush(batch)
-                except Exception:  # the store is down: say so, keep serving files
-                    log.exception("could not record %d TFTP events", len(batch))
-                    EVENTS_LOST.inc(len(batch))
-            if self._closing:
-                return
-
-    async def flush(self, batch: list[TransferStats]) -> list[Event]:
-        """Write ``batch`` as events of the nodes whose ``last_ip`` is the client's."""
+    async def rows(self, batch: list[TransferStats]) -> list[Event]:
         ips = {s.client_ip for s in batch}
         async with self.ctx.sessions() as session:
             rows = await session.scalars(
@@ -124,5 +88,4 @@ class EventWriter:
                 )
             session.add_all(events)
             await session.commit()
-        self.ctx.bus.publish(events)
         return events
