@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -60,16 +62,35 @@ def choose_ports(cfg: Config) -> Ports:
     return Ports(http, tftp, note)
 
 
+def primary_address() -> str | None:
+    """The IPv4 address this host sends from by default (the source address of its route to
+    TEST-NET-1, RFC 5737; connecting a UDP socket sends nothing), or None without a route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return None
+
+
 def default_public_url(bind: str, port: int) -> str:
+    """Where booting machines reach us when ``server.public_url`` is not set: the bind address,
+    or for a wildcard bind the host's primary address (not its host name, which Debian maps
+    to 127.0.1.1 in /etc/hosts)."""
     host = bind
     if bind in ("0.0.0.0", "::", ""):
-        try:
-            host = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            host = "127.0.0.1"
+        host = primary_address() or "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}" if port != 80 else f"http://{host}"
+
+
+def loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def load_admin_token(cfg: Config) -> tuple[str, bool]:
@@ -160,6 +181,12 @@ async def start_http(ctx: Context) -> Stopper:
         ctx.ports.http,
         ctx.public_url,
     )
+    if loopback_url(ctx.public_url) and ctx.config.server.bind not in ("127.0.0.1", "::1"):
+        log.warning(
+            "public_url %s is a loopback address: booting machines cannot reach it; set "
+            "server.public_url (or --public-url) to the address they reach us at",
+            ctx.public_url,
+        )
     return runner.cleanup
 
 
