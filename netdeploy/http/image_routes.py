@@ -174,7 +174,7 @@ async def _respond(
         # `-c` into a file, never into a pipe): ?offset=N&sha256=<hex> answers 200 with the
         # bytes from N. The sha256 plays If-Range's part: another image is refused, not mixed.
         raw, wanted = request.query["offset"], request.query.get("sha256")
-        if not raw.isdigit() or int(raw) >= size:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) >= size:  # '²'.isdigit()
             return _problem(416, "range", f"offset must be a byte position below {size}", size=size)
         if wanted != row.sha256:
             return _problem(
@@ -187,7 +187,10 @@ async def _respond(
         offset, length = int(raw), size - int(raw)
         if "length" in request.query:
             raw_length = request.query["length"]
-            if not raw_length.isdigit() or not 0 < int(raw_length) <= length:
+            if (
+                not (raw_length.isascii() and raw_length.isdigit())
+                or not 0 < int(raw_length) <= length
+            ):
                 return _problem(
                     416,
                     "range",

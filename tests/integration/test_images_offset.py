@@ -58,6 +58,8 @@ def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp
             (f"offset={offset}&sha256={'0' * 64}", 409),
             (f"offset={len(data)}&sha256={sha}", 416),
             (f"offset=-5&sha256={sha}", 416),
+            (f"offset=%C2%B2&sha256={sha}", 416),  # '²': str.isdigit() yet not int()
+            (f"offset=0&length=%C2%B2&sha256={sha}", 416),
         ]:
             code = subprocess.run(
                 ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{url}&{query}"],
