@@ -49,7 +49,8 @@ BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 POLL_S = 2.0  # SQLite: how often to look for events other processes (the CLI) wrote
 
 FOREIGN = prometheus_client.Counter(
-    "netdeploy_peer_events_total", "Events written by other servers and published here"
+    "netdeploy_peer_events_total",
+    "Events written by other servers (PostgreSQL) or the CLI (SQLite) and published here",
 )
 CONNECTED = prometheus_client.Gauge(
     "netdeploy_peer_listener_connected", "1 while this server listens for other servers' events"

@@ -10,8 +10,8 @@ moves bytes, counts and records.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
-import ipaddress
 import logging
 import socket
 import struct
@@ -240,7 +240,6 @@ async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Aw
             f"[dhcp] interface {cfg.interface!r} does not exist or has no IPv4 address; "
             "check `ip -4 addr`, or set [dhcp] address"
         )
-    ipaddress.IPv4Address(server_ip)
     bootfiles = ctx.config.server.bootfiles_dir
     writer = record.EventWriter(ctx, cfg.event_interval)
 
@@ -257,7 +256,7 @@ async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Aw
     except OSError as exc:
         hint = (
             "run as root (ports 67/4011 and SO_BINDTODEVICE need it), "
-            if exc.errno in (1, 13)
+            if exc.errno in (errno.EPERM, errno.EACCES)
             else ""
         )
         raise ServiceError(
