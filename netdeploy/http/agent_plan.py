@@ -9,7 +9,7 @@ assignments the busybox agent sources; values are single-quoted so nothing in th
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -21,10 +21,13 @@ from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
 from netdeploy.store.models import Cluster, Event, Image, Node
 from netdeploy.tokens import token_matches
 
+if TYPE_CHECKING:
+    from netdeploy.server import Context
+
 routes = web.RouteTableDef()
 
 
-def image_plan(ctx, node: Node, image: Image | None) -> tuple[dict[str, Any] | None, str]:  # type: ignore[no-untyped-def]
+def image_plan(ctx: Context, node: Node, image: Image | None) -> tuple[dict[str, Any] | None, str]:
     """The image part of the plan, or None and why the node cannot be imaged now."""
     if node.image is None:
         return None, "no image is configured for this node"
@@ -96,7 +99,13 @@ async def plan(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-def distribution(ctx, node_cfg: NodeConfig, image: str, mac: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+MULTICAST_OFF = (
+    'distribution = "multicast" but [multicast] enabled = false: streaming over HTTP; '
+    "set [multicast] enabled = true to image by multicast"
+)
+
+
+def distribution(ctx: Context, node_cfg: NodeConfig, image: str, mac: str) -> dict[str, str]:
     """How the agent receives the image: its own HTTP stream, or the cluster's multicast session.
 
     The join URL is what the agent POSTs to; the session it answers with may still turn out to
@@ -105,7 +114,7 @@ def distribution(ctx, node_cfg: NodeConfig, image: str, mac: str) -> dict[str, s
     if ctx.config.distribution_for(node_cfg) != "multicast":
         return {"mode": "unicast"}
     if not ctx.config.multicast.enabled:
-        return {"mode": "unicast", "why": "multicast is configured but multicast.enabled = false"}
+        return {"mode": "unicast", "why": MULTICAST_OFF}
     query = urlencode({"image": image, "mac": mac})
     return {"mode": "multicast", "join": f"{ctx.public_url}/api/multicast/join?{query}"}
 

@@ -67,5 +67,6 @@ async def test_standalone_nodes_and_disabled_multicast_stream_over_http(tmp_path
         )
         assert json.loads(got.body)["distribution"] == {
             "mode": "unicast",
-            "why": "multicast is configured but multicast.enabled = false",
+            "why": 'distribution = "multicast" but [multicast] enabled = false: streaming over '
+            "HTTP; set [multicast] enabled = true to image by multicast",
         }
