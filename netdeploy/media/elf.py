@@ -31,6 +31,15 @@ def _cstring(data: bytes, offset: int) -> str:
 
 def linkage(data: bytes) -> Linkage:
     """The loader and the shared libraries an ELF executable or library asks for."""
+    try:
+        return _linkage(data)
+    except NotElf:
+        raise
+    except (struct.error, ValueError) as exc:  # offsets past the end, unterminated or bad names
+        raise NotElf(f"truncated or damaged ELF file ({exc})") from None
+
+
+def _linkage(data: bytes) -> Linkage:
     if data[:4] != b"\x7fELF" or len(data) < 64:
         raise NotElf("not an ELF file")
     if data[4] != 2 or data[5] != 1:  # EI_CLASS = ELFCLASS64, EI_DATA = ELFDATA2LSB

@@ -80,6 +80,14 @@ def test_what_is_not_a_64_bit_elf_is_refused(data, why):
         linkage(data)
 
 
+@pytest.mark.parametrize("cut", [80, 150, 200])
+def test_a_truncated_elf_is_refused_not_a_traceback(cut):
+    data = elf(LOADER, ("libntfs-3g.so.89", "libc.so.6"))
+    assert cut < len(data)
+    with pytest.raises(NotElf, match="truncated or damaged"):
+        linkage(data[:cut])
+
+
 def test_parse_depends_keeps_the_first_of_each_alternative():
     field = "libc6 (>= 2.34), libgcrypt20 (>= 1.10.0), libntfs-3g89 (= 1:2022.10.3-1), a | b, fuse3"
     assert parse_depends(field) == ("libc6", "libgcrypt20", "libntfs-3g89", "a", "fuse3")
