@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from netdeploy.store.db import origin_of
+from netdeploy.store.db import newest_event_id, origin_of
 from netdeploy.store.models import Cluster, Event, Node
 from netdeploy.store.notify import CHANNEL, BadNotice, decode
 
@@ -290,7 +290,7 @@ class StorePoller:
 
     async def start(self) -> None:
         async with self.ctx.sessions() as session:
-            self.after = await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
+            self.after = await newest_event_id(session)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="event-poller")
 
     async def stop(self) -> None:

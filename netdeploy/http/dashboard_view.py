@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.http.events_routes import LogFilterError, query_events
 from netdeploy.inventory import NodeState
-from netdeploy.store.models import Cluster, Event, Image, Node
+from netdeploy.store.db import newest_event_id
+from netdeploy.store.models import Cluster, Image, Node
 
 # Cluster.gate values in the admin's words (DESIGN: the first node forms the cluster alone).
 GATE_LABELS = {
@@ -128,7 +129,7 @@ async def load_view(
 ) -> DashboardView:
     # the newest event id first: the page's live stream resumes after it, so a change committed
     # while the rest is read is replayed rather than lost (replaying one twice is harmless)
-    last_event_id = await session.scalar(select(func.max(Event.id))) or 0
+    last_event_id = await newest_event_id(session)
     clusters = {c.name: c for c in (await session.scalars(select(Cluster))).all()}
     nodes = (await session.scalars(select(Node))).all()
     views = [_node_view(n, clusters) for n in nodes]

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.events import Subscription, event_json
@@ -27,6 +27,7 @@ from netdeploy.http.common import ctx_of
 from netdeploy.http.event_cursor import BadCursor, Cursor
 from netdeploy.http.session import may_read
 from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.store.db import newest_event_id
 from netdeploy.store.models import Cluster, Event, Node
 
 log = logging.getLogger("netdeploy.http.events")
@@ -223,7 +224,7 @@ async def _missed(request: web.Request, cursor: Cursor) -> tuple[list[dict[str, 
 
 async def _newest_id(request: web.Request) -> int:
     async with ctx_of(request).sessions() as session:
-        return await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
+        return await newest_event_id(session)
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:

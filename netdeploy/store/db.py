@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -100,6 +100,13 @@ async def take_startup_lock(session: AsyncSession) -> None:
     """Wait for any other server's schema upgrade or config import (PostgreSQL; see above)."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(_TAKE_STARTUP_LOCK)
+
+
+async def newest_event_id(session: AsyncSession) -> int:
+    """The highest event id stored, 0 when there is none: where live readers start."""
+    from netdeploy.store.models import Event
+
+    return await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
 
 
 async def migrate(engine: AsyncEngine) -> None:
