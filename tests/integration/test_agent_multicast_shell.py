@@ -1,0 +1,167 @@
+"""The agent's multicast path, run by busybox sh on the host against a real server on loopback.
+
+The QEMU test (tests/e2e/test_multicast_imaging.py) runs the whole agent on three guests. These
+run its functions (``fetch_plan``, ``receive_multicast``, ``fetch``, ``verify_disk``) with the
+host's busybox and the real C receiver, so each exit of ``ndmc-recv`` gets its own case: a clean
+copy, missed ranges fetched by HTTP, and a join the server answers with unicast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netdeploy.config import MulticastConfig
+from tests.conftest import REPO
+from tests.integration.conftest_boot import curl, token_in
+from tests.integration.mc_harness import running_server
+
+AGENT = (REPO / "bootfiles" / "agent" / "init").read_text()
+BUSYBOX = shutil.which("busybox")
+SQL_N1 = "52:54:00:00:10:01"
+APPLETS = [
+    "awk",
+    "cat",
+    "cut",
+    "dd",
+    "head",
+    "kill",
+    "rm",
+    "sed",
+    "sha256sum",
+    "sleep",
+    "tail",
+    "timeout",
+    "wc",
+    "wget",
+]
+
+pytestmark = [
+    pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: busybox-static)"),
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build ndmc-recv"),
+]
+
+
+@pytest.fixture(scope="module")
+def bin_dir(tmp_path_factory) -> Path:
+    """busybox applets and the real C receiver, as the media has them in /bin."""
+    path = tmp_path_factory.mktemp("bin")
+    for applet in APPLETS:
+        (path / applet).symlink_to(BUSYBOX)
+    source = REPO / "bootfiles" / "agent" / "ndmc-recv.c"
+    subprocess.run(["gcc", "-static", "-O2", "-o", path / "ndmc-recv", source], check=True)
+    return path
+
+
+def agent_functions(*names: str, tmp: Path) -> str:
+    text = ""
+    for name in names:
+        match = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", AGENT, re.M | re.S)
+        assert match, f"the agent has no function {name}"
+        text += match.group(0)
+    return text.replace("/tmp/", f"{tmp}/")  # the agent's scratch files, kept per test
+
+
+async def run_agent(bin_dir: Path, tmp: Path, server, token: str, disk: Path, call: str) -> str:  # type: ignore[no-untyped-def]
+    block = next(p.name for p in Path("/sys/block").iterdir())  # any: progress is cosmetic here
+    script = f"""
+set -o pipefail
+log() {{ echo "[agent] $*"; }}
+report() {{ echo "[report] $*"; }}
+fail() {{ echo "FAILED: $*"; exit 1; }}
+SERVER={server.url}; MAC={SQL_N1}; API="$SERVER/api/nodes/$MAC"
+AUTH="Authorization: Bearer {token}"; IP=127.0.0.1/8; DEV={block}
+{agent_functions("fetch_plan", "watch", "fetch", "receive_multicast", "verify_disk", tmp=tmp)}
+fetch_plan || exit 9
+ND_DISK={disk}
+{call}
+"""
+    proc = await asyncio.create_subprocess_exec(
+        BUSYBOX, "sh", "-c", script,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    return out.decode(errors="replace")
+
+
+async def boot_token(url: str) -> str:
+    got = await curl(f"{url}/boot/{SQL_N1}.ipxe")
+    assert got.status == 200, got.text
+    return token_in(got.text)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_clean_multicast_copy_is_verified(bin_dir, tmp_path):
+    async with running_server(tmp_path, max_wait=0.2) as server:
+        disk = tmp_path / "disk.img"
+        disk.write_bytes(b"\0" * (4 << 20))
+        out = await run_agent(
+            bin_dir, tmp_path, server, await boot_token(server.url), disk,
+            'receive_multicast && verify_disk && echo "RESULT $HOW $SUM"',
+        )  # fmt: skip
+        assert "RESULT multicast session " in out and out.rstrip().endswith(server.sha256), out
+        assert "missing byte ranges" not in out
+
+
+async def test_missed_ranges_are_fetched_by_http_and_merged(bin_dir, tmp_path):
+    """ndmc-recv exit 3 with a --missing list: what a dropped receiver gets. The receiver here
+    is a stand-in that reports three holes; the fill is the agent's, against the real server."""
+    stub = tmp_path / "stub-bin"
+    stub.mkdir()
+    for tool in bin_dir.iterdir():
+        (stub / tool.name).symlink_to(tool)
+    (stub / "ndmc-recv").unlink()
+    holes = [(0, 99), (100_000, 100_099), (2_000_000, 2_099_999)]
+    listed = "".join(f"{first} {last}\\n" for first, last in holes)  # printf's \\n
+    (stub / "ndmc-recv").write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = --missing ] && out=$2; shift; done\n'
+        f"printf '{listed}' > \"$out\"\n"
+        "echo 'ndmc-recv: the session ended before the copy was complete' >&2\n"
+        "exit 3\n"
+    )
+    (stub / "ndmc-recv").chmod(0o755)
+    async with running_server(tmp_path, max_wait=0.2) as server:
+        image = server.image_path.read_bytes()
+        damaged = bytearray(image)
+        for first, last in holes:
+            damaged[first : last + 1] = bytes(last - first + 1)
+        disk = tmp_path / "disk.img"
+        disk.write_bytes(bytes(damaged))
+        out = await run_agent(
+            stub, tmp_path, server, await boot_token(server.url), disk,
+            'receive_multicast && verify_disk && echo "RESULT $HOW"',
+        )  # fmt: skip
+        # the first two holes are less than 1 MiB apart: one request for both
+        assert "multicast left 3 byte ranges; fetching them by HTTP (2 requests)" in out, out
+        assert "RESULT multicast session" in out and "3 missing byte ranges by HTTP" in out, out
+        assert disk.read_bytes()[: len(image)] == image
+
+
+async def test_a_join_answered_with_unicast_falls_back_to_http(bin_dir, tmp_path):
+    async with running_server(tmp_path, max_wait=0.2) as server:
+        token = await boot_token(server.url)
+        cfg = server.ctx.config
+        off = MulticastConfig(**{**cfg.multicast.model_dump(), "enabled": False})
+        server.ctx.config = cfg.model_copy(update={"multicast": off})
+        server.service.cfg = off
+        disk = tmp_path / "disk.img"
+        disk.write_bytes(b"")
+        join = f"{server.url}/api/multicast/join?image=w2k3-ent-sp1&mac={SQL_N1}&format=args"
+        out = await run_agent(
+            bin_dir, tmp_path, server, token, disk,
+            f'ND_MULTICAST="{join}"; receive_multicast; echo "RESULT $?"',
+        )  # fmt: skip
+        assert "the server answers unicast for this join: --unicast" in out, out
+        assert out.rstrip().endswith("RESULT 1"), out
+        assert disk.read_bytes() == b""  # nothing written: the HTTP path does the work
