@@ -209,22 +209,11 @@ async def start_event_listener(ctx: Context) -> Stopper:
     return await start(ctx)
 
 
-# Each protocol service is one coroutine: start, then hand back how to stop.
-SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [
-    start_event_listener,
-    start_http,
-    start_tftp,
-]
-
-
 async def start_rollout_sweeper(ctx: Context) -> Stopper:
     """Phase timeouts and gate re-decisions after a restart (netdeploy.rollout)."""
     from netdeploy.rollout.service import start_sweeper
 
     return await start_sweeper(ctx)
-
-
-SERVICES.append(start_rollout_sweeper)
 
 
 async def start_admin_url_file(ctx: Context) -> Stopper:
@@ -234,16 +223,10 @@ async def start_admin_url_file(ctx: Context) -> Stopper:
     return await start(ctx)
 
 
-SERVICES.append(start_admin_url_file)
-
-
 async def start_multicast(ctx: Context) -> Stopper:
     from netdeploy.multicast.service import start_multicast as start
 
     return await start(ctx)
-
-
-SERVICES.append(start_multicast)
 
 
 async def start_proxy_dhcp(ctx: Context) -> Stopper:
@@ -253,7 +236,17 @@ async def start_proxy_dhcp(ctx: Context) -> Stopper:
     return await start(ctx)
 
 
-SERVICES.append(start_proxy_dhcp)
+# Each service is one coroutine: start, then hand back how to stop; started in this order
+# (the event listener first, so it hears other writers before agents can reach us).
+SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [
+    start_event_listener,
+    start_http,
+    start_tftp,
+    start_rollout_sweeper,
+    start_admin_url_file,
+    start_multicast,
+    start_proxy_dhcp,
+]
 
 
 async def serve(
