@@ -61,12 +61,14 @@ def boot_code() -> bytes:
     return code + message
 
 
-def mbr(total_bytes: int) -> bytes:
+def mbr(total_bytes: int, partition_type: int = 0x0E) -> bytes:
+    """Boot sector printing the local-boot marker and one active partition from 1 MiB to the
+    end: FAT16 LBA (0x0E) by default, 0x07 for NTFS; CHS fields unused."""
     sectors = total_bytes // 512
     start = PARTITION_OFFSET // 512
     entry = struct.pack(
-        "<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x0E, b"\xfe\xff\xff", start, sectors - start
-    )  # active, FAT16 (LBA), CHS unused
+        "<B3sB3sII", 0x80, b"\xfe\xff\xff", partition_type, b"\xfe\xff\xff", start, sectors - start
+    )
     sector = bytearray(512)
     code = boot_code()
     sector[: len(code)] = code

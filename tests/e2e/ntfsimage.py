@@ -9,28 +9,13 @@ disk, so the test needs neither FUSE nor a loop device on the host.
 from __future__ import annotations
 
 import hashlib
-import struct
 import subprocess
 from pathlib import Path
 
-from tests.e2e.diskimage import PARTITION_OFFSET, boot_code
+from tests.e2e.diskimage import PARTITION_OFFSET, mbr
 
 NTFS_TOOLS = ("mkntfs", "ntfscp", "ntfscat", "ntfsls")  # Debian: ntfs-3g
 BOOT_INI = b"[boot loader]\r\ntimeout=0\r\ndefault=multi(0)disk(0)rdisk(0)partition(1)\\WINDOWS\r\n"
-
-
-def ntfs_mbr(total_bytes: int) -> bytes:
-    """Boot sector printing the local-boot marker, one active partition of type 0x07 at 1 MiB."""
-    start = PARTITION_OFFSET // 512
-    entry = struct.pack(
-        "<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x07, b"\xfe\xff\xff", start, total_bytes // 512 - start
-    )
-    sector = bytearray(512)
-    code = boot_code()
-    sector[: len(code)] = code
-    sector[446:462] = entry
-    sector[510:512] = b"\x55\xaa"
-    return bytes(sector)
 
 
 def make_ntfs_image(path: Path, size_mib: int = 32) -> dict:
@@ -51,7 +36,7 @@ def make_ntfs_image(path: Path, size_mib: int = 32) -> dict:
     subprocess.run(["ntfscp", "-q", str(part), str(local), "BOOT.INI"], check=True)
     local.unlink()
     with open(path, "wb") as out:
-        out.write(ntfs_mbr(total))
+        out.write(mbr(total, partition_type=0x07))  # NTFS
         out.seek(PARTITION_OFFSET)
         out.write(part.read_bytes())
     part.unlink()
