@@ -7,6 +7,7 @@ KVM is present on these machines but unusable (no nested VMX), so guests run und
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -92,6 +93,24 @@ class VM:
         if self.disk:
             cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]
         return cmd
+
+    async def serial_until_exit(self, timeout: float) -> str:
+        """Run the guest as an asyncio subprocess, for tests whose server shares this event
+        loop (``start``/``wait`` would block it); the serial output once QEMU exits."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.command(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return out.decode(errors="replace")
 
     def start(self) -> VM:
         self.started = time.monotonic()

@@ -8,41 +8,22 @@ so the kernel fetch fails (404), the script prints its failure line and reboots,
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest_boot import ROOT, boot_server, free_port, need
+from tests.e2e.vm import VM, qemu_available
+from tests.integration.conftest_boot import ROOT, boot_server, free_port
 
 pytestmark = pytest.mark.e2e
 
 
-async def run_guest(port: int, mac: str) -> str:
-    qemu = need("qemu-system-x86_64")
-    if not Path("/usr/lib/ipxe/qemu/efi-virtio.rom").exists():
-        pytest.skip("iPXE ROMs missing: install ipxe-qemu (tests/debian-packages.txt)")
-    argv = [
-        qemu, "-accel", "tcg", "-m", "256", "-nographic", "-serial", "stdio",
-        "-monitor", "none", "-no-reboot", "-boot", "n",
-        "-netdev", f"user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe",
-        "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(180):
-            out, _ = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return out.decode(errors="replace")
+async def run_guest(port: int, mac: str, log: Path) -> str:
+    if qemu_available():
+        pytest.skip(str(qemu_available()))
+    guest = VM("ipxe", mac, log, bootfile=f"http://10.0.2.2:{port}/boot.ipxe", memory=256)
+    return await guest.serial_until_exit(180)
 
 
 async def test_ipxe_guest_chains_to_its_per_mac_script(tmp_path: Path) -> None:
@@ -56,7 +37,7 @@ async def test_ipxe_guest_chains_to_its_per_mac_script(tmp_path: Path) -> None:
         bootfiles_dir=str(bootfiles),
     ) as srv:
         assert srv.url.endswith(f":{port}")
-        serial = await run_guest(port, "52:54:00:00:10:01")
+        serial = await run_guest(port, "52:54:00:00:10:01", tmp_path / "serial.log")
         boots = await srv.events("boot")
         node = await srv.node("52:54:00:00:10:01")
     tail = serial[-3000:]
@@ -80,7 +61,7 @@ async def test_unknown_ipxe_guest_gets_the_discovery_script(tmp_path: Path) -> N
         http_port=str(port),
         bootfiles_dir=str(bootfiles),
     ) as srv:
-        serial = await run_guest(port, "52:54:00:ab:cd:ef")
+        serial = await run_guest(port, "52:54:00:ab:cd:ef", tmp_path / "serial.log")
         node = await srv.node("52:54:00:ab:cd:ef")
         boots = await srv.events("boot", "52:54:00:ab:cd:ef")
     tail = serial[-3000:]
