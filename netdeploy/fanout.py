@@ -225,7 +225,7 @@ class EventListener:
                 rows += await session.scalars(select(Event).where(Event.id.in_(part)))
             for low, high in spans:
                 rows += await session.scalars(select(Event).where(Event.id.between(low, high)))
-        return await self._publish(rows)
+        return await publish_foreign(self.ctx, rows)
 
     async def _catch_up(self, after: int) -> int:
         """Publish every event above ``after`` this bus has not published yet."""
@@ -239,11 +239,8 @@ class EventListener:
                 )
             if not rows:
                 return published
-            published += await self._publish(rows)
+            published += await publish_foreign(self.ctx, rows)
             after = rows[-1].id
-
-    async def _publish(self, rows: list[Event]) -> int:
-        return await publish_foreign(self.ctx, rows)
 
 
 async def publish_foreign(ctx: Context, rows: list[Event]) -> int:
