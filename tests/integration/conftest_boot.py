@@ -126,3 +126,10 @@ def token_in(script: str) -> str:
     match = TOKEN.search(script)
     assert match, script
     return match.group(1)
+
+
+async def boot_token(url: str, mac: str) -> str:
+    """The token a node's boot script hands its agent (``nd.token=`` on the kernel line)."""
+    got = await curl(f"{url}/boot/{mac}.ipxe")
+    assert got.status == 200, got.text
+    return token_in(got.text)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,11 +18,10 @@ import pytest
 
 from netdeploy.config import MulticastConfig
 from tests.conftest import REPO
-from tests.integration.conftest_boot import curl, token_in
+from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.conftest_boot import boot_token
 from tests.integration.mc_harness import running_server
 
-AGENT = (REPO / "bootfiles" / "agent" / "init").read_text()
-BUSYBOX = shutil.which("busybox")
 SQL_N1 = "52:54:00:00:10:01"
 APPLETS = [
     "awk",
@@ -60,11 +58,7 @@ def bin_dir(tmp_path_factory) -> Path:
 
 
 def agent_functions(*names: str, tmp: Path) -> str:
-    text = ""
-    for name in names:
-        match = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", AGENT, re.M | re.S)
-        assert match, f"the agent has no function {name}"
-        text += match.group(0)
+    text = "".join(agent_function(name) for name in names)
     return text.replace("/tmp/", f"{tmp}/")  # the agent's scratch files, kept per test
 
 
@@ -91,12 +85,6 @@ ND_DISK={disk}
     return out.decode(errors="replace")
 
 
-async def boot_token(url: str) -> str:
-    got = await curl(f"{url}/boot/{SQL_N1}.ipxe")
-    assert got.status == 200, got.text
-    return token_in(got.text)
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -106,7 +94,7 @@ async def test_a_clean_multicast_copy_is_verified(bin_dir, tmp_path):
         disk = tmp_path / "disk.img"
         disk.write_bytes(b"\0" * (4 << 20))
         out = await run_agent(
-            bin_dir, tmp_path, server, await boot_token(server.url), disk,
+            bin_dir, tmp_path, server, await boot_token(server.url, SQL_N1), disk,
             'receive_multicast && verify_disk && echo "RESULT $HOW $SUM"',
         )  # fmt: skip
         assert "RESULT multicast session " in out and out.rstrip().endswith(server.sha256), out
@@ -139,7 +127,7 @@ async def test_missed_ranges_are_fetched_by_http_and_merged(bin_dir, tmp_path):
         disk = tmp_path / "disk.img"
         disk.write_bytes(bytes(damaged))
         out = await run_agent(
-            stub, tmp_path, server, await boot_token(server.url), disk,
+            stub, tmp_path, server, await boot_token(server.url, SQL_N1), disk,
             'receive_multicast && verify_disk && echo "RESULT $HOW"',
         )  # fmt: skip
         # the first two holes are less than 1 MiB apart: one request for both
@@ -150,7 +138,7 @@ async def test_missed_ranges_are_fetched_by_http_and_merged(bin_dir, tmp_path):
 
 async def test_a_join_answered_with_unicast_falls_back_to_http(bin_dir, tmp_path):
     async with running_server(tmp_path, max_wait=0.2) as server:
-        token = await boot_token(server.url)
+        token = await boot_token(server.url, SQL_N1)
         cfg = server.ctx.config
         off = MulticastConfig(**{**cfg.multicast.model_dump(), "enabled": False})
         server.ctx.config = cfg.model_copy(update={"multicast": off})

@@ -8,26 +8,15 @@ hibernated, which ntfs-3g mounts read-only instead of refusing.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-AGENT = (REPO / "bootfiles" / "agent" / "init").read_text()
-BUSYBOX = shutil.which("busybox")
+from tests.integration.agent_shell import BUSYBOX, agent_function
 
 pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: busybox-static)")
-
-
-def agent_function(name: str) -> str:
-    """The text of one shell function of the agent (``name() {`` up to the ``}`` that closes it)."""
-    match = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", AGENT, re.M | re.S)
-    assert match, f"the agent has no function {name}"
-    return match.group(0)
 
 
 def run_agent(functions: list[str], call: str) -> subprocess.CompletedProcess[str]:

@@ -6,17 +6,10 @@ import json
 import shlex
 
 from netdeploy.config import MulticastConfig
-from tests.integration.conftest_boot import curl, token_in
+from tests.integration.conftest_boot import boot_token, curl
 from tests.integration.mc_harness import IMAGE, running_server
 
 SQL_N1, WEB_1 = "52:54:00:00:10:01", "52:54:00:00:20:01"
-
-
-async def boot_token(url: str, mac: str) -> str:
-    """The token the node's boot script hands its agent (nd.token= on the kernel line)."""
-    got = await curl(f"{url}/boot/{mac}.ipxe")
-    assert got.status == 200, got.text
-    return token_in(got.text)
 
 
 async def shell_plan(url: str, mac: str, token: str) -> dict[str, str]:
