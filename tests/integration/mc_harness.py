@@ -88,6 +88,12 @@ class Server:
     def service(self) -> Any:
         return self.ctx.services["multicast"]
 
+    def disable_multicast(self) -> None:
+        """As if the config said ``[multicast] enabled = false``: plans and joins say unicast."""
+        off = MulticastConfig(**{**self.ctx.config.multicast.model_dump(), "enabled": False})
+        self.ctx.config = self.ctx.config.model_copy(update={"multicast": off})
+        self.service.cfg = off
+
 
 @contextlib.asynccontextmanager
 async def running_server(

@@ -9,14 +9,12 @@ copy, missed ranges fetched by HTTP, and a join the server answers with unicast.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from netdeploy.config import MulticastConfig
 from tests.conftest import REPO
 from tests.integration.agent_shell import BUSYBOX, agent_function
 from tests.integration.conftest_boot import boot_token
@@ -85,10 +83,6 @@ ND_DISK={disk}
     return out.decode(errors="replace")
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 async def test_a_clean_multicast_copy_is_verified(bin_dir, tmp_path):
     async with running_server(tmp_path, max_wait=0.2) as server:
         disk = tmp_path / "disk.img"
@@ -139,10 +133,7 @@ async def test_missed_ranges_are_fetched_by_http_and_merged(bin_dir, tmp_path):
 async def test_a_join_answered_with_unicast_falls_back_to_http(bin_dir, tmp_path):
     async with running_server(tmp_path, max_wait=0.2) as server:
         token = await boot_token(server.url, SQL_N1)
-        cfg = server.ctx.config
-        off = MulticastConfig(**{**cfg.multicast.model_dump(), "enabled": False})
-        server.ctx.config = cfg.model_copy(update={"multicast": off})
-        server.service.cfg = off
+        server.disable_multicast()
         disk = tmp_path / "disk.img"
         disk.write_bytes(b"")
         join = f"{server.url}/api/multicast/join?image=w2k3-ent-sp1&mac={SQL_N1}&format=args"

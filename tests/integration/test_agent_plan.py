@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 
-from netdeploy.config import MulticastConfig
 from tests.integration.conftest_boot import boot_token, curl
 from tests.integration.mc_harness import IMAGE, running_server
 
@@ -50,9 +49,7 @@ async def test_standalone_nodes_and_disabled_multicast_stream_over_http(tmp_path
         token = await boot_token(server.url, WEB_1)
         assert (await shell_plan(server.url, WEB_1, token))["ND_MULTICAST"] == ""
 
-        cfg = server.ctx.config
-        off = MulticastConfig(**{**cfg.multicast.model_dump(), "enabled": False})
-        server.ctx.config = cfg.model_copy(update={"multicast": off})
+        server.disable_multicast()
         token = await boot_token(server.url, SQL_N1)
         assert (await shell_plan(server.url, SQL_N1, token))["ND_MULTICAST"] == ""
         got = await curl(
