@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 def serve_netdeploy(root: str, port: int) -> None:
     sys.path.insert(0, str(REPO))
     from netdeploy.config import TftpConfig
-    from netdeploy.tftp import TftpServer
+    from netdeploy.tftp.engine import TftpServer
 
     async def main() -> None:
         server = TftpServer(Path(root), TftpConfig(max_transfers=5000, max_per_client=1000))

@@ -1,3 +1,3 @@
-from netdeploy.cli import main
+from netdeploy.cli.main import main
 
 raise SystemExit(main())

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 from sqlalchemy import select
 
+from netdeploy.context import Context
+from netdeploy.rollout.engine import gate_view
 from netdeploy.store.db import newest_event_id, origin_of
 from netdeploy.store.models import Cluster, Event, Node
 from netdeploy.store.notify import CHANNEL, BadNotice, decode
@@ -38,7 +40,6 @@ from netdeploy.store.notify import CHANNEL, BadNotice, decode
 if TYPE_CHECKING:
     import asyncpg
 
-    from netdeploy.server import Context
 
 log = logging.getLogger("netdeploy.fanout")
 
@@ -254,11 +255,7 @@ async def publish_foreign(ctx: Context, rows: list[Event]) -> int:
 
 
 async def _wake(ctx: Context, macs: set[str]) -> None:
-    from netdeploy.rollout.engine import gate_view
-
-    engine = ctx.services.get("rollout")
-    if engine is None:  # no long-poll yet on this server: nobody to wake
-        return
+    engine = ctx.rollout
     waiting = {mac for mac in macs if mac in engine.waiters}
     if not waiting:
         return
@@ -327,10 +324,8 @@ async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
     """Listen on PostgreSQL; poll on SQLite (one server, but the CLI writes events too)."""
     if ctx.engine.dialect.name != "postgresql":
         poller = StorePoller(ctx)
-        ctx.services["event_poller"] = poller
         await poller.start()
         return poller.stop
     listener = EventListener(ctx)
-    ctx.services["event_listener"] = listener
     await listener.start()
     return listener.stop

@@ -1,96 +1,54 @@
-"""The running server: config, store, event bus and protocol services in one asyncio process."""
+"""The composition root: ``netdeploy serve`` builds every object here, in order, and tears it
+down in reverse (smee's ``cmd/smee/main.go`` is the model: reading this file tells you what
+depends on what).
+
+    store  ─► event bus ─► rollout writer ─► config import (through the writer) ─► Context
+    Context ─► boot service ─► event listener, HTTP (boot, images, multicast), TFTP (boot),
+               rollout sweeper, admin-url file, multicast sessions, ProxyDHCP (boot)
+
+Each protocol adapter gets the narrow piece it needs (TFTP a resolver over the boot service,
+ProxyDHCP the boot service's ``program_for``), never a bag of services.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from aiohttp import web
 
+from netdeploy import fanout
+from netdeploy.addresses import (
+    ADMIN_URL_FILE,
+    choose_ports,
+    default_public_url,
+    local_url,
+    loopback_url,
+)
+from netdeploy.boot.service import BootService
 from netdeploy.config import Config
+from netdeploy.context import Context, Ports, ServiceError
+from netdeploy.dhcp import service as dhcp
 from netdeploy.events import EventBus
-from netdeploy.store import import_config, open_store
+from netdeploy.http.app import build_app
+from netdeploy.images.streams import ImageStreams
+from netdeploy.multicast.service import MulticastService, start_multicast
+from netdeploy.rollout.engine import RolloutEngine
+from netdeploy.rollout.inventory import import_action
+from netdeploy.rollout.service import start_sweeper
+from netdeploy.store import open_store
+from netdeploy.tftp import service as tftp
 
 log = logging.getLogger("netdeploy")
 
-UNPRIVILEGED_HTTP_PORT = 8080
-UNPRIVILEGED_TFTP_PORT = 6969
-
-
-def may_bind_privileged_ports() -> bool:
-    """True when we may bind ports below 1024: root, CAP_NET_BIND_SERVICE, or a lowered sysctl."""
-    if os.geteuid() == 0:
-        return True
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:") and int(line.split()[1], 16) & (1 << 10):
-                return True
-        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-        return start <= 69
-    except (OSError, ValueError):
-        return False
-
-
-@dataclass(frozen=True)
-class Ports:
-    http: int
-    tftp: int
-    note: str = ""
-
-
-def choose_ports(cfg: Config) -> Ports:
-    privileged = may_bind_privileged_ports()
-    http = cfg.server.http_port or (80 if privileged else UNPRIVILEGED_HTTP_PORT)
-    tftp = cfg.server.tftp_port or (69 if privileged else UNPRIVILEGED_TFTP_PORT)
-    note = ""
-    if not privileged and (cfg.server.http_port is None or cfg.server.tftp_port is None):
-        note = (
-            f"not root: using HTTP port {http} and TFTP port {tftp} "
-            "(80 and 69 need root or CAP_NET_BIND_SERVICE)"
-        )
-    return Ports(http, tftp, note)
-
-
-def primary_address() -> str | None:
-    """The IPv4 address this host sends from by default (the source address of its route to
-    TEST-NET-1, RFC 5737; connecting a UDP socket sends nothing), or None without a route."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return None
-
-
-def default_public_url(bind: str, port: int) -> str:
-    """Where booting machines reach us when ``server.public_url`` is not set: the bind address,
-    or for a wildcard bind the host's primary address (not its host name, which Debian maps
-    to 127.0.1.1 in /etc/hosts)."""
-    host = bind
-    if bind in ("0.0.0.0", "::", ""):
-        host = primary_address() or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}" if port != 80 else f"http://{host}"
-
-
-def loopback_url(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+__all__ = ["Context", "Ports", "ServiceError", "open_context", "serve"]
 
 
 def load_admin_token(cfg: Config) -> tuple[str, bool]:
@@ -108,38 +66,32 @@ def load_admin_token(cfg: Config) -> tuple[str, bool]:
     return token, True
 
 
-@dataclass
-class Context:
-    """Everything a request handler or protocol service needs, built once at start-up."""
-
-    config: Config
-    engine: AsyncEngine
-    sessions: async_sessionmaker
-    bus: EventBus
-    ports: Ports
-    public_url: str
-    admin_token: str
-    services: dict[str, Any] = field(default_factory=dict)  # name -> running service
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-
-async def open_context(cfg: Config, ports: Ports | None = None) -> Context:
-    """Open the store, upgrade its schema and import the config (atomically)."""
+async def open_context(
+    cfg: Config, ports: Ports | None = None, *, bus: EventBus | None = None
+) -> Context:
+    """Open the store (schema upgraded), start the rollout writer and import the config through
+    it (one transaction: all or nothing). The caller closes the context."""
     cfg.server.state_dir.mkdir(parents=True, exist_ok=True)
     engine, sessions = await open_store(cfg.database_url)
     ports = ports or choose_ports(cfg)
-    bus = EventBus()
-    result = await import_config(sessions, cfg)
-    bus.publish(result.events)
+    bus = bus or EventBus()
+    settings = cfg.rollout
+    rollout = RolloutEngine(
+        sessions, bus, max_batch=settings.max_batch if settings.group_commit else 1
+    )
+    try:
+        await rollout.run(import_action(cfg), exclusive=True)
+    except BaseException:
+        await rollout.stop()
+        await engine.dispose()
+        raise
     token, created = load_admin_token(cfg)
     if created:  # shown once; afterwards read it from the file (mode 0600)
         log.warning(
             "generated the admin token %s (kept in %s)", token, cfg.server.state_dir / "admin-token"
         )
     public = cfg.server.public_url or default_public_url(cfg.server.bind, ports.http)
-    return Context(cfg, engine, sessions, bus, ports, public, token)
+    return Context(cfg, engine, sessions, bus, ports, public, token, rollout)
 
 
 def sd_notify(message: str) -> None:
@@ -153,15 +105,8 @@ def sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
-Stopper = Callable[[], Awaitable[None]]
-
-
-async def start_http(ctx: Context) -> Stopper:
-    from aiohttp import web
-
-    from netdeploy.http.app import build_app
-
-    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+async def start_http(ctx: Context, app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     # a rack powering on at once: 1,000 agents connecting together must not hit SYN retries
     site = web.TCPSite(
@@ -187,66 +132,32 @@ async def start_http(ctx: Context) -> Stopper:
             "server.public_url (or --public-url) to the address they reach us at",
             ctx.public_url,
         )
-    return runner.cleanup
+    return runner
 
 
-class ServiceError(Exception):
-    """A service cannot start; the message says why and what to do."""
+def write_admin_url(ctx: Context) -> Path:
+    """Tell the admin CLI where this server listens (``state_dir/admin-url``)."""
+    path = ctx.config.server.state_dir / ADMIN_URL_FILE
+    path.write_text(local_url(ctx.config.server.bind, ctx.ports.http) + "\n")
+    return path
 
 
-async def start_tftp(ctx: Context) -> Stopper:
-    """TFTP on ``server.bind``:``ports.tftp`` (a wildcard bind listens on IPv4 and IPv6)."""
-    from netdeploy.tftp.service import start
-
-    return await start(ctx)
-
-
-async def start_event_listener(ctx: Context) -> Stopper:
-    """Events other processes wrote (netdeploy.fanout): other servers' on a shared PostgreSQL
-    (LISTEN), the CLI's on SQLite (a poll). First, so it listens before agents can reach us."""
-    from netdeploy.fanout import start
-
-    return await start(ctx)
-
-
-async def start_rollout_sweeper(ctx: Context) -> Stopper:
-    """Phase timeouts and gate re-decisions after a restart (netdeploy.rollout)."""
-    from netdeploy.rollout.service import start_sweeper
-
-    return await start_sweeper(ctx)
-
-
-async def start_admin_url_file(ctx: Context) -> Stopper:
-    """Tell the admin CLI where this server listens (state_dir/admin-url)."""
-    from netdeploy.http.admin_cli import start_admin_url_file as start
-
-    return await start(ctx)
-
-
-async def start_multicast(ctx: Context) -> Stopper:
-    from netdeploy.multicast.service import start_multicast as start
-
-    return await start(ctx)
-
-
-async def start_proxy_dhcp(ctx: Context) -> Stopper:
-    """ProxyDHCP when ``[dhcp] proxy = true`` (netdeploy.dhcp); otherwise nothing."""
-    from netdeploy.dhcp.service import start
-
-    return await start(ctx)
-
-
-# Each service is one coroutine: start, then hand back how to stop; started in this order
-# (the event listener first, so it hears other writers before agents can reach us).
-SERVICES: list[Callable[[Context], Awaitable[Stopper]]] = [
-    start_event_listener,
-    start_http,
-    start_tftp,
-    start_rollout_sweeper,
-    start_admin_url_file,
-    start_multicast,
-    start_proxy_dhcp,
-]
+async def run(ctx: Context, stack: AsyncExitStack) -> None:
+    """Build and start every service over ``ctx``; ``stack`` stops them in reverse order."""
+    boot = BootService(ctx)
+    # other writers' events first, so we hear them before agents can reach us
+    stack.push_async_callback(await fanout.start(ctx))
+    images = ImageStreams(ctx.config.http.max_image_streams, ctx.config.http.image_retry_after)
+    multicast = MulticastService(ctx)
+    app = build_app(ctx, boot=boot, images=images, multicast=multicast)
+    stack.push_async_callback((await start_http(ctx, app)).cleanup)
+    stack.push_async_callback(await tftp.start(ctx, boot))
+    stack.push_async_callback(await start_sweeper(ctx))
+    stack.callback(write_admin_url(ctx).unlink, missing_ok=True)
+    stack.push_async_callback(await start_multicast(multicast))
+    proxy = await dhcp.start(ctx, boot)
+    if proxy is not None:
+        stack.push_async_callback(proxy.stop)
 
 
 async def serve(
@@ -254,10 +165,9 @@ async def serve(
 ) -> None:
     """Run every service until SIGINT/SIGTERM (or ``stop`` is set)."""
     ctx = await open_context(cfg, ports)
-    stoppers: list[Stopper] = []
-    try:
-        for start in SERVICES:
-            stoppers.append(await start(ctx))
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(ctx.close)
+        await run(ctx, stack)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -268,7 +178,3 @@ async def serve(
         await stop.wait()
         sd_notify("STOPPING=1")
         log.info("stopping")
-    finally:
-        for stopper in reversed(stoppers):
-            await stopper()
-        await ctx.close()

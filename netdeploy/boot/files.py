@@ -21,10 +21,11 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from netdeploy import eventlog
 from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem, render_answer
 from netdeploy.answers.validate import validate
+from netdeploy.context import Context
 from netdeploy.inventory import NodeState
-from netdeploy.server import Context
 from netdeploy.store.models import Event, Node, SecretFetch
 from netdeploy.tokens import token_digest, token_matches
 
@@ -80,11 +81,14 @@ async def _refuse(
 ) -> FileAnswer:
     await _record(
         ctx,
-        Event(
-            kind="auth",
+        eventlog.refusal(
+            forbidden=True,
             mac=node.mac,
             cluster=node.cluster,
-            detail={"file": name, "ip": ip, "reason": reason, **extra},
+            file=name,
+            ip=ip,
+            reason=reason,
+            **extra,
         ),
     )
     log.warning("refused %s to %s from %s: %s", name, node.mac, ip, reason)
@@ -130,7 +134,7 @@ async def serve_node_file(
     else:
         await _record(
             ctx,
-            Event(kind="answer", mac=mac, cluster=node.cluster, detail={"file": name, "ip": ip}),
+            eventlog.answer_file(mac, node.cluster, file=name, ip=ip),
         )
     ANSWER_FILES.labels("served").inc()
     return answer
@@ -142,12 +146,7 @@ async def _broken(
     """A file that does not render or validate is refused (500), never served half-right."""
     await _record(
         ctx,
-        Event(
-            kind="answer",
-            mac=mac,
-            cluster=cluster,
-            detail={"file": name, "ip": ip, "refused": problem},
-        ),
+        eventlog.answer_file(mac, cluster, file=name, ip=ip, refused=problem),
     )
     log.error("refusing broken %s for %s: %s", name, mac, problem)
     ANSWER_FILES.labels("broken").inc()
@@ -174,12 +173,7 @@ async def _check_secret(
             return await _refuse(ctx, node, name, ip, "token of another node", token_of=owner)
         return await _refuse(ctx, node, name, ip, "not the node's current token (stale or forged)")
     digest = token_digest(token)
-    used = Event(
-        kind="answer",
-        mac=node.mac,
-        cluster=node.cluster,
-        detail={"file": name, "ip": ip, "secret": True},
-    )
+    used = eventlog.answer_file(node.mac, node.cluster, file=name, ip=ip, secret=True)
     try:
         async with ctx.sessions() as session, session.begin():
             session.add(SecretFetch(mac=node.mac, token=digest, name=name, ip=ip))

@@ -1,27 +1,39 @@
-"""Answer boot requests from the store: decide, apply the state change it implies, record it.
+"""The boot service: the one place every protocol asks "what does this machine get now?".
 
-Every request a booting machine makes of us (first stage, per-MAC script, pxelinux config) leaves
-one ``Event(kind="boot")`` with what it asked (``via``, ``path``, ``ip``) and what we decided and
-why, so an admin can follow a machine that "does nothing" request by request (PEERS.md: silent
-boot failures). One short transaction per request: read the node, write the event, commit.
+pixiecore's ``Booter`` and smee's ``BackendReader`` are the model: a small contract that TFTP
+(:mod:`netdeploy.boot.tftp`), HTTP (``netdeploy.http.boot_routes``) and ProxyDHCP
+(``netdeploy.dhcp``) call, so none of them decides anything on its own:
+
+- :meth:`BootService.answer` — a machine fetched its per-MAC boot script (HTTP or TFTP). The
+  decision moves ``registered`` to ``pxe``, records an unknown MAC as ``discovered`` and issues
+  a fresh boot token; those are changes of node state and token, so they run as one action of
+  the rollout writer (netdeploy.rollout.booting: one transaction with their event rows).
+- :meth:`BootService.decide` — the same decision, read only (ProxyDHCP asks it per packet).
+- :meth:`BootService.program_for` — which program a PXE firmware loads (boot/programs.py).
+- :meth:`BootService.first_stage` — the generic first stage, recorded by client address.
+
+Every request leaves one ``boot`` event with what it asked (``via``, ``path``, ``ip``) and what
+we decided and why, so an admin can follow a machine that "does nothing" request by request
+(PEERS.md: silent boot failures).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
+from netdeploy import eventlog
 from netdeploy.boot.plan import BootPlan, BootUrls, NodeFacts, boot_plan
+from netdeploy.boot.programs import BootChoice, FirmwareClient, boot_program
+from netdeploy.context import Context
 from netdeploy.inventory import NodeState
-from netdeploy.rollout.service import set_state
-from netdeploy.server import Context
-from netdeploy.store.models import Cluster, Event, Node, utcnow
-from netdeploy.tokens import issue_token
+from netdeploy.rollout import booting
+from netdeploy.rollout.errors import Unavailable
+from netdeploy.rollout.rows import NodeRow
+from netdeploy.store.models import Cluster, Node
 
 log = logging.getLogger("netdeploy.boot")
 
@@ -31,10 +43,6 @@ BOOT_REQUESTS = Counter(
     ["via", "decision"],
 )
 
-# Booting the agent is "the node is in PXE": registered → pxe (DESIGN). A failed node stays
-# failed until the admin retries it (decision 0002); every other state is left as it is.
-ADVANCE_ON_BOOT: dict[NodeState, NodeState] = {NodeState.REGISTERED: NodeState.PXE}
-
 
 @dataclass(frozen=True)
 class BootAnswer:
@@ -42,11 +50,7 @@ class BootAnswer:
     token: str | None  # plain token for the kernel command line; only for agent plans
 
 
-def urls_of(ctx: Context) -> BootUrls:
-    return BootUrls(ctx.public_url)
-
-
-def facts_of(node: Node | None, mac: str, cluster: Cluster | None) -> NodeFacts:
+def facts_of(node: Node | NodeRow | None, mac: str, cluster: Cluster | None) -> NodeFacts:
     if node is None:
         return NodeFacts(mac, None)
     return NodeFacts(
@@ -59,111 +63,73 @@ def facts_of(node: Node | None, mac: str, cluster: Cluster | None) -> NodeFacts:
     )
 
 
-async def _node_and_cluster(session: AsyncSession, mac: str) -> tuple[Node | None, Cluster | None]:
-    node = await session.get(Node, mac)
-    cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
-    return node, cluster
+class BootService:
+    """Boot decisions for every protocol, over the store and the rollout writer."""
 
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.urls = BootUrls(ctx.public_url)
 
-def _discovered(mac: str, ip: str, via: str) -> tuple[Node, Event]:
-    node = Node(
-        mac=mac,
-        hostname=None,
-        in_config=False,
-        state=NodeState.DISCOVERED,
-        state_since=utcnow(),
-        vars={},
-        message="",
-    )
-    event = Event(
-        kind="state",
-        mac=mac,
-        to_state=NodeState.DISCOVERED,
-        detail={"reason": f"unknown MAC booted via {via} from {ip}"},
-    )
-    return node, event
+    async def answer(self, mac: str, *, via: str, path: str, ip: str) -> BootAnswer:
+        """Decide what ``mac`` (canonical) boots now, apply the implied changes, record it.
 
+        Agent plans get a fresh token: its digest replaces ``Node.token``, the plain token goes
+        on the kernel command line only.
+        """
 
-async def answer_boot(ctx: Context, mac: str, *, via: str, path: str, ip: str) -> BootAnswer:
-    """Decide what ``mac`` (canonical) boots now, apply the implied state change, record it.
+        def decide(node: NodeRow | None, cluster: Cluster | None) -> BootPlan:
+            return boot_plan(facts_of(node, mac, cluster), self.urls)
 
-    Agent plans get a fresh token: its digest replaces ``Node.token`` (the previous token of this
-    node stops working), the plain token goes on the kernel command line only.
-    """
-    for attempt in (1, 2):  # a second try only when two requests created the same MAC at once
+        action = booting.boot_request(mac, decide, via=via, path=path, ip=ip)
         try:
-            return await _answer_once(ctx, mac, via=via, path=path, ip=ip)
-        except IntegrityError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            plan, token = await self.ctx.rollout.run(action, [mac])
+        except Unavailable:
+            # another server recorded the same unknown MAC in the same instant: now it exists
+            plan, token = await self.ctx.rollout.run(action, [mac])
+        BOOT_REQUESTS.labels(via, plan.action.value).inc()
+        return BootAnswer(plan, token)
 
+    async def decide(self, mac: str) -> BootPlan:
+        """The same decision as :meth:`answer`, read only: changes and records nothing."""
+        async with self.ctx.sessions() as session:
+            node = await session.get(Node, mac)
+            cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
+        return boot_plan(facts_of(node, mac, cluster), self.urls)
 
-async def _answer_once(ctx: Context, mac: str, *, via: str, path: str, ip: str) -> BootAnswer:
-    events: list[Event] = []
-    async with ctx.sessions() as session, session.begin():
-        node, cluster = await _node_and_cluster(session, mac)
-        first_boot = node is None  # the plan says so: "not in the inventory, recorded"
-        if node is None:
-            node, created = _discovered(mac, ip, via)
-            session.add(node)
-            events.append(created)
-            await session.flush()  # a concurrent insert of the same MAC fails here, retried
-        else:
-            advance = ADVANCE_ON_BOOT.get(NodeState(node.state))
-            if advance is not None:
-                events.append(
-                    set_state(
-                        session, node, advance, reason=f"boot script fetched via {via}", detail={}
-                    )
-                )
-        plan = boot_plan(facts_of(None if first_boot else node, mac, cluster), urls_of(ctx))
-        token = None
-        if plan.boots_agent:
-            token, node.token = issue_token()
-        node.last_seen = utcnow()
-        node.last_ip = ip
-        events.append(boot_event(mac, node.cluster, via=via, path=path, ip=ip, plan=plan))
-        session.add_all(events)
-    ctx.bus.publish(events)
-    BOOT_REQUESTS.labels(via, plan.action.value).inc()
-    return BootAnswer(plan, token)
+    async def program_for(self, client: FirmwareClient) -> BootChoice:
+        """The boot program for a PXE firmware (ProxyDHCP), from the MAC's boot plan."""
+        choice = boot_program(client, await self.decide(client.mac), self.ctx.public_url)
+        BOOT_REQUESTS.labels("dhcp", "local" if choice.boot_file is None else "chain").inc()
+        return choice
 
+    async def first_stage(self, *, via: str, path: str, ip: str) -> None:
+        """The generic first stage names no MAC; record it by client address (cheap, one row)."""
+        event = eventlog.boot_request(
+            None,
+            None,
+            via=via,
+            path=path,
+            ip=ip,
+            decision="chain",
+            why="first stage: chain to the per-MAC script",
+        )
+        async with self.ctx.sessions() as session, session.begin():
+            session.add(event)
+        self.ctx.bus.publish(event)
+        BOOT_REQUESTS.labels(via, "chain").inc()
 
-def boot_event(
-    mac: str | None,
-    cluster: str | None,
-    *,
-    via: str,
-    path: str,
-    ip: str,
-    plan: BootPlan | None,
-    decision: str | None = None,
-    why: str | None = None,
-) -> Event:
-    detail: dict[str, Any] = {
-        "via": via,
-        "path": path,
-        "ip": ip,
-        "decision": decision or (plan.action.value if plan else "none"),
-        "why": why or (plan.why if plan else ""),
-    }
-    return Event(kind="boot", mac=mac, cluster=cluster, detail=detail)
+    async def machines_at(self, ips: set[str]) -> dict[str, tuple[str, str | None]]:
+        """Which machine each client address belongs to: the node last seen there (several
+        nodes may share an address behind NAT or QEMU slirp: the latest seen wins)."""
+        async with self.ctx.sessions() as session:
+            rows = await session.execute(
+                select(Node.last_ip, Node.mac, Node.cluster)
+                .where(Node.last_ip.in_(ips))
+                .order_by(Node.last_seen)
+            )
+            return {ip: (mac, cluster) for ip, mac, cluster in rows if ip is not None}
 
-
-async def record_first_stage(ctx: Context, *, via: str, path: str, ip: str) -> None:
-    """The generic first stage names no MAC; record it by client address (cheap, one row)."""
-    event = boot_event(
-        None,
-        None,
-        via=via,
-        path=path,
-        ip=ip,
-        plan=None,
-        decision="chain",
-        why="first stage: chain to the per-MAC script",
-    )
-    async with ctx.sessions() as session, session.begin():
-        session.add(event)
-    ctx.bus.publish(event)
-    BOOT_REQUESTS.labels(via, "chain").inc()
+    async def clusters_of(self, macs: set[str]) -> dict[str, str | None]:
+        async with self.ctx.sessions() as session:
+            rows = await session.execute(select(Node.mac, Node.cluster).where(Node.mac.in_(macs)))
+            return {mac: cluster for mac, cluster in rows}

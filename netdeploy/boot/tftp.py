@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 
 from netdeploy.boot import scripts
-from netdeploy.boot.service import answer_boot, record_first_stage, urls_of
+from netdeploy.boot.service import BootService
 from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.server import Context
 
 # pxelinux asks for pxelinux.cfg/01-<mac> first (ARP type 1 = Ethernet); we answer every MAC,
 # known or not, so it never falls through to its UUID / IP-hex / "default" guesses.
@@ -20,12 +19,13 @@ PXELINUX_MAC = re.compile(r"^pxelinux\.cfg/01-([0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2})
 FIRST_STAGE = "boot.ipxe"
 
 
-async def virtual_file(ctx: Context, path: str, client_ip: str) -> bytes | None:
+async def virtual_file(boot: BootService, path: str, client_ip: str) -> bytes | None:
     """Bytes for a per-MAC virtual file, or None to let the engine serve from its root."""
     name = path.replace("\\", "/").lstrip("/")  # PXE ROMs send both; the root is ours anyway
+    bootfiles = boot.ctx.config.server.bootfiles_dir
     if name == FIRST_STAGE:
-        await record_first_stage(ctx, via="tftp", path=name, ip=client_ip)
-        return scripts.first_stage_ipxe(ctx.config.server.bootfiles_dir, urls_of(ctx)).encode()
+        await boot.first_stage(via="tftp", path=name, ip=client_ip)
+        return scripts.first_stage_ipxe(bootfiles, boot.urls).encode()
     match = PXELINUX_MAC.match(name)
     if match is None:
         return None
@@ -33,6 +33,6 @@ async def virtual_file(ctx: Context, path: str, client_ip: str) -> bytes | None:
         mac = normalize_mac(match.group(1))
     except BadMac:  # the pattern admits only valid MACs; keep the seam total anyway
         return None
-    answer = await answer_boot(ctx, mac, via="tftp", path=name, ip=client_ip)
-    text = scripts.pxelinux_config(ctx.config.server.bootfiles_dir, answer.plan, answer.token)
+    answer = await boot.answer(mac, via="tftp", path=name, ip=client_ip)
+    text = scripts.pxelinux_config(bootfiles, answer.plan, answer.token)
     return text.encode()

@@ -1,51 +1,28 @@
 """ProxyDHCP decisions (PXE 2.1, RFC 4578): who is asking, which boot program it can run, and
-the reply that tells it so. Pure: takes the request and our address, returns the answer.
+the reply that tells it so. Pure: takes the request, our address and the MAC's boot plan.
 
 The LAN's own DHCP server hands out addresses; we only add boot information (``yiaddr`` stays
-0.0.0.0, PXE 2.1 §2.2.1). Every machine ends in the same place, ``<public_url>/boot.ipxe``,
-which asks the boot plan per MAC; firmware that is not yet iPXE first gets an iPXE build it can
-run, so there is exactly one chainload and never a loop.
+0.0.0.0, PXE 2.1 §2.2.1). Which program goes into the reply is not decided here: it is the
+boot decision's (:mod:`netdeploy.boot.programs`), from the same plan as HTTP and TFTP answers.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from enum import StrEnum
 
+from netdeploy.boot.plan import BootPlan
+from netdeploy.boot.programs import (
+    ARCH_NAMES,
+    BIOS_ARCHES,
+    HTTP_ARCHES,
+    BootChoice,
+    Firmware,
+    FirmwareClient,
+    boot_program,
+)
 from netdeploy.dhcp import packet as p
 from netdeploy.dhcp.packet import DhcpPacket
-
-# Where `netdeploy media build` puts Debian's iPXE programs, relative to the bootfiles root:
-# the TFTP root, and <public_url>/bootfiles/ over HTTP (docs/agent.md).
-BIOS_PROGRAM = "media/undionly.kpxe"  # uses the PXE ROM's UNDI driver
-UEFI_PROGRAM = "media/snponly.efi"  # uses the firmware's SNP driver
-UEFI_HTTP_PROGRAM = "media/ipxe.efi"  # UEFI HTTP boot: the URL of this one
-
-# RFC 4578 §2.1 and the IANA "Processor Architecture Types" registry
-ARCH_NAMES = {
-    0: "x86 BIOS",
-    1: "NEC/PC98",
-    2: "Itanium",
-    3: "DEC Alpha",
-    4: "Arc x86",
-    5: "Intel Lean Client",
-    6: "x86 UEFI",
-    7: "x64 UEFI",
-    8: "EFI Xscale",
-    9: "EBC",  # x64 UEFI firmware of some vendors (EDK2 before 2013) sends 9 for x64
-    10: "ARM 32-bit UEFI",
-    11: "ARM 64-bit UEFI",
-    15: "x86 UEFI HTTP",
-    16: "x64 UEFI HTTP",
-    17: "EBC UEFI HTTP",
-    18: "ARM 32-bit UEFI HTTP",
-    19: "ARM 64-bit UEFI HTTP",
-}
-BIOS_ARCHES = {0}
-UEFI_X64_ARCHES = {7, 9}
-UEFI_HTTP_X64_ARCHES = {16}
-HTTP_ARCHES = {15, 16, 17, 18, 19}
 
 PXE_CLASS = "PXEClient"  # PXE 2.1 §2.2.3: option 60 of a PXE client, and of our replies
 HTTP_CLASS = "HTTPClient"  # UEFI 2.5 §24.7: a UEFI HTTP-boot client
@@ -56,13 +33,6 @@ HTTP_CLASS = "HTTPClient"  # UEFI 2.5 §24.7: a UEFI HTTP-boot client
 PXE_DISCOVERY_CONTROL = 6
 DISCOVERY_USE_BOOTFILE = 8
 PXE_BOOT_ITEM = 71
-
-
-class Firmware(StrEnum):
-    BIOS = "bios"  # a BIOS PXE ROM that is not iPXE
-    UEFI = "uefi"  # UEFI firmware's own PXE client (TFTP)
-    UEFI_HTTP = "uefi-http"  # UEFI HTTP boot
-    IPXE = "ipxe"  # already iPXE (a NIC ROM, or the iPXE we just handed out)
 
 
 @dataclass(frozen=True)
@@ -90,6 +60,10 @@ class PxeClient:
         if self.vendor_class.startswith(HTTP_CLASS) or self.arch in HTTP_ARCHES:
             return Firmware.UEFI_HTTP
         return Firmware.BIOS if self.arch in BIOS_ARCHES else Firmware.UEFI
+
+    @property
+    def firmware_client(self) -> FirmwareClient:
+        return FirmwareClient(self.mac, self.firmware, self.arch, self.arch_name, self.arch_from)
 
 
 def client_of(request: DhcpPacket) -> PxeClient | None:
@@ -121,58 +95,6 @@ def client_of(request: DhcpPacket) -> PxeClient | None:
         ipxe=p.OPT_IPXE in request.options or "iPXE" in user_class,
         guid=guid,
         ciaddr=request.ciaddr,
-    )
-
-
-@dataclass(frozen=True)
-class BootChoice:
-    """The program a client should load next, or None with the reason we stay silent."""
-
-    boot_file: str | None  # TFTP path or URL
-    via: str  # "tftp" | "http" | ""
-    why: str
-
-
-def choose_boot(client: PxeClient, public_url: str) -> BootChoice:
-    """Which program this firmware can run; every path leads to ``/boot.ipxe`` once."""
-    fw = client.firmware
-    if fw is Firmware.IPXE:
-        return BootChoice(
-            f"{public_url}/boot.ipxe",
-            "http",
-            "client is iPXE (option 175 or user class iPXE): the first stage, which asks "
-            "the boot plan per MAC; no chainload, so no loop",
-        )
-    if fw is Firmware.UEFI_HTTP:
-        if client.arch not in UEFI_HTTP_X64_ARCHES:
-            return BootChoice(None, "", _unsupported(client, "UEFI HTTP boot"))
-        return BootChoice(
-            f"{public_url}/bootfiles/{UEFI_HTTP_PROGRAM}",
-            "http",
-            f"UEFI HTTP boot ({client.arch_name}): iPXE for UEFI, which then runs /boot.ipxe",
-        )
-    if fw is Firmware.BIOS:
-        return BootChoice(
-            BIOS_PROGRAM,
-            "tftp",
-            "BIOS PXE ROM, not iPXE: chainload iPXE (undionly.kpxe over TFTP), "
-            "which then runs /boot.ipxe",
-        )
-    if client.arch not in UEFI_X64_ARCHES:
-        return BootChoice(None, "", _unsupported(client, "UEFI PXE"))
-    return BootChoice(
-        UEFI_PROGRAM,
-        "tftp",
-        f"UEFI PXE firmware ({client.arch_name}), not iPXE: chainload iPXE "
-        "(snponly.efi over TFTP), which then runs /boot.ipxe",
-    )
-
-
-def _unsupported(client: PxeClient, what: str) -> str:
-    return (
-        f"no boot program for {what} on {client.arch_name} (arch {client.arch}, from "
-        f"{client.arch_from}); the media hold x86 iPXE only, so no answer: the firmware "
-        "tries its next boot device"
     )
 
 
@@ -254,8 +176,16 @@ class Answer:
     why: str
 
 
-def answer(request: DhcpPacket, *, pxe_port: bool, server_ip: str, public_url: str) -> Answer:
-    """Decide about one request that reached port 67 (``pxe_port`` False) or 4011 (True)."""
+@dataclass(frozen=True)
+class Pending:
+    """A request that gets a reply once the boot decision (netdeploy.boot) chose a program."""
+
+    client: PxeClient
+    reply_type: int  # OFFER or ACK
+
+
+def classify(request: DhcpPacket, *, pxe_port: bool, server_ip: str) -> Answer | Pending:
+    """Does this request (port 67, or 4011 when ``pxe_port``) need a boot answer at all?"""
     client = client_of(request)
     if client is None:
         return Answer(None, None, "ignored", None, "not a PXE or HTTP-boot client")
@@ -264,22 +194,40 @@ def answer(request: DhcpPacket, *, pxe_port: bool, server_ip: str, public_url: s
         # PXE 2.1 §2.2.1 step 5/6: the boot server request, unicast to 4011, answered by ACK
         if message not in (p.REQUEST, p.INFORM, p.DISCOVER):
             return Answer(client, None, "ignored", None, f"{_name(message)} on the PXE port")
-        reply_type = p.ACK
-    elif message == p.DISCOVER:
-        reply_type = p.OFFER
-    elif message == p.REQUEST:
+        return Pending(client, p.ACK)
+    if message == p.DISCOVER:
+        return Pending(client, p.OFFER)
+    if message == p.REQUEST:
         if not _requests_our_offer(request, server_ip):
             # the client takes its address from the LAN's DHCP server: not for us
             return Answer(client, None, "not_for_us", None, "DHCPREQUEST for an address")
-        reply_type = p.ACK
-    else:
-        return Answer(client, None, "ignored", None, f"{_name(message)} needs no ProxyDHCP answer")
-    choice = choose_boot(client, public_url)
+        return Pending(client, p.ACK)
+    return Answer(client, None, "ignored", None, f"{_name(message)} needs no ProxyDHCP answer")
+
+
+def reply_with(request: DhcpPacket, pending: Pending, choice: BootChoice, server_ip: str) -> Answer:
+    """The answer that carries the boot decision's ``choice`` (silence when it names none)."""
     if choice.boot_file is None:
-        return Answer(client, None, "ignored", choice, choice.why)
-    reply = build_reply(request, client, choice, server_ip, reply_type)
-    decision = "offer" if reply_type == p.OFFER else "ack"
-    return Answer(client, reply, decision, choice, choice.why)
+        return Answer(pending.client, None, "ignored", choice, choice.why)
+    reply = build_reply(request, pending.client, choice, server_ip, pending.reply_type)
+    decision = "offer" if pending.reply_type == p.OFFER else "ack"
+    return Answer(pending.client, reply, decision, choice, choice.why)
+
+
+def answer(
+    request: DhcpPacket,
+    *,
+    pxe_port: bool,
+    server_ip: str,
+    public_url: str,
+    plan: BootPlan | None = None,
+) -> Answer:
+    """Decide about one request, given the MAC's boot ``plan`` (the service asks boot/)."""
+    pending = classify(request, pxe_port=pxe_port, server_ip=server_ip)
+    if isinstance(pending, Answer):
+        return pending
+    choice = boot_program(pending.client.firmware_client, plan, public_url)
+    return reply_with(request, pending, choice, server_ip)
 
 
 def _requests_our_offer(request: DhcpPacket, server_ip: str) -> bool:

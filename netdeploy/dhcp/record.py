@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from netdeploy import eventlog
 from netdeploy.store.batch import BatchWriter
-from netdeploy.store.models import Event, Node
+from netdeploy.store.models import Event
 
-if TYPE_CHECKING:
-    from netdeploy.server import Context
+# MACs -> the cluster each belongs to (netdeploy.boot reads the inventory)
+ClustersOf = Callable[[set[str]], Awaitable[dict[str, str | None]]]
 
 
 REQUESTS = Counter(
@@ -113,9 +114,17 @@ class EventWriter(BatchWriter[tuple[str, dict[str, Any]]]):
     what = "DHCP events"
     log = logging.getLogger("netdeploy.dhcp")
 
-    def __init__(self, ctx: Context, interval: float, flush_every: float = 1.0):
-        super().__init__(ctx, EVENTS_LOST, interval=flush_every)
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        publish: Callable[[list[Event]], Any],
+        clusters_of: ClustersOf,
+        interval: float,
+        flush_every: float = 1.0,
+    ):
+        super().__init__(sessions, publish, EVENTS_LOST, interval=flush_every)
         self.coalescer = Coalescer(interval)
+        self.clusters_of = clusters_of
 
     def add(self, mac: str, key: Hashable, detail: dict[str, Any]) -> None:
         now = asyncio.get_running_loop().time()
@@ -129,14 +138,5 @@ class EventWriter(BatchWriter[tuple[str, dict[str, Any]]]):
         return self.coalescer.due(asyncio.get_running_loop().time())
 
     async def rows(self, batch: list[tuple[str, dict[str, Any]]]) -> list[Event]:
-        macs = {mac for mac, _ in batch}
-        async with self.ctx.sessions() as session:
-            rows = await session.execute(select(Node.mac, Node.cluster).where(Node.mac.in_(macs)))
-            cluster_of = {mac: cluster for mac, cluster in rows}
-            events = [
-                Event(kind="dhcp", mac=mac, cluster=cluster_of.get(mac), detail=detail)
-                for mac, detail in batch
-            ]
-            session.add_all(events)
-            await session.commit()
-        return events
+        cluster_of = await self.clusters_of({mac for mac, _ in batch})
+        return [eventlog.dhcp_answer(mac, cluster_of.get(mac), detail) for mac, detail in batch]

@@ -3,8 +3,9 @@
 Two UDP sockets on the boot LAN's interface: port 67 hears the PXE clients' broadcast
 DHCPDISCOVERs (next to the LAN's own DHCP server, which may run on this same host: both bind
 with SO_REUSEADDR and the kernel hands each of them every broadcast), port 4011 the boot server
-requests of PXE 2.1 §2.2.1. Decisions come from :mod:`netdeploy.dhcp.pxe`; this module only
-moves bytes, counts and records.
+requests of PXE 2.1 §2.2.1. :mod:`netdeploy.dhcp.pxe` parses and builds replies; which boot
+program a machine gets is asked of the boot service (``decide``, from netdeploy.boot), the same
+decision HTTP and TFTP answers come from. This module only moves bytes, counts and records.
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from netdeploy.boot import programs
+from netdeploy.boot.programs import BootChoice, FirmwareClient
+from netdeploy.boot.service import BootService
+from netdeploy.context import Context, ServiceError
 from netdeploy.dhcp import packet as p
 from netdeploy.dhcp import pxe, record
 from netdeploy.dhcp.packet import MalformedPacket
 
-if TYPE_CHECKING:
-    from netdeploy.server import Context
+# the boot program for one firmware client (BootService.program_for)
+Decide = Callable[[FirmwareClient], Awaitable[BootChoice]]
+# requests waiting for their boot decision at once; past this a flood is dropped and counted,
+# and PXE clients retransmit (PXE 2.1: after 4, 8, 16 and 32 s)
+MAX_PENDING = 256
 
 log = logging.getLogger("netdeploy.dhcp")
 
@@ -88,13 +96,16 @@ class ProxyDhcpServer:
     def __init__(
         self,
         server_ip: str,
-        public_url: str,
+        decide: Decide,
         on_answer: Callable[[pxe.Answer, dict[str, Any]], None] = lambda a, d: None,
         client_port: int = CLIENT_PORT,
+        writer: record.EventWriter | None = None,
     ):
         self.server_ip = server_ip
-        self.public_url = public_url
+        self.writer = writer  # closed (what it holds written) when the server stops
+        self.decide = decide
         self.on_answer = on_answer
+        self.pending: set[asyncio.Task[None]] = set()
         self.client_port = client_port
         self.transports: list[asyncio.DatagramTransport] = []
         self.ports: tuple[int, int] = (0, 0)
@@ -119,6 +130,11 @@ class ProxyDhcpServer:
         for transport in self.transports:
             transport.close()
         self.transports = []
+        for task in list(self.pending):
+            task.cancel()
+        await asyncio.gather(*self.pending, return_exceptions=True)
+        if self.writer is not None:
+            await self.writer.close()
 
     def handle(
         self,
@@ -127,7 +143,8 @@ class ProxyDhcpServer:
         pxe_port: bool,
         transport: asyncio.DatagramTransport,
     ) -> None:
-        """One datagram: parse, decide, answer, count; never raises (hostile input)."""
+        """One datagram: parse and classify now; a PXE request gets its answer once the boot
+        service decided (a task, at most :data:`MAX_PENDING` at once). Never raises."""
         port_label = "pxe" if pxe_port else "dhcp"
         try:
             request = p.parse(data)
@@ -136,9 +153,46 @@ class ProxyDhcpServer:
             record.REQUESTS.labels(port_label, "malformed").inc()
             log.debug("malformed DHCP packet from %s:%d: %s", *addr, exc)
             return
-        answer = pxe.answer(
-            request, pxe_port=pxe_port, server_ip=self.server_ip, public_url=self.public_url
+        found = pxe.classify(request, pxe_port=pxe_port, server_ip=self.server_ip)
+        if isinstance(found, pxe.Answer):
+            self.finish(request, found, addr, pxe_port, transport)
+            return
+        if len(self.pending) >= MAX_PENDING:
+            record.REQUESTS.labels(port_label, "busy").inc()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._decide(request, found, addr, pxe_port, transport)
         )
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _decide(
+        self,
+        request: p.DhcpPacket,
+        pending: pxe.Pending,
+        addr: tuple[str, int],
+        pxe_port: bool,
+        transport: asyncio.DatagramTransport,
+    ) -> None:
+        try:
+            choice = await self.decide(pending.client.firmware_client)
+        except Exception as exc:  # the store is down: no answer now; the client retransmits
+            log.warning("no boot decision for %s: %s", pending.client.mac, exc)
+            record.REQUESTS.labels("pxe" if pxe_port else "dhcp", "undecided").inc()
+            return
+        answer = pxe.reply_with(request, pending, choice, self.server_ip)
+        self.finish(request, answer, addr, pxe_port, transport)
+
+    def finish(
+        self,
+        request: p.DhcpPacket,
+        answer: pxe.Answer,
+        addr: tuple[str, int],
+        pxe_port: bool,
+        transport: asyncio.DatagramTransport,
+    ) -> None:
+        """Send ``answer``'s reply (if any), count it and record it."""
+        port_label = "pxe" if pxe_port else "dhcp"
         if answer.client is None:
             record.REQUESTS.labels(port_label, "not_pxe").inc()
             return
@@ -222,17 +276,14 @@ def missing_program(bootfiles_dir: Path, boot_file: str | None, public_url: str)
     return None if (bootfiles_dir / path).is_file() else path
 
 
-async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Awaitable[None]]:
-    """Listen on ``[dhcp] interface`` when ``[dhcp] proxy``; ``client_port`` only for tests."""
-    from netdeploy.server import ServiceError
-
+async def start(
+    ctx: Context, boot: BootService, client_port: int = CLIENT_PORT
+) -> ProxyDhcpServer | None:
+    """Listen on ``[dhcp] interface`` when ``[dhcp] proxy`` (else None); ``client_port`` only
+    for tests. The caller stops the returned server."""
     cfg = ctx.config.dhcp
-
-    async def nothing() -> None:
-        return None
-
     if not cfg.proxy:
-        return nothing
+        return None
     assert cfg.interface is not None  # the config validator requires it with proxy = true
     server_ip = cfg.address or interface_ipv4(cfg.interface)
     if server_ip is None:
@@ -241,7 +292,7 @@ async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Aw
             "check `ip -4 addr`, or set [dhcp] address"
         )
     bootfiles = ctx.config.server.bootfiles_dir
-    writer = record.EventWriter(ctx, cfg.event_interval)
+    writer = record.EventWriter(ctx.sessions, ctx.bus.publish, boot.clusters_of, cfg.event_interval)
 
     def on_answer(answer: pxe.Answer, detail: dict[str, Any]) -> None:
         assert answer.client is not None
@@ -250,7 +301,7 @@ async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Aw
             detail["warning"] = f"{missing} is missing: run `netdeploy media build`"
         writer.add(answer.client.mac, coalesce_key(answer, detail["port"] == 4011), detail)
 
-    server = ProxyDhcpServer(server_ip, ctx.public_url, on_answer, client_port)
+    server = ProxyDhcpServer(server_ip, boot.program_for, on_answer, client_port, writer)
     try:
         await server.start(cfg.interface, cfg.port, cfg.pxe_port)
     except OSError as exc:
@@ -264,7 +315,6 @@ async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Aw
             f"{exc.strerror or exc}; {hint}or set [dhcp] proxy = false"
         ) from None
     writer.start()
-    ctx.services["dhcp"] = server
     log.info(
         "ProxyDHCP on %s (ports %d, %d): next-server %s, iPXE gets %s/boot.ipxe",
         cfg.interface,
@@ -279,12 +329,8 @@ async def start(ctx: Context, client_port: int = CLIENT_PORT) -> Callable[[], Aw
             "BIOS and UEFI PXE clients that are not iPXE will fail; use --tftp-port 69",
             ctx.ports.tftp,
         )
-    for program in (pxe.BIOS_PROGRAM, pxe.UEFI_PROGRAM, pxe.UEFI_HTTP_PROGRAM):
+    for program in (programs.BIOS_PROGRAM, programs.UEFI_PROGRAM, programs.UEFI_HTTP_PROGRAM):
         if not (bootfiles / program).is_file():
             log.warning("%s is missing: run `netdeploy media build`", bootfiles / program)
 
-    async def stop() -> None:
-        await server.stop()
-        await writer.close()
-
-    return stop
+    return server

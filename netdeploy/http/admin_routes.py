@@ -65,7 +65,7 @@ async def _authorized(request: web.Request) -> web.Response | None:
     )
     try:
         action = actions.reject(None, f"admin {request.path}", Forbidden(why), request.remote)
-        await rollout.engine_of(ctx).run(action)
+        await ctx.rollout.run(action)
     except RolloutError:
         pass  # recorded; the refusal is the expected outcome
     response = json_error(status, why)

@@ -25,7 +25,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from netdeploy.http.common import ctx_of, json_error, request_token
+from netdeploy.http.common import CTX, ctx_of, json_error, request_token
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import actions
 from netdeploy.rollout.errors import (
@@ -37,7 +37,6 @@ from netdeploy.rollout.errors import (
     Unavailable,
 )
 from netdeploy.rollout.reports import AgentReport, HealthReport, parse_health, parse_report
-from netdeploy.rollout.service import engine_of
 
 routes = web.RouteTableDef()
 
@@ -66,7 +65,7 @@ async def _mac_or_refuse(request: web.Request, route: str) -> str:
     except BadMac as exc:
         error = BadReport(str(exc))
         with contextlib.suppress(RolloutError):  # the refusal is the point: it is recorded
-            await engine_of(ctx_of(request)).run(actions.reject(None, route, error, request.remote))
+            await ctx_of(request).rollout.run(actions.reject(None, route, error, request.remote))
         raise web.HTTPBadRequest(text=str(exc)) from None
 
 
@@ -94,7 +93,7 @@ async def _agent_call(
         report = exc
     action = make_action(mac, request_token(request), report, request.remote)
     try:
-        outcome = await engine_of(ctx_of(request)).run(action, [mac])
+        outcome = await ctx_of(request).rollout.run(action, [mac])
     except RolloutError as exc:
         return error_response(exc)
     return web.json_response(outcome.json())
@@ -131,7 +130,7 @@ async def get_gate(request: web.Request) -> web.Response:
     mac = await _mac_or_refuse(request, "gate")
     timeout = _poll_timeout(request)
     token, ip = request_token(request), request.remote
-    engine = engine_of(ctx_of(request))
+    engine = ctx_of(request).rollout
     # register before reading: a release committed after the read still wakes us
     woken = engine.waiters.register(mac)
     GATE_WAITERS.inc()
@@ -159,10 +158,6 @@ def setup(app: web.Application) -> None:
 
     async def stop_rollout(app: web.Application) -> None:
         # wake every long-poll now, or aiohttp would wait up to a minute for them on shutdown
-        from netdeploy.http.common import CTX
-
-        engine = app[CTX].services.get("rollout")
-        if engine is not None:
-            await engine.stop()
+        await app[CTX].rollout.stop()
 
     app.on_shutdown.append(stop_rollout)

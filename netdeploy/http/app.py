@@ -8,6 +8,8 @@ import logging
 from aiohttp import web
 
 from netdeploy import metrics
+from netdeploy.boot.service import BootService
+from netdeploy.context import Context
 from netdeploy.http import (
     admin_routes,
     agent_plan,
@@ -19,8 +21,9 @@ from netdeploy.http import (
     image_routes,
     multicast_routes,
 )
-from netdeploy.http.common import CTX, json_error
-from netdeploy.server import Context
+from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
+from netdeploy.images.streams import ImageStreams
+from netdeploy.multicast.service import MulticastService
 
 log = logging.getLogger("netdeploy.http")
 
@@ -60,8 +63,7 @@ async def http_metrics(request: web.Request, handler):  # type: ignore[no-untype
     if request.path == "/metrics":
         ctx = request.app[CTX]
         streams = request.app.get(events_routes.STREAMS, set())
-        rollout = ctx.services.get("rollout")  # the rollout engine, once anything used it
-        waits = len(rollout.waiters) if rollout is not None else 0
+        waits = len(ctx.rollout.waiters)
         await metrics.refresh(ctx.sessions, event_streams=len(streams), gate_waits=waits)
     status = 500
     try:
@@ -75,9 +77,26 @@ async def http_metrics(request: web.Request, handler):  # type: ignore[no-untype
         metrics.count_response(request, status)
 
 
-def build_app(ctx: Context) -> web.Application:
+def build_app(
+    ctx: Context,
+    *,
+    boot: BootService | None = None,
+    images: ImageStreams | None = None,
+    multicast: MulticastService | None = None,
+) -> web.Application:
+    """The HTTP adapter over the services the composition root built (server.py).
+
+    ``boot`` and ``images`` default to fresh ones over ``ctx`` (tests build apps alone);
+    without ``multicast`` the multicast routes answer 503.
+    """
     app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
     app[CTX] = ctx
+    app[BOOT] = boot or BootService(ctx)
+    app[IMAGES] = images or ImageStreams(
+        ctx.config.http.max_image_streams, ctx.config.http.image_retry_after
+    )
+    if multicast is not None:
+        app[MULTICAST] = multicast
     for module in ROUTE_MODULES:
         module.setup(app)
     return app

@@ -18,8 +18,7 @@ from aiohttp import web
 from netdeploy.answers.render import is_secret_template
 from netdeploy.boot import scripts
 from netdeploy.boot.files import node_files, serve_node_file
-from netdeploy.boot.service import answer_boot, record_first_stage, urls_of
-from netdeploy.http.common import ctx_of, mac_param, request_token
+from netdeploy.http.common import boot_of, ctx_of, mac_param, request_token
 
 routes = web.RouteTableDef()
 IPXE = "text/plain"
@@ -32,9 +31,9 @@ def client_ip(request: web.Request) -> str:
 
 @routes.get("/boot.ipxe")
 async def first_stage(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    await record_first_stage(ctx, via="http", path=request.path, ip=client_ip(request))
-    text = scripts.first_stage_ipxe(ctx.config.server.bootfiles_dir, urls_of(ctx))
+    boot = boot_of(request)
+    await boot.first_stage(via="http", path=request.path, ip=client_ip(request))
+    text = scripts.first_stage_ipxe(ctx_of(request).config.server.bootfiles_dir, boot.urls)
     return web.Response(text=text, content_type=IPXE, headers=NO_STORE)
 
 
@@ -42,7 +41,9 @@ async def first_stage(request: web.Request) -> web.Response:
 async def node_script(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     mac = mac_param(request)
-    answer = await answer_boot(ctx, mac, via="http", path=request.path, ip=client_ip(request))
+    answer = await boot_of(request).answer(
+        mac, via="http", path=request.path, ip=client_ip(request)
+    )
     text = scripts.ipxe_script(ctx.config.server.bootfiles_dir, answer.plan, answer.token)
     return web.Response(text=text, content_type=IPXE, headers=NO_STORE)
 

@@ -1,17 +1,36 @@
-"""Helpers every route module shares: the context key, MAC parsing, JSON errors."""
+"""Helpers every route module shares: the typed app keys, MAC parsing, JSON errors.
+
+``server.py`` builds the app with :func:`netdeploy.http.app.build_app`, which stores each
+service the routes use under its own typed key: no lookup by string, no bag of services.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from netdeploy.boot.service import BootService
+from netdeploy.context import Context
+from netdeploy.images.streams import ImageStreams
 from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.server import Context
+from netdeploy.multicast.service import MulticastService
 
 CTX = web.AppKey("ctx", Context)
+BOOT = web.AppKey("boot", BootService)
+IMAGES = web.AppKey("images", ImageStreams)
+MULTICAST = web.AppKey("multicast", MulticastService)
 
 
 def ctx_of(request: web.Request) -> Context:
     return request.app[CTX]
+
+
+def boot_of(request: web.Request) -> BootService:
+    return request.app[BOOT]
+
+
+def multicast_of(request: web.Request) -> MulticastService | None:
+    """The multicast service, or None in an app built without one (tests of other areas)."""
+    return request.app.get(MULTICAST)
 
 
 def json_error(status: int, message: str, **extra: object) -> web.Response:

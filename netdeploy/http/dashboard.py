@@ -21,7 +21,7 @@ from aiohttp import web
 
 from netdeploy.http import session as auth
 from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
-from netdeploy.http.common import ctx_of
+from netdeploy.http.common import ctx_of, multicast_of
 from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
 from netdeploy.http.multicast_view import multicast_view
 from netdeploy.inventory import BadMac, normalize_mac
@@ -116,7 +116,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
             log_node=request.query.get("node", "").strip(),
             log_cluster=request.query.get("cluster", "").strip(),
         )
-    service = ctx.services.get("multicast")
+    service = multicast_of(request)
     multicast = multicast_view(
         service.status() if service is not None else None,
         view.labels,

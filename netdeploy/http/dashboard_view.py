@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from netdeploy.http.events_routes import LogFilterError, query_events
+from netdeploy.eventlog import LogFilterError, query_events
 from netdeploy.inventory import NodeState
 from netdeploy.store.db import newest_event_id
 from netdeploy.store.models import Cluster, Image, Node

@@ -20,15 +20,14 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from netdeploy.eventlog import LogFilterError, query_events, with_text
 from netdeploy.events import Subscription, event_json
 from netdeploy.http.common import ctx_of
 from netdeploy.http.event_cursor import BadCursor, Cursor
 from netdeploy.http.session import may_read
-from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.store.db import newest_event_id
-from netdeploy.store.models import Cluster, Event, Node
+from netdeploy.store.models import Event
 
 log = logging.getLogger("netdeploy.http.events")
 routes = web.RouteTableDef()
@@ -38,112 +37,6 @@ WRITE_TIMEOUT_S = 10.0  # a client whose socket accepts nothing for this long is
 RETRY_MS = 2000  # how long a browser waits before reconnecting (the SSE `retry:` field)
 REPLAY_MAX = 5000  # more missed events than this: tell the page to reload instead
 STREAMS: web.AppKey[set[Subscription]] = web.AppKey("event_streams")
-
-
-def _multicast_text(d: dict[str, Any]) -> str:
-    """A multicast session's events (netdeploy/multicast/session.py) in the admin's words."""
-    what, session, image = d["what"], d.get("session", "?"), d.get("image", "?")
-    if what == "receiver_done":
-        return f"received {image} from multicast session {session}, sha256 verified"
-    if what == "receiver_bad":
-        return f"multicast copy of {image} failed its sha256 (session {session}): not used"
-    if what == "receiver_dropped":
-        return f"dropped from multicast session {session}: {d.get('why', '')}; finishing by HTTP"
-    head = f"multicast session {session} of {image} {what.removeprefix('session_')}"
-    if what == "session_started":
-        head += f": {d['reason']}" if d.get("reason") else ""
-    counts = ", ".join(
-        f"{v} {k.removeprefix('receivers_')}" for k, v in d.items() if k.startswith("receivers_")
-    )
-    parts = [head, f"{d.get('receivers', 0)} receivers" + (f" ({counts})" if counts else "")]
-    if what != "session_started":
-        parts.append(
-            f"sent {d.get('bytes_sent', 0) / 2**20:.1f} MiB, "
-            f"{d.get('repair_slices', 0)} slices repaired"
-        )
-    if d.get("detail"):
-        parts.append(str(d["detail"]))
-    return "; ".join(parts)
-
-
-class LogFilterError(ValueError):
-    """A filter names a node or cluster that does not exist; the message says which."""
-
-
-def describe(ev: dict[str, Any]) -> str:
-    """One line an admin reads in the event log (the page and the JSON API share it)."""
-    detail = dict(ev.get("detail") or {})
-    message = str(detail.pop("message", "") or "")
-    reason = str(detail.pop("reason", "") or "")
-    if ev.get("kind") in ("state", "gate") and ev.get("to"):
-        text = f"{ev['from']} → {ev['to']}" if ev.get("from") else f"new → {ev['to']}"
-        text = f"gate {text}" if ev["kind"] == "gate" else text
-        extra = reason or message
-        return f"{text}: {extra}" if extra else text
-    if ev.get("kind") == "multicast" and detail.get("what"):
-        return _multicast_text(dict(ev["detail"]))
-    error = str(detail.pop("error", "") or "")
-    if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
-        head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"
-        parts = [f"{head}: {reason}" if reason else head]
-    else:
-        parts = [f"refused: {error}" if error else message or reason]
-    progress, done, total = detail.pop("progress", None), detail.pop("bytes", None), None
-    if isinstance(progress, int | float):
-        parts.append(f"{progress:.0f}%")
-    if isinstance(done, int) and isinstance(total := detail.pop("total", None), int):
-        parts.append(f"{done / 1e9:.1f} of {total / 1e9:.1f} GB")
-    elif done is not None:
-        detail["bytes"] = done
-    parts.append(
-        ", ".join(f"{k}={v}" for k, v in detail.items() if isinstance(v, str | int | float | bool))
-    )
-    return "; ".join(part for part in parts if part) or str(ev.get("kind"))
-
-
-def with_text(ev: dict[str, Any]) -> dict[str, Any]:
-    return {**ev, "text": describe(ev)}
-
-
-async def resolve_node(session: AsyncSession, text: str) -> str:
-    """A node filter accepts a MAC in any notation or a host name; returns the canonical MAC."""
-    try:
-        return normalize_mac(text)
-    except BadMac:
-        pass
-    mac = await session.scalar(select(Node.mac).where(Node.hostname == text.strip()))
-    if mac is None:
-        raise LogFilterError(f"no node with MAC or host name {text!r}")
-    return mac
-
-
-async def query_events(
-    session: AsyncSession,
-    *,
-    node: str | None = None,
-    cluster: str | None = None,
-    kind: str | None = None,
-    before: int | None = None,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Events newest first, each with its ``text``; raises :class:`LogFilterError`."""
-    query = select(Event).order_by(Event.id.desc()).limit(limit)
-    if node:
-        query = query.where(Event.mac == await resolve_node(session, node))
-    if cluster:
-        if await session.get(Cluster, cluster) is None:
-            names = (await session.scalars(select(Cluster.name).order_by(Cluster.name))).all()
-            raise LogFilterError(
-                f"no cluster named {cluster!r}; clusters: {', '.join(names) or 'none'}"
-            )
-        # a cluster's log is its own events plus those of its nodes (a gate event has no MAC)
-        members = select(Node.mac).where(Node.cluster == cluster)
-        query = query.where(or_(Event.cluster == cluster, Event.mac.in_(members)))
-    if kind:
-        query = query.where(Event.kind == kind)
-    if before is not None:
-        query = query.where(Event.id < before)
-    return [with_text(event_json(ev)) for ev in (await session.scalars(query)).all()]
 
 
 def _int_param(request: web.Request, name: str, low: int, high: int) -> int | None:

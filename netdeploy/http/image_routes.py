@@ -24,8 +24,9 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from netdeploy.config import Config
-from netdeploy.http.common import CTX, ctx_of, json_error
+from netdeploy import eventlog
+from netdeploy.context import Context
+from netdeploy.http.common import IMAGES, ctx_of, json_error
 from netdeploy.images import catalog
 from netdeploy.images.catalog import NotServable, OpenImage
 from netdeploy.images.ranges import (
@@ -37,10 +38,9 @@ from netdeploy.images.ranges import (
     if_range_allows,
     parse_range,
 )
-from netdeploy.images.streams import REFUSED, StreamLimiter, TransferLog
+from netdeploy.images.streams import REFUSED, ImageStreams
 from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.server import Context
-from netdeploy.store.models import Event, Image, Node
+from netdeploy.store.models import Image, Node
 
 log = logging.getLogger("netdeploy.images")
 routes = web.RouteTableDef()
@@ -53,17 +53,8 @@ SMALL_BODY = 1024 * 1024
 SENDFILE_CHUNK = 16 * 1024 * 1024
 
 
-class ImageService:
-    """Per-process streaming state, kept in ``ctx.services["images"]`` for other modules."""
-
-    def __init__(self, cfg: Config):
-        self.limiter = StreamLimiter(cfg.http.max_image_streams)
-        self.transfers = TransferLog()
-        self.retry_after = cfg.http.image_retry_after
-
-
-def service_of(ctx: Context) -> ImageService:
-    return ctx.services["images"]
+def service_of(request: web.Request) -> ImageStreams:
+    return request.app[IMAGES]
 
 
 def _client_mac(request: web.Request) -> str | None:
@@ -208,7 +199,7 @@ async def _respond(
         await response.prepare(request)
         return response
 
-    service = service_of(ctx)
+    service = service_of(request)
     counted = length > SMALL_BODY
     if counted and not service.limiter.try_acquire():
         return _busy(service)
@@ -220,7 +211,7 @@ async def _respond(
     return response
 
 
-def _busy(service: ImageService) -> web.Response:
+def _busy(service: ImageStreams) -> web.Response:
     response = _problem(
         503,
         "busy",
@@ -248,7 +239,7 @@ async def _stream(
     modified in place meanwhile, the connection is aborted short of Content-Length, so the
     client sees a failed transfer, never a complete-looking mix of two images.
     """
-    service = service_of(ctx)
+    service = service_of(request)
     stream = service.transfers.begin(
         mac=node.mac if node else None,
         hostname=node.hostname if node else None,
@@ -330,11 +321,12 @@ def _pread(image: OpenImage, offset: int, count: int) -> bytes:
 async def _record(ctx: Context, node: Node | None, facts: dict[str, Any]) -> None:
     """One event row per image transfer: the per-MAC history shows every fetch and its outcome."""
     async with ctx.sessions() as session, session.begin():
-        event = Event(
-            kind="http",
-            mac=node.mac if node else None,
-            cluster=node.cluster if node else None,
-            detail={"what": "image", **facts},
+        event = eventlog.transfer(
+            "http",
+            node.mac if node else None,
+            node.cluster if node else None,
+            what="image",
+            **facts,
         )
         session.add(event)
     ctx.bus.publish(event)
@@ -363,7 +355,7 @@ async def get_image_json(request: web.Request) -> web.Response:
 @routes.get("/api/transfers")
 async def list_transfers(request: web.Request) -> web.Response:
     """Bytes sent per node (and per unidentified peer) since the server started."""
-    service = service_of(ctx_of(request))
+    service = service_of(request)
     return web.json_response(
         {
             "active_streams": service.limiter.active,
@@ -374,6 +366,4 @@ async def list_transfers(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    ctx = app[CTX]
-    ctx.services.setdefault("images", ImageService(ctx.config))
     app.add_routes(routes)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netdeploy.http.common import ctx_of, request_token
+from netdeploy.http.common import ctx_of, multicast_of, request_token
 from netdeploy.http.events_routes import require_read
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import JoinError, MulticastService
@@ -27,7 +27,7 @@ _NAME = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _service(request: web.Request) -> MulticastService:
-    service = ctx_of(request).services.get("multicast")
+    service = multicast_of(request)
     if service is None:
         raise web.HTTPServiceUnavailable(text="the multicast service is not running")
     return service

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from netdeploy import eventlog
 from netdeploy.config import Config
 from netdeploy.images import hashing
 from netdeploy.images.catalog import (
@@ -255,10 +256,7 @@ async def add_image(
         row.status, row.status_detail = OK, ""
         row.facts = {**preflight, **placed, "inode": identity.inode}
         row.added_at = utcnow()
-        event = Event(
-            kind="image",
-            detail={"image": req.name, "action": "added", "sha256": sha256, "size": identity.size},
-        )
+        event = eventlog.image_change(req.name, action="added", sha256=sha256, size=identity.size)
         session.add(event)
     return row, event
 
@@ -303,9 +301,7 @@ async def verify_image(
             row.size, row.mtime_ns = before.size, before.mtime_ns
             row.facts = {**(row.facts or {}), "inode": before.inode}
         row.status, row.status_detail = status, "" if status == OK else message
-        session.add(
-            Event(kind="image", detail={"image": name, "action": "verified", "status": status})
-        )
+        session.add(eventlog.image_change(name, action="verified", status=status))
     return Verdict(name, status, message)
 
 
@@ -322,7 +318,7 @@ async def remove_image(
         path = Path(row.path)
         row.size = row.sha256 = row.mtime_ns = row.added_at = None
         row.status, row.status_detail, row.facts = UNHASHED, "removed by image rm", {}
-        session.add(Event(kind="image", detail={"image": name, "action": "removed"}))
+        session.add(eventlog.image_change(name, action="removed"))
         if delete_file:
             images_dir = cfg.server.images_dir.resolve()
             if not path.resolve().is_relative_to(images_dir):

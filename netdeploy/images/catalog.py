@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from netdeploy import eventlog
 from netdeploy.config import Config
 from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState
-from netdeploy.store.models import Event, Image, Node
+from netdeploy.store.models import Image, Node
 
 # Names become URL path segments (/images/NAME): no '/', no leading '.', nothing to escape.
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -158,10 +159,7 @@ async def mark_not_servable(
         if (row.sha256, row.mtime_ns) != (seen.sha256, seen.mtime_ns):
             return
         row.status, row.status_detail = problem.status, problem.reason
-        event = Event(
-            kind="image",
-            detail={"image": row.name, "status": problem.status, "reason": problem.reason},
-        )
+        event = eventlog.image_change(row.name, status=problem.status, reason=problem.reason)
         session.add(event)
     bus.publish(event)
 

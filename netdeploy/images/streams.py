@@ -190,3 +190,15 @@ class TransferLog:
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock()
         return [e.as_json(now) for e in self._entries.values()]
+
+
+class ImageStreams:
+    """One server's streaming state: the stream limiter and the per-node transfer log.
+
+    Built once by the composition root (server.py) and handed to the HTTP image routes.
+    """
+
+    def __init__(self, max_streams: int, retry_after: int) -> None:
+        self.limiter = StreamLimiter(max_streams)
+        self.transfers = TransferLog()
+        self.retry_after = retry_after

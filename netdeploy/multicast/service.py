@@ -17,9 +17,10 @@ from typing import Any
 import prometheus_client
 from sqlalchemy import select
 
+from netdeploy import eventlog
+from netdeploy.context import Context, Refusal
 from netdeploy.inventory import NodeState
 from netdeploy.multicast.session import SenderSession, SessionParams
-from netdeploy.server import Context
 from netdeploy.store.models import Event, Image, Node, utcnow
 
 log = logging.getLogger("netdeploy.multicast")
@@ -41,12 +42,8 @@ HISTORY = 20  # finished sessions kept for the status API
 _COMING = {NodeState.REGISTERED, NodeState.PXE, NodeState.IMAGING}
 
 
-class JoinError(Exception):
+class JoinError(Refusal):
     """A join cannot be served; ``status`` is the HTTP status, the message says what to do."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -273,11 +270,10 @@ class MulticastService:
 
     def _record(self, session: SenderSession, kind: str, detail: dict[str, Any]) -> None:
         mac = detail.get("mac")
-        event = Event(
-            kind="multicast",
-            mac=mac,
-            cluster=session.cluster,
-            detail={"what": kind, "session": f"{session.id:08x}", "image": session.image, **detail},
+        event = eventlog.multicast(
+            mac,
+            session.cluster,
+            {"what": kind, "session": f"{session.id:08x}", "image": session.image, **detail},
         )
         task = asyncio.create_task(self._store(event))
         self._writes.add(task)
@@ -289,11 +285,10 @@ class MulticastService:
         Announced on the bus without an events row, like imaging progress: a rack joins at
         once and the session's start records who took part. No id, so it is never replayed."""
         self.ctx.bus.publish(
-            Event(
-                kind="multicast",
+            eventlog.multicast(
+                rec.mac,
+                session.cluster,
                 at=utcnow(),
-                mac=rec.mac,
-                cluster=session.cluster,
                 detail={
                     "what": "receiver_joined",
                     "session": f"{session.id:08x}",
@@ -322,10 +317,8 @@ class MulticastService:
         await asyncio.gather(*self._writes, return_exceptions=True)
 
 
-async def start_multicast(ctx: Context) -> Any:
-    """The SERVICES starter: sessions are created on the first join, nothing binds before."""
-    service = MulticastService(ctx)
-    ctx.services["multicast"] = service
+async def start_multicast(service: MulticastService) -> Any:
+    """Sessions are created on the first join, nothing binds before; returns the stopper."""
     if service.cfg.enabled:
         log.info(
             "multicast: group %s, ports %d-%d, max %.0f Mbit/s",

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.engine import Action, Batch, LiveEvent, gate_view
@@ -25,7 +26,7 @@ from netdeploy.rollout.machine import (
 )
 from netdeploy.rollout.reports import AgentReport, HealthReport
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster, Event, Node, SecretFetch
+from netdeploy.store.models import Cluster, Node, SecretFetch
 from netdeploy.tokens import token_digest, token_matches
 
 # ---------------------------------------------------------------- results
@@ -61,12 +62,15 @@ def _refuse(
 ) -> Exception:
     """Record the refusal as an event row (in this batch's transaction) and hand it back."""
     batch.record(
-        Event(
-            kind="auth" if isinstance(error, Forbidden) else "rejected",
+        eventlog.refusal(
+            forbidden=isinstance(error, Forbidden),
             mac=node.mac if node else mac,
             cluster=node.cluster if node else None,
             from_state=node.state if node else None,
-            detail={"route": route, "error": str(error), "ip": ip, **extra},
+            route=route,
+            error=str(error),
+            ip=ip,
+            **extra,
         )
     )
     return error
@@ -166,20 +170,16 @@ def agent_report(
                     )
                 )
             if report.message:  # a milestone the agent put into words: keep it in the log
+                progress = {} if report.progress is None else {"progress": report.progress}
                 batch.record(
-                    Event(
-                        kind="report",
-                        mac=node.mac,
-                        cluster=node.cluster,
-                        to_state=node.state,
-                        detail={
-                            "actor": "agent",
-                            "ip": ip,
-                            "message": report.message,
-                            **(
-                                {"progress": report.progress} if report.progress is not None else {}
-                            ),
-                        },
+                    eventlog.agent_report(
+                        node.mac,
+                        node.cluster,
+                        node.state,
+                        actor="agent",
+                        ip=ip,
+                        message=report.message,
+                        **progress,
                     )
                 )
             return NodeOutcome(node, cluster, changed=False)
@@ -233,11 +233,8 @@ def health(mac: str, token: str | None, report: HealthReport | BadReport, ip: st
             raise _refuse(batch, node, mac, "health", error, ip)
         if not report.healthy:
             batch.record(
-                Event(
-                    kind="health",
-                    mac=node.mac,
-                    cluster=cluster.name,
-                    detail={"healthy": False, "message": report.message, "ip": ip},
+                eventlog.health(
+                    node.mac, cluster.name, healthy=False, message=report.message, ip=ip
                 )
             )
             return NodeOutcome(node, cluster, changed=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.actions import NodeOutcome, label
@@ -11,7 +12,7 @@ from netdeploy.rollout.engine import Action, Batch
 from netdeploy.rollout.errors import NotFound, Refused
 from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster, Event
+from netdeploy.store.models import Cluster
 
 
 async def _admin_node(batch: Batch, name: str) -> NodeRow:
@@ -22,16 +23,7 @@ async def _admin_node(batch: Batch, name: str) -> NodeRow:
 
 
 def _admin_event(batch: Batch, node: NodeRow, action: str, actor: str, **detail: Any) -> None:
-    batch.record(
-        Event(
-            kind="admin",
-            mac=node.mac,
-            cluster=node.cluster,
-            from_state=node.state,
-            to_state=node.state,
-            detail={"action": action, "actor": actor, **detail},
-        )
-    )
+    batch.record(eventlog.admin_action(node.mac, node.cluster, node.state, action, actor, **detail))
 
 
 def release(name: str, actor: str, *, force: bool = False) -> Action:

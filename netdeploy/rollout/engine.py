@@ -25,16 +25,17 @@ from datetime import datetime
 from typing import Any
 
 import prometheus_client
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from netdeploy import eventlog
 from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.errors import RolloutError, Unavailable
 from netdeploy.rollout.machine import RELEASED_STATES
-from netdeploy.rollout.rows import NodeRow, insert_events, load_rows, write_rows
-from netdeploy.rollout.service import set_state
+from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, write_rows
+from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
 from netdeploy.store.models import Cluster, Event, Node, utcnow
 
@@ -129,6 +130,24 @@ class Batch:
             node = found[0] if found else None
         return node
 
+    async def discover(self, mac: str, *, reason: str) -> NodeRow:
+        """Record a MAC the inventory does not know as ``discovered`` (never imaged)."""
+        await self.session.execute(
+            insert(NODES).values(
+                mac=mac,
+                hostname=None,
+                in_config=False,
+                state=S.DISCOVERED,
+                state_since=self.now,
+                vars={},
+                message="",
+                stops_rollout=False,
+            )
+        )
+        self.record(eventlog.state_change(mac, None, None, S.DISCOVERED, reason))
+        (node,) = await self.load(Node.mac == mac)
+        return node
+
     async def members(self, cluster: str) -> list[NodeRow]:
         return await self.load(Node.cluster == cluster)
 
@@ -214,13 +233,7 @@ class Batch:
         """Change the cluster's gate; a change of state (not of detail text) is an event."""
         if cluster.gate != gate:
             self.record(
-                Event(
-                    kind="gate",
-                    cluster=cluster.name,
-                    from_state=cluster.gate,
-                    to_state=str(gate),
-                    detail={"reason": detail, **extra},
-                )
+                eventlog.gate_change(cluster.name, cluster.gate, str(gate), detail, **extra)
             )
         cluster.gate = str(gate)
         cluster.gate_detail = detail
@@ -244,6 +257,7 @@ class _Job:
     action: Action
     macs: tuple[str, ...]
     future: asyncio.Future[Any]
+    exclusive: bool = False  # a transaction of its own (the config import)
 
 
 class RolloutEngine:
@@ -258,16 +272,21 @@ class RolloutEngine:
         self.waiters = Waiters()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._carry: _Job | None = None  # an exclusive job taken while filling a batch
         self._stopping = False
 
-    async def run(self, action: Action, macs: Iterable[str] = ()) -> Any:
-        """Queue ``action`` for the writer; return its result or raise its refusal."""
+    async def run(
+        self, action: Action, macs: Iterable[str] = (), *, exclusive: bool = False
+    ) -> Any:
+        """Queue ``action`` for the writer; return its result or raise its refusal.
+
+        ``exclusive`` actions get a batch (a transaction) of their own."""
         if self._stopping:
             raise Unavailable("the server is stopping; retry in a few seconds")
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rollout")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(action, tuple(macs), future))
+        self._queue.put_nowait(_Job(action, tuple(macs), future, exclusive))
         return await future
 
     async def stop(self) -> None:
@@ -275,7 +294,7 @@ class RolloutEngine:
         self._stopping = True
         self.waiters.wake_all(None)
         if self._task is not None:
-            while not self._queue.empty():
+            while not self._queue.empty() or self._carry is not None:
                 await asyncio.sleep(0.01)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -284,9 +303,14 @@ class RolloutEngine:
 
     async def _loop(self) -> None:
         while True:
-            jobs = [await self._queue.get()]
-            while len(jobs) < self.max_batch and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
+            first, self._carry = self._carry or await self._queue.get(), None
+            jobs = [first]
+            while not first.exclusive and len(jobs) < self.max_batch and not self._queue.empty():
+                job = self._queue.get_nowait()
+                if job.exclusive:
+                    self._carry = job
+                    break
+                jobs.append(job)
             await self._process(jobs)
 
     async def _process(self, jobs: list[_Job]) -> None:

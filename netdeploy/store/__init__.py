@@ -2,7 +2,6 @@
 
 from netdeploy.store.db import StoreError, create_engine, migrate, open_store
 from netdeploy.store.models import Base, Cluster, Event, HardwareProfile, Image, Node, utcnow
-from netdeploy.store.sync import ImportResult, import_config
 
 __all__ = [
     "Base",
@@ -10,11 +9,9 @@ __all__ = [
     "Event",
     "HardwareProfile",
     "Image",
-    "ImportResult",
     "Node",
     "StoreError",
     "create_engine",
-    "import_config",
     "migrate",
     "open_store",
     "utcnow",

@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-if TYPE_CHECKING:
-    from netdeploy.server import Context
-    from netdeploy.store.models import Event
+from netdeploy.store.models import Event
 
 T = TypeVar("T")
 BATCH = 1000  # rows per transaction
@@ -33,14 +33,16 @@ class BatchWriter(Generic[T]):
 
     def __init__(
         self,
-        ctx: Context,
+        sessions: async_sessionmaker,
+        publish: Callable[[list[Event]], Any],
         lost: Counter,
         *,
         interval: float = 1.0,
         max_queue: int = 10_000,
         wake_at: int = 1,
     ):
-        self.ctx = ctx
+        self.sessions = sessions
+        self.publish = publish  # the event bus's publish: after commit, never before
         self.lost = lost
         self.interval = interval  # seconds between writes when fewer than wake_at wait
         self.max_queue = max_queue
@@ -62,6 +64,7 @@ class BatchWriter(Generic[T]):
         return []
 
     async def rows(self, batch: list[T]) -> list[Event]:
+        """The event rows for ``batch`` (built with netdeploy.eventlog; not yet stored)."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -93,5 +96,7 @@ class BatchWriter(Generic[T]):
     async def flush(self, batch: list[T]) -> list[Event]:
         """Write ``batch`` in one transaction, then publish it."""
         events = await self.rows(batch)
-        self.ctx.bus.publish(events)
+        async with self.sessions() as session, session.begin():
+            session.add_all(events)
+        self.publish(events)
         return events

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from netdeploy.store.models import Event
 from netdeploy.store.notify import new_origin
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -104,8 +105,6 @@ async def take_startup_lock(session: AsyncSession) -> None:
 
 async def newest_event_id(session: AsyncSession) -> int:
     """The highest event id stored, 0 when there is none: where live readers start."""
-    from netdeploy.store.models import Event
-
     return await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
 
 

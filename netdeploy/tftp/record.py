@@ -8,17 +8,19 @@ database.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from netdeploy import eventlog
 from netdeploy.store.batch import BatchWriter
-from netdeploy.store.models import Event, Node
+from netdeploy.store.models import Event
 from netdeploy.tftp.transfer import TransferStats
 
-if TYPE_CHECKING:
-    from netdeploy.server import Context
+# client addresses -> (mac, cluster) of the machine last seen there (netdeploy.boot decides)
+Attribute = Callable[[set[str]], Awaitable[dict[str, tuple[str, str | None]]]]
 
 
 TRANSFERS = Counter(
@@ -55,37 +57,33 @@ def count_dropped(reason: str) -> None:
 
 
 class EventWriter(BatchWriter[TransferStats]):
-    """Finished transfers as event rows of the nodes whose ``last_ip`` is the client's."""
+    """Finished transfers as event rows of the machine the boot service places at the client's
+    address (``attribute``)."""
 
     what = "TFTP events"
     log = logging.getLogger("netdeploy.tftp")
 
-    def __init__(self, ctx: Context, interval: float = 1.0, max_queue: int = 10_000):
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        publish: Callable[[list[Event]], Any],
+        attribute: Attribute,
+        interval: float = 1.0,
+        max_queue: int = 10_000,
+    ):
         # a storm writes every 500 transfers; a trickle once a second
-        super().__init__(ctx, EVENTS_LOST, interval=interval, max_queue=max_queue, wake_at=500)
+        super().__init__(
+            sessions, publish, EVENTS_LOST, interval=interval, max_queue=max_queue, wake_at=500
+        )
+        self.attribute = attribute
 
     def add(self, stats: TransferStats) -> None:
         self.put(stats)
 
     async def rows(self, batch: list[TransferStats]) -> list[Event]:
-        ips = {s.client_ip for s in batch}
-        async with self.ctx.sessions() as session:
-            rows = await session.scalars(
-                select(Node).where(Node.last_ip.in_(ips)).order_by(Node.last_seen)
-            )
-            # Several nodes may share an address (NAT, QEMU slirp): the latest seen wins.
-            by_ip = {node.last_ip: node for node in rows}
-            events = []
-            for stats in batch:
-                node = by_ip.get(stats.client_ip)
-                events.append(
-                    Event(
-                        kind="tftp",
-                        mac=node.mac if node else None,
-                        cluster=node.cluster if node else None,
-                        detail=stats.detail(),
-                    )
-                )
-            session.add_all(events)
-            await session.commit()
+        machines = await self.attribute({s.client_ip for s in batch})
+        events = []
+        for stats in batch:
+            mac, cluster = machines.get(stats.client_ip, (None, None))
+            events.append(eventlog.transfer("tftp", mac, cluster, **stats.detail()))
         return events

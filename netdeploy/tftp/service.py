@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
+from netdeploy.boot.service import BootService
+from netdeploy.boot.tftp import virtual_file
+from netdeploy.context import Context, ServiceError
 from netdeploy.tftp import record
 from netdeploy.tftp.engine import TftpServer
 from netdeploy.tftp.transfer import TransferStats
 
-if TYPE_CHECKING:
-    from netdeploy.server import Context
-
 log = logging.getLogger("netdeploy.tftp")
 
 
-async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
-    """Serve ``server.bootfiles_dir`` and per-MAC virtual files on ``bind``:``ports.tftp``."""
-    from netdeploy.boot.tftp import virtual_file
-    from netdeploy.server import ServiceError
-
+async def start(ctx: Context, boot: BootService) -> Callable[[], Awaitable[None]]:
+    """Serve ``server.bootfiles_dir`` and per-MAC virtual files (asked of ``boot``) on
+    ``bind``:``ports.tftp``."""
     cfg = ctx.config
     if not cfg.tftp.enabled:
         log.info("TFTP disabled ([tftp] enabled = false)")
@@ -32,14 +29,14 @@ async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
     root = cfg.server.bootfiles_dir
     if not root.is_dir():
         log.warning("TFTP root %s does not exist; only virtual files will be served", root)
-    writer = record.EventWriter(ctx)
+    writer = record.EventWriter(ctx.sessions, ctx.bus.publish, boot.machines_at)
 
     def finished(stats: TransferStats) -> None:
         record.count_transfer(stats)
         writer.add(stats)
 
     async def resolve(path: str, client_ip: str) -> bytes | None:
-        return await virtual_file(ctx, path, client_ip)
+        return await virtual_file(boot, path, client_ip)
 
     server = TftpServer(
         root,
@@ -59,7 +56,6 @@ async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
         ) from None
     record.ACTIVE.set_function(lambda: server.active)
     writer.start()
-    ctx.services["tftp"] = server
     log.info("TFTP on %s:%d serving %s", host, server.port, root)
 
     async def stop() -> None:

@@ -15,11 +15,14 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
+from netdeploy.boot.service import BootService
 from netdeploy.config import load_config
+from netdeploy.context import Context, Ports
+from netdeploy.dhcp.service import ProxyDhcpServer
 from netdeploy.http.app import build_app
 from netdeploy.inventory import NodeState
-from netdeploy.rollout.service import set_state
-from netdeploy.server import Context, Ports, open_context
+from netdeploy.rollout.state import set_state
+from netdeploy.server import open_context
 from netdeploy.store.models import Event, Node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +48,8 @@ class Server:
     ctx: Context
     url: str  # where the test reaches it
     tmp: Path
+    boot: BootService
+    dhcp: ProxyDhcpServer | None = None  # started by the ProxyDHCP tests
 
     async def events(self, kind: str | None = None, mac: str | None = None) -> list[Event]:
         async with self.ctx.sessions() as session:
@@ -86,12 +91,13 @@ async def boot_server(
         **overrides,
     )
     ctx = await open_context(cfg, Ports(http=port, tftp=free_port()))
-    runner = web.AppRunner(build_app(ctx), access_log=None)
+    boot = BootService(ctx)
+    runner = web.AppRunner(build_app(ctx, boot=boot), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
-        yield Server(ctx, f"http://127.0.0.1:{port}", tmp)
+        yield Server(ctx, f"http://127.0.0.1:{port}", tmp, boot)
     finally:
         await runner.cleanup()
         await ctx.close()

@@ -11,9 +11,10 @@ from pathlib import Path
 from aiohttp import web
 
 from netdeploy.config import Config, load_config
+from netdeploy.context import Context, Ports
 from netdeploy.http.app import build_app
 from netdeploy.images.actions import AddRequest, add_image
-from netdeploy.server import Context, Ports, open_context
+from netdeploy.server import open_context
 
 LAB_TOML = """
 [server]

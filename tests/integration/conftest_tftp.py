@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from netdeploy.config import TftpConfig
-from netdeploy.tftp import TftpServer, TransferStats
-from netdeploy.tftp.engine import Resolver
+from netdeploy.tftp.engine import Resolver, TftpServer
 from netdeploy.tftp.packets import Op
+from netdeploy.tftp.transfer import TransferStats
 
 
 def need(tool: str) -> str:

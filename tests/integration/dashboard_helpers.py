@@ -18,10 +18,11 @@ from aiohttp import ClientSession, web
 from sqlalchemy import select
 
 from netdeploy.config import DashboardConfig, load_config
+from netdeploy.context import Context, Ports
 from netdeploy.events import EventBus
 from netdeploy.http.app import build_app
-from netdeploy.rollout.service import set_state
-from netdeploy.server import Context, Ports, open_context
+from netdeploy.rollout.state import set_state
+from netdeploy.server import open_context
 from netdeploy.store.models import Cluster, Event, Node, utcnow
 from netdeploy.tokens import issue_token
 from tests.conftest import DEMO_CONFIG, free_port
@@ -65,9 +66,8 @@ async def running_server(
         http_port=port,
     )
     cfg = cfg.model_copy(update={"dashboard": DashboardConfig(public_read=public_read)})
-    ctx = await open_context(cfg, Ports(http=port, tftp=free_port()))
-    if bus_queue is not None:
-        ctx.bus = EventBus(queue_size=bus_queue)
+    bus = EventBus(queue_size=bus_queue) if bus_queue is not None else None
+    ctx = await open_context(cfg, Ports(http=port, tftp=free_port()), bus=bus)
     runner = web.AppRunner(build_app(ctx), shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

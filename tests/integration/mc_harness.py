@@ -18,9 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from netdeploy.config import DEFAULT_CONFIG, MulticastConfig, load_config
+from netdeploy.context import Context, Ports
 from netdeploy.http.app import build_app
-from netdeploy.multicast.service import start_multicast
-from netdeploy.server import Context, Ports, open_context
+from netdeploy.multicast.service import MulticastService, start_multicast
+from netdeploy.server import open_context
 from netdeploy.store.models import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,15 @@ def sha256_of(path: Path) -> str:
 
 
 class Server:
-    def __init__(self, ctx: Context, runner: web.AppRunner, url: str, sha256: str, path: Path):
+    def __init__(
+        self,
+        ctx: Context,
+        runner: web.AppRunner,
+        url: str,
+        sha256: str,
+        path: Path,
+        service: MulticastService,
+    ):
         self.ctx, self.runner, self.url, self.sha256, self.image_path = (
             ctx,
             runner,
@@ -83,15 +92,17 @@ class Server:
             sha256,
             path,
         )
-
-    @property
-    def service(self) -> Any:
-        return self.ctx.services["multicast"]
+        self.service = service
 
     def disable_multicast(self) -> None:
-        """As if the config said ``[multicast] enabled = false``: plans and joins say unicast."""
+        """As if the config said ``[multicast] enabled = false``: plans and joins say unicast.
+
+        The context is frozen in a real server (a config change is a restart); this test swaps
+        the config of the running one in place to compare both answers on one image."""
         off = MulticastConfig(**{**self.ctx.config.multicast.model_dump(), "enabled": False})
-        self.ctx.config = self.ctx.config.model_copy(update={"multicast": off})
+        object.__setattr__(
+            self.ctx, "config", self.ctx.config.model_copy(update={"multicast": off})
+        )
         self.service.cfg = off
 
 
@@ -133,13 +144,14 @@ async def running_server(
         row.sha256, row.size, row.status = digest, st.st_size, "ok"
         row.mtime_ns, row.facts = st.st_mtime_ns, {**(row.facts or {}), "inode": st.st_ino}
         await db.commit()
-    stop = await start_multicast(ctx)
-    app = build_app(ctx)
+    service = MulticastService(ctx)
+    stop = await start_multicast(service)
+    app = build_app(ctx, multicast=service)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, bind, http_port).start()
     try:
-        yield Server(ctx, runner, f"http://{bind}:{http_port}", digest, path)
+        yield Server(ctx, runner, f"http://{bind}:{http_port}", digest, path, service)
     finally:
         await stop()
         await runner.cleanup()

@@ -21,10 +21,12 @@ from aiohttp import web
 from sqlalchemy import select
 
 from netdeploy.config import load_config
+from netdeploy.context import Context, Ports
 from netdeploy.http.app import build_app
-from netdeploy.rollout.service import set_state
-from netdeploy.server import Context, Ports, open_context
-from netdeploy.store import import_config, open_store
+from netdeploy.rollout.inventory import import_config
+from netdeploy.rollout.state import set_state
+from netdeploy.server import open_context
+from netdeploy.store import open_store
 from netdeploy.store.models import Node
 from netdeploy.tokens import issue_token
 

@@ -190,8 +190,7 @@ async def test_bootfiles_are_served_rooted(tmp_path: Path) -> None:
 
 async def test_tftp_virtual_files(tmp_path: Path) -> None:
     async with boot_server(tmp_path, public_url="http://10.0.2.2:8080") as srv:
-        ctx = srv.ctx
-        data = await virtual_file(ctx, "pxelinux.cfg/01-52-54-00-00-10-03", "10.88.0.13")
+        data = await virtual_file(srv.boot, "pxelinux.cfg/01-52-54-00-00-10-03", "10.88.0.13")
         assert data is not None
         text = data.decode()
         assert "KERNEL media/vmlinuz" in text and "nd.mode=image" in text
@@ -200,12 +199,12 @@ async def test_tftp_virtual_files(tmp_path: Path) -> None:
         assert node is not None and node.state == "pxe" and node.last_ip == "10.88.0.13"
         (event,) = await srv.events("boot", "52:54:00:00:10:03")
         assert event.detail["via"] == "tftp" and event.detail["decision"] == "image"
-        first = await virtual_file(ctx, "/boot.ipxe", "10.88.0.13")
+        first = await virtual_file(srv.boot, "/boot.ipxe", "10.88.0.13")
         assert first is not None and b"http://10.0.2.2:8080/boot/${netX/mac:hexhyp}.ipxe" in first
-        unknown = await virtual_file(ctx, "pxelinux.cfg/01-AA-BB-CC-DD-EE-01", "10.88.0.99")
+        unknown = await virtual_file(srv.boot, "pxelinux.cfg/01-AA-BB-CC-DD-EE-01", "10.88.0.99")
         assert unknown is not None and b"nd.mode=discover" in unknown
         await srv.force_state("52:54:00:00:10:03", NodeState.JOINED)
-        local = await virtual_file(ctx, "pxelinux.cfg/01-52-54-00-00-10-03", "10.88.0.13")
+        local = await virtual_file(srv.boot, "pxelinux.cfg/01-52-54-00-00-10-03", "10.88.0.13")
         assert local is not None and b"LOCALBOOT 0" in local
         for path in (
             "pxelinux.0",
@@ -215,7 +214,7 @@ async def test_tftp_virtual_files(tmp_path: Path) -> None:
             "pxelinux.cfg/01-52-54-00-00-10",
             "pxelinux.cfg/01-zz-54-00-00-10-03",
         ):
-            assert await virtual_file(ctx, path, "10.88.0.13") is None, path
+            assert await virtual_file(srv.boot, path, "10.88.0.13") is None, path
 
 
 def test_curl_is_available() -> None:

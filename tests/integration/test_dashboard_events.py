@@ -253,7 +253,7 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
                 headers={"Authorization": f"Bearer {token}"},
             )
         )
-        while not (engine := srv.ctx.services.get("rollout")) or not len(engine.waiters):
+        while not len(srv.ctx.rollout.waiters):
             await asyncio.sleep(0.02)
         async with client.get(srv.url + "/metrics") as r:
             text = await r.text()

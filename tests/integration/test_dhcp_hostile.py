@@ -92,16 +92,19 @@ async def proxy(tmp: Path, interval: float = 30.0) -> AsyncIterator[tuple[Server
     client.bind(("0.0.0.0", 0))
     client.setblocking(False)
     async with boot_server(tmp, config=config(tmp, interval)) as server:
-        stop = await service.start(server.ctx, client_port=client.getsockname()[1])
+        dhcp = await service.start(server.ctx, server.boot, client_port=client.getsockname()[1])
+        assert dhcp is not None
+        server.dhcp = dhcp
         try:
             yield server, client
         finally:
-            await stop()
+            await dhcp.stop()
             client.close()
 
 
 def ports(server: Server) -> tuple[int, int]:
-    return server.ctx.services["dhcp"].ports
+    assert server.dhcp is not None
+    return server.dhcp.ports
 
 
 async def replies(client: socket.socket, wait: float = 0.5) -> list[p.DhcpPacket]:

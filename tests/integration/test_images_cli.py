@@ -14,7 +14,7 @@ import pytest
 
 from netdeploy.config import load_config
 from netdeploy.inventory import NodeState
-from netdeploy.rollout.service import set_state
+from netdeploy.rollout.state import set_state
 from netdeploy.store import open_store
 from netdeploy.store.models import Node
 from tests.integration.conftest_images import IMAGE_SIZE, MAC_N2, make_image, write_lab

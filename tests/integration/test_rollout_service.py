@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import func, select
 
 from netdeploy.config import load_config
+from netdeploy.context import Context, Ports
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import actions, service
 from netdeploy.rollout.errors import Forbidden, NotFound, Refused, Unavailable
 from netdeploy.rollout.reports import AgentReport, HealthReport
-from netdeploy.server import Context, Ports, open_context
+from netdeploy.server import open_context
 from netdeploy.store.models import Cluster, Event, Node, utcnow
 from tests.integration.rollout_support import lab_config, mac_of, prepare_nodes
 
@@ -24,7 +25,7 @@ class Lab:
 
     def __init__(self, ctx: Context, tokens: dict[str, str]):
         self.ctx, self.tokens = ctx, tokens
-        self.engine = service.engine_of(ctx)
+        self.engine = ctx.rollout
 
     async def report(self, i: int, state: str, progress: float | None = None):
         mac = mac_of(i)
@@ -158,7 +159,7 @@ async def test_first_node_failing_stops_everything_until_retried(lab: Lab) -> No
     # the admin retries: n1 is re-imaged and starts alone again
     node = await service.retry(lab.ctx, "n1", "admin:test")
     assert node.state == "registered"
-    await service.engine_of(lab.ctx).run(_pxe(mac_of(1)))
+    await lab.ctx.rollout.run(_pxe(mac_of(1)))
     await lab.image(1)
     await lab.health(1)
     assert await lab.states() == {"n1": "joined", "n2": "released", "n3": "held"}

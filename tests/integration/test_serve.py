@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
+from netdeploy.addresses import choose_ports
 from netdeploy.config import load_config
-from netdeploy.server import choose_ports
 from tests.conftest import DEMO_CONFIG, free_port, run_cli, start_server
 
 
@@ -96,7 +96,7 @@ def test_port_already_taken_is_one_clear_line(server, tmp_path):
 
 
 def test_unprivileged_ports_are_chosen_and_explained(monkeypatch, tmp_path):
-    import netdeploy.server as server_module
+    import netdeploy.addresses as server_module
 
     monkeypatch.setattr(server_module, "may_bind_privileged_ports", lambda: False)
     ports = choose_ports(load_config(DEMO_CONFIG, state_dir=tmp_path))
@@ -113,7 +113,7 @@ def test_nodes_command_prints_the_table(tmp_path):
 
 
 def test_every_command_has_help():
-    from netdeploy.cli import COMMANDS
+    from netdeploy.cli.main import COMMANDS
 
     for name, *_ in COMMANDS:
         result = run_cli(name, "--help")

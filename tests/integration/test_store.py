@@ -8,7 +8,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from netdeploy.config import load_config
-from netdeploy.store import Base, Cluster, Event, Image, Node, import_config, open_store
+from netdeploy.rollout.inventory import import_config
+from netdeploy.store import Base, Cluster, Event, Image, Node, open_store
 from tests.conftest import DEMO_CONFIG
 
 

@@ -20,9 +20,10 @@ from sqlalchemy import func, select, text
 from netdeploy.config import load_config
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.engine import Batch
+from netdeploy.rollout.inventory import import_config
 from netdeploy.rollout.machine import IllegalTransition
-from netdeploy.rollout.service import set_state
-from netdeploy.store import Event, Node, import_config, open_store
+from netdeploy.rollout.state import set_state
+from netdeploy.store import Event, Node, open_store
 from netdeploy.store.db import MIGRATIONS
 from netdeploy.store.models import Base, Cluster, SecretFetch, utcnow
 from tests.conftest import DEMO_CONFIG

@@ -10,10 +10,12 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-import netdeploy.boot.tftp
+from netdeploy.boot.service import BootService
 from netdeploy.config import DEFAULT_CONFIG, load_config
-from netdeploy.server import Context, Ports, ServiceError, open_context, start_tftp
+from netdeploy.context import Context, Ports, ServiceError
+from netdeploy.server import open_context
 from netdeploy.store.models import Event, Node
+from netdeploy.tftp import service as tftp_service
 from tests.integration.conftest_tftp import make_root, need, run
 
 KNOWN_MAC = "52:54:00:00:10:01"  # sql-n1 in the demo config
@@ -44,6 +46,11 @@ async def ctx(tmp_path: Path) -> Context:
     await context.close()
 
 
+async def start_tftp(ctx: Context):  # type: ignore[no-untyped-def]
+    """TFTP as the composition root starts it: over a boot service."""
+    return await tftp_service.start(ctx, BootService(ctx))
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -54,11 +61,11 @@ async def test_serve_runs_tftp_on_both_stacks_with_events_and_metrics(
     curl = need("curl")
     asked: list[tuple[str, str]] = []
 
-    async def virtual_file(_ctx: Context, path: str, client_ip: str) -> bytes | None:
+    async def virtual_file(_boot: BootService, path: str, client_ip: str) -> bytes | None:
         asked.append((path, client_ip))
         return b"#!ipxe\necho per-MAC\n" if path == "pxelinux.cfg/01-52-54-00-00-10-01" else None
 
-    monkeypatch.setattr(netdeploy.boot.tftp, "virtual_file", virtual_file)
+    monkeypatch.setattr(tftp_service, "virtual_file", virtual_file)
     ok_before = sample("netdeploy_tftp_transfers_total", outcome="ok")
     bytes_before = sample("netdeploy_tftp_sent_bytes_total")
     listener = ctx.bus.subscribe()

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netdeploy.answers.check import check_answer_files, check_boot_templates
+from netdeploy.answers.check import check_answer_files
 from netdeploy.answers.render import TemplateProblem, is_secret_template, render_answer
 from netdeploy.answers.validate import validate
+from netdeploy.boot.check import check_boot_templates
 from netdeploy.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netdeploy.http.events_routes import describe
+from netdeploy.eventlog import describe
 
 
 def event(what: str, **detail: object) -> dict:

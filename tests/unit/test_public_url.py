@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from netdeploy import server
-from netdeploy.server import default_public_url, loopback_url, primary_address
+from netdeploy import addresses as server
+from netdeploy.addresses import default_public_url, loopback_url, primary_address
 
 
 def test_an_explicit_bind_address_is_the_url():

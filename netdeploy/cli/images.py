@@ -14,18 +14,19 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from netdeploy.cli.common import CommandError, add_config_options, config_from_args
 from netdeploy.config import Config
 from netdeploy.events import EventBus
 from netdeploy.images import actions, catalog
 from netdeploy.images.actions import AddRequest, CatalogError, ProgressFactory
+from netdeploy.rollout.inventory import import_config
+from netdeploy.store import open_store
 from netdeploy.store.models import Image
 
 T = TypeVar("T")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    from netdeploy.cli import add_config_options
-
     sub = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     add = sub.add_parser(
         "add",
@@ -111,7 +112,6 @@ def progress_bars(quiet: bool) -> Iterator[ProgressFactory]:
 
 
 async def _with_store(cfg: Config, work: Callable[[async_sessionmaker], Awaitable[T]]) -> T:
-    from netdeploy.store import import_config, open_store
 
     engine, sessions = await open_store(cfg.database_url)
     try:
@@ -232,8 +232,6 @@ HANDLERS = {"add": cmd_add, "list": cmd_list, "verify": cmd_verify, "rm": cmd_rm
 
 
 def run(args: argparse.Namespace) -> int:
-    from netdeploy.cli import CommandError, config_from_args
-
     cfg = config_from_args(args)
     try:
         return HANDLERS[args.image_command](cfg, args)

@@ -1,4 +1,7 @@
-"""The `netdeploy` command: parse arguments, call the domain, one clear line per error."""
+"""The `netdeploy` command: parse arguments, call the domain, one clear line per error.
+
+Each command group has its module beside this one (admin, images, media, receive); this one
+holds serve, check, nodes and render and assembles the parser."""
 
 from __future__ import annotations
 
@@ -8,86 +11,29 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
+
+from sqlalchemy import select
 
 import netdeploy
-from netdeploy.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from netdeploy.store import StoreError
-
-
-class CommandError(Exception):
-    """A command failed in a way the user can fix; the message says how. Exit status 1."""
-
-
-def add_config_options(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help=f"config file (default: {DEFAULT_CONFIG})",
-    )
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        default=None,
-        help="database URL (default: sqlite in the state dir), "
-        "e.g. postgresql://user@host/netdeploy",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where the database, admin token and images live",
-    )
-    if server:
-        parser.add_argument(
-            "--bind",
-            metavar="ADDR",
-            default=None,
-            help="address to listen on (default 0.0.0.0; '::' for IPv6)",
-        )
-        parser.add_argument(
-            "--http-port",
-            type=int,
-            metavar="N",
-            default=None,
-            help="HTTP port (default 80 as root, else 8080)",
-        )
-        parser.add_argument(
-            "--tftp-port",
-            type=int,
-            metavar="N",
-            default=None,
-            help="TFTP port (default 69 as root, else 6969)",
-        )
-        parser.add_argument(
-            "--public-url",
-            metavar="URL",
-            default=None,
-            help="base URL booting machines use to reach this server",
-        )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = {
-        "database": getattr(args, "db", None),
-        "state_dir": args.state_dir.resolve() if getattr(args, "state_dir", None) else None,
-        "bind": getattr(args, "bind", None),
-        "http_port": getattr(args, "http_port", None),
-        "tftp_port": getattr(args, "tftp_port", None),
-        "public_url": getattr(args, "public_url", None),
-    }
-    return load_config(args.config, **overrides)
-
+from netdeploy.addresses import choose_ports
+from netdeploy.answers.check import check_answer_files, find_node, render_checked, server_url
+from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem
+from netdeploy.answers.validate import InvalidAnswerFile
+from netdeploy.boot.check import check_boot_templates
+from netdeploy.cli import admin, images, media, receive
+from netdeploy.cli.common import CommandError, add_config_options, config_from_args
+from netdeploy.config import Config, ConfigError
+from netdeploy.context import ServiceError
+from netdeploy.http.api import node_json
+from netdeploy.media.build import media_status
+from netdeploy.rollout.inventory import import_config
+from netdeploy.store import Node, StoreError, open_store
 
 # ---------------------------------------------------------------- serve
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from netdeploy.server import ServiceError, choose_ports, serve
+    from netdeploy.server import serve  # the composition root: only `serve` needs it
 
     cfg = config_from_args(args)
     logging.basicConfig(
@@ -98,10 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ports = choose_ports(cfg)
     if ports.note:
         print(f"netdeploy: {ports.note}", file=sys.stderr)
-    from netdeploy.media.build import media_status
-
-    if media := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
-        print(f"netdeploy: {media}", file=sys.stderr)
+    if status := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
+        print(f"netdeploy: {status}", file=sys.stderr)
     try:
         asyncio.run(serve(cfg, ports))
     except ServiceError as exc:
@@ -129,8 +73,6 @@ CHECKS.append(_check_paths)
 
 
 def _check_templates(cfg: Config) -> list[str]:
-    from netdeploy.answers.check import check_answer_files, check_boot_templates
-
     return check_boot_templates(cfg) + check_answer_files(cfg)
 
 
@@ -149,10 +91,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"OK: {cfg.source}: {len(cfg.nodes)} nodes, {len(cfg.clusters)} clusters, "
         f"{len(cfg.images)} images, {len(cfg.hardware)} hardware profiles"
     )
-    from netdeploy.media.build import media_status
-
-    if media := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
-        print(f"note: {media}")
+    if status := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
+        print(f"note: {status}")
     for name in missing:
         print(
             f"note: image {name!r} has no file yet at {cfg.image_path(name)}; "
@@ -165,11 +105,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _nodes(cfg: Config) -> list[dict]:
-    from sqlalchemy import select
-
-    from netdeploy.http.api import node_json
-    from netdeploy.store import Node, import_config, open_store
-
     engine, sessions = await open_store(cfg.database_url)
     try:
         await import_config(sessions, cfg)
@@ -211,10 +146,6 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from netdeploy.answers.check import find_node, render_checked, server_url
-    from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem
-    from netdeploy.answers.validate import InvalidAnswerFile
-
     cfg = config_from_args(args)
     node = find_node(cfg, args.node)
     if node is None:
@@ -233,36 +164,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise CommandError(f"{node.hostname}: refused: {exc}") from None
     sys.stdout.write(rendered.text)
     return 0
-
-
-# ---------------------------------------------------------------- receive (multicast)
-
-
-def _receive(args: argparse.Namespace) -> int:
-    from netdeploy.multicast.cli import cmd_receive
-
-    return cmd_receive(args)
-
-
-def _receive_options(parser: argparse.ArgumentParser) -> None:
-    from netdeploy.multicast.cli import add_receive_options
-
-    add_receive_options(parser)
-
-
-# ---------------------------------------------------------------- image
-
-
-def cmd_image(args: argparse.Namespace) -> int:
-    from netdeploy.images.commands import run
-
-    return run(args)
-
-
-def add_image_options(parser: argparse.ArgumentParser) -> None:
-    from netdeploy.images.commands import add_options
-
-    add_options(parser)
 
 
 # ---------------------------------------------------------------- main
@@ -314,43 +215,25 @@ COMMANDS: list[Command] = [
     (
         "receive",
         "receive an image from a multicast session into a file or block device",
-        _receive,
-        _receive_options,
+        receive.cmd_receive,
+        receive.add_receive_options,
     ),
     (
         "image",
         "add, list, verify or remove disk images (image add NAME PATH ...)",
-        cmd_image,
-        add_image_options,
+        images.run,
+        images.add_options,
     ),
-]
-
-
-def _media_options(parser: argparse.ArgumentParser) -> None:
-    from netdeploy.media.cli import add_options
-
-    add_options(parser)
-
-
-def _media(args: argparse.Namespace) -> int:
-    from netdeploy.media.cli import cmd_media
-
-    return cmd_media(args)
-
-
-COMMANDS.append(
     (
         "media",
         "build the startup media (kernel + initramfs with the imaging agent)",
-        _media,
-        _media_options,
-    )
-)
-# rollout admin commands (clusters, release, retry, fail, reset) call the running server's
-# admin API; they live beside the routes they call
-from netdeploy.http import admin_cli  # noqa: E402
-
-COMMANDS.extend(admin_cli.COMMANDS)
+        media.cmd_media,
+        media.add_options,
+    ),
+    # rollout admin commands (clusters, release, retry, fail, reset) call the running
+    # server's admin API
+    *admin.COMMANDS,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,31 +20,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from netdeploy.cli import CommandError, add_config_options, config_from_args
+from netdeploy.addresses import ADMIN_URL_FILE, choose_ports, local_url
+from netdeploy.cli.common import CommandError, add_config_options, config_from_args
 from netdeploy.config import Config
 
-URL_FILE = "admin-url"
-
-
 # ---------------------------------------------------------------- finding the server
-
-
-def loopback_url(bind: str, port: int) -> str:
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(bind, bind)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-async def start_admin_url_file(ctx: Any) -> Any:
-    """Server side: write ``state_dir/admin-url`` so the CLI finds this server's port."""
-    path = ctx.config.server.state_dir / URL_FILE
-    path.write_text(loopback_url(ctx.config.server.bind, ctx.ports.http) + "\n")
-
-    async def stop() -> None:
-        path.unlink(missing_ok=True)
-
-    return stop
 
 
 def server_url(args: argparse.Namespace, cfg: Config) -> str:
@@ -52,12 +32,10 @@ def server_url(args: argparse.Namespace, cfg: Config) -> str:
         return args.url.rstrip("/")
     if os.environ.get("NETDEPLOY_URL"):
         return os.environ["NETDEPLOY_URL"].rstrip("/")
-    path = cfg.server.state_dir / URL_FILE
+    path = cfg.server.state_dir / ADMIN_URL_FILE
     if path.exists():
         return path.read_text().strip().rstrip("/")
-    from netdeploy.server import choose_ports
-
-    return loopback_url(cfg.server.bind, choose_ports(cfg).http)
+    return local_url(cfg.server.bind, choose_ports(cfg).http)
 
 
 def admin_token(args: argparse.Namespace, cfg: Config) -> str:

@@ -1,7 +1,10 @@
-"""Import the validated config into the store: idempotent, all-or-nothing.
+"""Import the validated config into the store: idempotent, all-or-nothing, by the writer.
 
 The config is the source of truth for the inventory; the store keeps what happened (node
 states, gate, events). Importing the same config twice changes nothing the second time.
+Adding a node, adopting a discovered one and removing one are node-state changes, so the
+import runs as one exclusive action of the rollout writer (netdeploy.rollout.engine): one
+transaction with its event rows, published only after commit.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from netdeploy import eventlog
 from netdeploy.config import Config
+from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState
+from netdeploy.rollout.engine import Action, Batch, RolloutEngine
 from netdeploy.store.db import take_startup_lock
 from netdeploy.store.models import Cluster, Event, HardwareProfile, Image, Node, utcnow
 
@@ -96,12 +102,8 @@ async def _import(session: AsyncSession, cfg: Config, result: ImportResult) -> N
             del nodes[mac]
             result.removed.append(f"node {mac} ({row.hostname})")
             result.events.append(
-                Event(
-                    kind="config",
-                    mac=mac,
-                    cluster=row.cluster,
-                    from_state=row.state,
-                    detail={"removed": True},
+                eventlog.config_change(
+                    {"removed": True}, mac=mac, cluster=row.cluster, from_state=row.state
                 )
             )
     # free hostnames that move between nodes before assigning them (unique constraint)
@@ -129,48 +131,55 @@ async def _import(session: AsyncSession, cfg: Config, result: ImportResult) -> N
             )
             result.added.append(f"node {node.mac} ({node.hostname})")
             result.events.append(
-                Event(
-                    kind="state",
-                    mac=node.mac,
-                    cluster=node.cluster,
-                    to_state=NodeState.REGISTERED,
-                    detail={"reason": "added to config"},
+                eventlog.state_change(
+                    node.mac, node.cluster, None, NodeState.REGISTERED, "added to config"
                 )
             )
             continue
         if row.state == NodeState.DISCOVERED:  # the admin adopted a discovered machine
             result.events.append(
-                Event(
-                    kind="state",
-                    mac=node.mac,
-                    cluster=node.cluster,
-                    from_state=row.state,
-                    to_state=NodeState.REGISTERED,
-                    detail={"reason": "added to config"},
+                eventlog.state_change(
+                    node.mac, node.cluster, row.state, NodeState.REGISTERED, "added to config"
                 )
             )
             values.update(state=NodeState.REGISTERED, state_since=utcnow())
         _set(row, values, result.updated, f"node {node.mac} ({node.hostname})")
-    for ev in result.events:
-        session.add(ev)
 
 
-async def import_config(sessions: async_sessionmaker, cfg: Config) -> ImportResult:
-    """Make the store's inventory match ``cfg`` in one transaction (nothing changes on error)."""
-    result = ImportResult()
-    async with sessions() as session, session.begin():
-        await take_startup_lock(session)  # another server importing at the same moment
-        await _import(session, cfg, result)
+def import_action(cfg: Config) -> Action:
+    """The writer's action: make the store's inventory match ``cfg`` (run it ``exclusive``)."""
+
+    async def action(batch: Batch) -> ImportResult:
+        result = ImportResult()
+        await take_startup_lock(batch.session)  # another server importing at the same moment
+        await _import(batch.session, cfg, result)
         if result.changed:
-            session.add(
-                Event(
-                    kind="config",
-                    detail={
+            result.events.append(
+                eventlog.config_change(
+                    {
                         "source": str(cfg.source) if cfg.source else None,
                         "added": result.added,
                         "updated": result.updated,
                         "removed": result.removed,
-                    },
+                    }
                 )
             )
+        await batch.session.flush()  # node rows before the event rows that name them
+        for event in result.events:
+            batch.record(event)
+        return result
+
+    return action
+
+
+async def import_config(
+    sessions: async_sessionmaker, cfg: Config, bus: EventBus | None = None
+) -> ImportResult:
+    """Make the store's inventory match ``cfg`` in one transaction (nothing changes on error),
+    through a rollout writer of its own: for a process that runs no server (tests, tools)."""
+    writer = RolloutEngine(sessions, bus or EventBus())
+    try:
+        result: ImportResult = await writer.run(import_action(cfg), exclusive=True)
+    finally:
+        await writer.stop()
     return result

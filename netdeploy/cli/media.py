@@ -7,12 +7,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from netdeploy.cli.common import CommandError, add_config_options, config_from_args
 from netdeploy.media.build import DEFAULT_KERNEL_PACKAGE, MediaError, build_media
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    from netdeploy.cli import add_config_options
-
     sub = parser.add_subparsers(dest="media_command", metavar="ACTION", required=True)
     build = sub.add_parser(
         "build",
@@ -58,8 +57,6 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_media(args: argparse.Namespace) -> int:
-    from netdeploy.cli import CommandError, config_from_args
-
     cfg = config_from_args(args)
     out = args.out or cfg.server.bootfiles_dir / "media"
     console = Console(stderr=True)

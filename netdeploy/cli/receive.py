@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from netdeploy.cli.common import CommandError
 from netdeploy.multicast.progress import Progress
 from netdeploy.multicast.receiver import receive
 from netdeploy.multicast.unicast import ReceiveError
@@ -35,8 +36,6 @@ def add_receive_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from netdeploy.cli import CommandError
-
     progress = Progress(0, enabled=not args.quiet)
     try:
         summary = receive(

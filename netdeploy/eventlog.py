@@ -1,0 +1,249 @@
+"""The event log, in one place: how each kind of event row is built, how an admin reads it,
+and how the record is queried.
+
+Every module that records what happened builds its :class:`~netdeploy.store.models.Event`
+with a function here, so the kinds, their fields and their wording stay one vocabulary for the
+dashboard, the JSON API, the CLI and the tests (STYLE: "every state change is an event row").
+The rollout writer, the boot decisions and the protocol adapters add the rows to their own
+transaction (or batch); nothing here opens a session except :func:`query_events`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from netdeploy.events import event_json
+from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.store.models import Cluster, Event, Node
+
+# ---------------------------------------------------------------------------- building rows
+
+
+def state_change(
+    mac: str,
+    cluster: str | None,
+    from_state: str | None,
+    to_state: str,
+    reason: str,
+    **detail: Any,
+) -> Event:
+    """A node moved from one rollout state to another (the rollout writer's ``set_state``)."""
+    return Event(
+        kind="state",
+        mac=mac,
+        cluster=cluster,
+        from_state=from_state,
+        to_state=to_state,
+        detail={"reason": reason, **detail},
+    )
+
+
+def gate_change(
+    cluster: str, from_gate: str | None, to_gate: str, reason: str, **extra: Any
+) -> Event:
+    return Event(
+        kind="gate",
+        cluster=cluster,
+        from_state=from_gate,
+        to_state=to_gate,
+        detail={"reason": reason, **extra},
+    )
+
+
+def boot_request(
+    mac: str | None, cluster: str | None, *, via: str, path: str, ip: str, decision: str, why: str
+) -> Event:
+    """What a booting machine asked (``via``, ``path``, ``ip``) and what the boot plan decided."""
+    detail = {"via": via, "path": path, "ip": ip, "decision": decision, "why": why}
+    return Event(kind="boot", mac=mac, cluster=cluster, detail=detail)
+
+
+def refusal(
+    *,
+    forbidden: bool,
+    mac: str | None,
+    cluster: str | None,
+    from_state: str | None = None,
+    **detail: Any,
+) -> Event:
+    """A request refused: ``auth`` when credentials were wrong, ``rejected`` otherwise."""
+    return Event(
+        kind="auth" if forbidden else "rejected",
+        mac=mac,
+        cluster=cluster,
+        from_state=from_state,
+        detail=detail,
+    )
+
+
+def answer_file(mac: str, cluster: str | None, **detail: Any) -> Event:
+    """An answer file served (``secret`` when it held secrets) or refused as broken."""
+    return Event(kind="answer", mac=mac, cluster=cluster, detail=detail)
+
+
+def agent_report(mac: str, cluster: str | None, state: str, **detail: Any) -> Event:
+    """A milestone the agent put into words without changing state (kept in the log)."""
+    return Event(kind="report", mac=mac, cluster=cluster, to_state=state, detail=detail)
+
+
+def health(mac: str, cluster: str | None, **detail: Any) -> Event:
+    return Event(kind="health", mac=mac, cluster=cluster, detail=detail)
+
+
+def admin_action(
+    mac: str, cluster: str | None, state: str, action: str, actor: str, **detail: Any
+) -> Event:
+    """release / retry / fail / reset, by whom."""
+    return Event(
+        kind="admin",
+        mac=mac,
+        cluster=cluster,
+        from_state=state,
+        to_state=state,
+        detail={"action": action, "actor": actor, **detail},
+    )
+
+
+def image_change(image: str, **detail: Any) -> Event:
+    """The catalog changed: an image added, verified, removed or found damaged."""
+    return Event(kind="image", detail={"image": image, **detail})
+
+
+def transfer(kind: str, mac: str | None, cluster: str | None, **detail: Any) -> Event:
+    """One finished transfer: ``tftp`` (a file) or ``http`` (an image stream)."""
+    return Event(kind=kind, mac=mac, cluster=cluster, detail=detail)
+
+
+def dhcp_answer(mac: str, cluster: str | None, detail: dict[str, Any]) -> Event:
+    """What the ProxyDHCP saw and answered (identical repeats folded into one)."""
+    return Event(kind="dhcp", mac=mac, cluster=cluster, detail=detail)
+
+
+def multicast(
+    mac: str | None, cluster: str | None, detail: dict[str, Any], at: datetime | None = None
+) -> Event:
+    return Event(kind="multicast", mac=mac, cluster=cluster, detail=detail, at=at)
+
+
+def config_change(
+    detail: dict[str, Any],
+    *,
+    mac: str | None = None,
+    cluster: str | None = None,
+    from_state: str | None = None,
+) -> Event:
+    """The config was imported (what it added, updated, removed), or one node left it."""
+    return Event(kind="config", mac=mac, cluster=cluster, from_state=from_state, detail=detail)
+
+
+# ---------------------------------------------------------------------------- reading rows
+
+
+def _multicast_text(d: dict[str, Any]) -> str:
+    """A multicast session's events (netdeploy/multicast/session.py) in the admin's words."""
+    what, session, image = d["what"], d.get("session", "?"), d.get("image", "?")
+    if what == "receiver_done":
+        return f"received {image} from multicast session {session}, sha256 verified"
+    if what == "receiver_bad":
+        return f"multicast copy of {image} failed its sha256 (session {session}): not used"
+    if what == "receiver_dropped":
+        return f"dropped from multicast session {session}: {d.get('why', '')}; finishing by HTTP"
+    head = f"multicast session {session} of {image} {what.removeprefix('session_')}"
+    if what == "session_started":
+        head += f": {d['reason']}" if d.get("reason") else ""
+    counts = ", ".join(
+        f"{v} {k.removeprefix('receivers_')}" for k, v in d.items() if k.startswith("receivers_")
+    )
+    parts = [head, f"{d.get('receivers', 0)} receivers" + (f" ({counts})" if counts else "")]
+    if what != "session_started":
+        parts.append(
+            f"sent {d.get('bytes_sent', 0) / 2**20:.1f} MiB, "
+            f"{d.get('repair_slices', 0)} slices repaired"
+        )
+    if d.get("detail"):
+        parts.append(str(d["detail"]))
+    return "; ".join(parts)
+
+
+class LogFilterError(ValueError):
+    """A filter names a node or cluster that does not exist; the message says which."""
+
+
+def describe(ev: dict[str, Any]) -> str:
+    """One line an admin reads in the event log (the page and the JSON API share it)."""
+    detail = dict(ev.get("detail") or {})
+    message = str(detail.pop("message", "") or "")
+    reason = str(detail.pop("reason", "") or "")
+    if ev.get("kind") in ("state", "gate") and ev.get("to"):
+        text = f"{ev['from']} → {ev['to']}" if ev.get("from") else f"new → {ev['to']}"
+        text = f"gate {text}" if ev["kind"] == "gate" else text
+        extra = reason or message
+        return f"{text}: {extra}" if extra else text
+    if ev.get("kind") == "multicast" and detail.get("what"):
+        return _multicast_text(dict(ev["detail"]))
+    error = str(detail.pop("error", "") or "")
+    if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
+        head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"
+        parts = [f"{head}: {reason}" if reason else head]
+    else:
+        parts = [f"refused: {error}" if error else message or reason]
+    progress, done, total = detail.pop("progress", None), detail.pop("bytes", None), None
+    if isinstance(progress, int | float):
+        parts.append(f"{progress:.0f}%")
+    if isinstance(done, int) and isinstance(total := detail.pop("total", None), int):
+        parts.append(f"{done / 1e9:.1f} of {total / 1e9:.1f} GB")
+    elif done is not None:
+        detail["bytes"] = done
+    parts.append(
+        ", ".join(f"{k}={v}" for k, v in detail.items() if isinstance(v, str | int | float | bool))
+    )
+    return "; ".join(part for part in parts if part) or str(ev.get("kind"))
+
+
+def with_text(ev: dict[str, Any]) -> dict[str, Any]:
+    return {**ev, "text": describe(ev)}
+
+
+async def resolve_node(session: AsyncSession, text: str) -> str:
+    """A node filter accepts a MAC in any notation or a host name; returns the canonical MAC."""
+    try:
+        return normalize_mac(text)
+    except BadMac:
+        pass
+    mac = await session.scalar(select(Node.mac).where(Node.hostname == text.strip()))
+    if mac is None:
+        raise LogFilterError(f"no node with MAC or host name {text!r}")
+    return mac
+
+
+async def query_events(
+    session: AsyncSession,
+    *,
+    node: str | None = None,
+    cluster: str | None = None,
+    kind: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Events newest first, each with its ``text``; raises :class:`LogFilterError`."""
+    query = select(Event).order_by(Event.id.desc()).limit(limit)
+    if node:
+        query = query.where(Event.mac == await resolve_node(session, node))
+    if cluster:
+        if await session.get(Cluster, cluster) is None:
+            names = (await session.scalars(select(Cluster.name).order_by(Cluster.name))).all()
+            raise LogFilterError(
+                f"no cluster named {cluster!r}; clusters: {', '.join(names) or 'none'}"
+            )
+        # a cluster's log is its own events plus those of its nodes (a gate event has no MAC)
+        members = select(Node.mac).where(Node.cluster == cluster)
+        query = query.where(or_(Event.cluster == cluster, Event.mac.in_(members)))
+    if kind:
+        query = query.where(Event.kind == kind)
+    if before is not None:
+        query = query.where(Event.id < before)
+    return [with_text(event_json(ev)) for ev in (await session.scalars(query)).all()]

@@ -1,0 +1,73 @@
+"""What a boot request changes: the writer's action behind every per-MAC boot script.
+
+The boot decision itself is the boot module's (netdeploy.boot.plan, handed in as ``decide``);
+what it implies for the rollout is decided here, in the writer, in one transaction with its
+event rows: an unknown MAC is recorded as ``discovered``; booting the agent moves
+``registered`` to ``pxe`` (DESIGN); an agent plan gets a fresh boot token, whose digest
+replaces the node's (the previous token stops working). A failed node stays failed until
+the admin retries it (decision 0002); every other state is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from netdeploy import eventlog
+from netdeploy.inventory import NodeState as S
+from netdeploy.rollout.engine import Action, Batch
+from netdeploy.rollout.rows import NodeRow
+from netdeploy.store.models import Cluster
+from netdeploy.tokens import issue_token
+
+ADVANCE_ON_BOOT: dict[S, S] = {S.REGISTERED: S.PXE}
+
+
+class Decision(Protocol):
+    """What the boot decision answers (netdeploy.boot.plan.BootPlan has these)."""
+
+    @property
+    def action(self) -> str: ...
+    @property
+    def why(self) -> str: ...
+    @property
+    def boots_agent(self) -> bool: ...
+
+
+# (node as it is after the request's own changes, or None for an unknown MAC; its cluster)
+Decide = Callable[[NodeRow | None, Cluster | None], Any]
+
+
+def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> Action:
+    """Returns ``(decision, token)``: the token is the plain one for the kernel command line,
+    None unless the decision boots the agent."""
+
+    async def action(batch: Batch) -> tuple[Any, str | None]:
+        node = await batch.node(mac)
+        first_boot = node is None  # the plan says so: "not in the inventory, recorded"
+        if node is None:
+            node = await batch.discover(mac, reason=f"unknown MAC booted via {via} from {ip}")
+        else:
+            advance = ADVANCE_ON_BOOT.get(S(node.state))
+            if advance is not None:
+                batch.move(node, advance, reason=f"boot script fetched via {via}")
+        decision: Decision = decide(None if first_boot else node, batch.cluster_of(node))
+        token = None
+        if decision.boots_agent:
+            token, node.token = issue_token()
+        node.last_seen = batch.now
+        node.last_ip = ip
+        batch.record(
+            eventlog.boot_request(
+                mac,
+                node.cluster,
+                via=via,
+                path=path,
+                ip=ip,
+                decision=str(decision.action),
+                why=decision.why,
+            )
+        )
+        return decision, token
+
+    return action
