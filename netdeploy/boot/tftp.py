@@ -13,6 +13,7 @@ from netdeploy.boot import scripts
 from netdeploy.boot.service import answer_boot, record_first_stage, urls_of
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.server import Context
+from netdeploy.store.outage import OUTAGE, is_outage
 
 # pxelinux asks for pxelinux.cfg/01-<mac> first (ARP type 1 = Ethernet); we answer every MAC,
 # known or not, so it never falls through to its UUID / IP-hex / "default" guesses.
@@ -24,7 +25,12 @@ async def virtual_file(ctx: Context, path: str, client_ip: str) -> bytes | None:
     """Bytes for a per-MAC virtual file, or None to let the engine serve from its root."""
     name = path.replace("\\", "/").lstrip("/")  # PXE ROMs send both; the root is ours anyway
     if name == FIRST_STAGE:
-        await record_first_stage(ctx, via="tftp", path=name, ip=client_ip)
+        try:
+            await record_first_stage(ctx, via="tftp", path=name, ip=client_ip)
+        except Exception as exc:  # served without the store too: its retry loop needs none
+            if not is_outage(exc):
+                raise
+            OUTAGE.failed("tftp", "first stage (not recorded)", exc)
         return scripts.first_stage_ipxe(ctx.config.server.bootfiles_dir, urls_of(ctx)).encode()
     match = PXELINUX_MAC.match(name)
     if match is None:

@@ -50,19 +50,21 @@ async def plan(request: web.Request) -> web.Response:
         if node is None:
             return json_error(404, f"no node with MAC {mac}; boot it first to be discovered")
         if not token_matches(request_token(request), node.token):
-            async with session.begin():
-                session.add(
-                    Event(
-                        kind="auth",
-                        mac=mac,
-                        cluster=node.cluster,
-                        detail={
-                            "path": request.path,
-                            "ip": request.remote,
-                            "reason": "bad or missing token",
-                        },
-                    )
+            # the read above already began the session's transaction: add to it and commit
+            # (a nested begin() raised, answering a wrong token with a 500)
+            session.add(
+                Event(
+                    kind="auth",
+                    mac=mac,
+                    cluster=node.cluster,
+                    detail={
+                        "path": request.path,
+                        "ip": request.remote,
+                        "reason": "bad or missing token",
+                    },
                 )
+            )
+            await session.commit()
             return json_error(
                 403,
                 "this plan needs the node's current token (Authorization: Bearer, from nd.token=)",

@@ -18,6 +18,7 @@ from netdeploy.http import (
     events_routes,
     image_routes,
     multicast_routes,
+    outage,
 )
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
@@ -76,7 +77,9 @@ async def http_metrics(request: web.Request, handler):  # type: ignore[no-untype
 
 
 def build_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[errors_as_json, http_metrics, outage.answer_outages], client_max_size=1024**2
+    )
     app[CTX] = ctx
     for module in ROUTE_MODULES:
         module.setup(app)

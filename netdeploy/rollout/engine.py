@@ -31,12 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
-from netdeploy.rollout.errors import RolloutError, Unavailable
+from netdeploy.rollout.errors import RolloutError, StoreUnreachable, Unavailable
 from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.service import set_state
 from netdeploy.rollout.waiters import Waiters
 from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S, is_outage
 
 log = logging.getLogger("netdeploy.rollout")
 
@@ -56,6 +57,7 @@ RELEASED_TOTAL = prometheus_client.Counter(
 )
 
 Action = Callable[["Batch"], Awaitable[Any]]
+RETRY = f"nothing was changed, retry in {RETRY_AFTER_S} s"
 
 # state changes that can change a cluster's gate decision
 _GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED})
@@ -294,6 +296,14 @@ class RolloutEngine:
         try:
             await self._attempt(jobs)
         except Exception as exc:
+            if is_outage(exc):  # the store is down: every job answers "retry", one log line
+                OUTAGE.failed("rollout", f"a batch of {len(jobs)}", exc)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(
+                            StoreUnreachable(f"the store is unreachable; {RETRY}")
+                        )
+                return
             if len(jobs) > 1:  # isolate the culprit; the others' reports still count
                 log.warning("rollout batch of %d failed (%s); retrying one by one", len(jobs), exc)
                 for job in jobs:

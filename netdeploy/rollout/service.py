@@ -18,10 +18,12 @@ from netdeploy.rollout.errors import (  # noqa: F401  (re-exported for callers)
     NotFound,
     Refused,
     RolloutError,
+    StoreUnreachable,
     Unavailable,
 )
 from netdeploy.rollout.machine import check_transition
 from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S
 
 if TYPE_CHECKING:
     from netdeploy.rollout.engine import RolloutEngine
@@ -143,10 +145,15 @@ async def start_sweeper(ctx: Context) -> Callable[[], Awaitable[None]]:
                 failed = await sweep(ctx)
                 if failed:
                     log.warning("phase timeout: %s failed", ", ".join(failed))
+            except StoreUnreachable:  # logged once by the writer; sweep again soon
+                await asyncio.sleep(RETRY_AFTER_S)
+                continue
             except Unavailable:
                 return  # stopping
             except Exception:  # keep sweeping: one bad pass must not end timeouts for good
                 log.exception("rollout sweep failed")
+            else:
+                OUTAGE.recovered()
             await asyncio.sleep(interval)
 
     task = asyncio.get_running_loop().create_task(loop(), name="rollout-sweeper")

@@ -6,8 +6,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S, is_outage
 from netdeploy.tftp import record
 from netdeploy.tftp.engine import TftpServer
+from netdeploy.tftp.packets import BadPacket, ErrorCode
 from netdeploy.tftp.transfer import TransferStats
 
 if TYPE_CHECKING:
@@ -39,7 +41,16 @@ async def start(ctx: Context) -> Callable[[], Awaitable[None]]:
         writer.add(stats)
 
     async def resolve(path: str, client_ip: str) -> bytes | None:
-        return await virtual_file(ctx, path, client_ip)
+        try:
+            return await virtual_file(ctx, path, client_ip)
+        except Exception as exc:  # the store is down: an ERROR the client retries, not silence
+            if not is_outage(exc):
+                raise
+            OUTAGE.failed("tftp", path, exc)
+            raise BadPacket(
+                ErrorCode.UNDEFINED,
+                f"netdeploy cannot reach its database; retry in {RETRY_AFTER_S} s",
+            ) from None
 
     server = TftpServer(
         root,
