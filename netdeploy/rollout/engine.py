@@ -37,6 +37,7 @@ from netdeploy.rollout.rows import NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.service import set_state
 from netdeploy.rollout.waiters import Waiters
 from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.notify import notify_live
 from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S, is_outage
 
 log = logging.getLogger("netdeploy.rollout")
@@ -149,6 +150,7 @@ class Batch:
         """Send this batch's node changes and event rows to the store (not yet committed)."""
         await write_rows(self.session, self.nodes.values())
         await insert_events(self.session, self.events, self.now)
+        await notify_live(self.session, self.transient)  # progress to the other servers
 
     def move(
         self,
