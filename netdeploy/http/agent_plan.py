@@ -19,6 +19,7 @@ from netdeploy.boot.service import facts_of, urls_of
 from netdeploy.config import NodeConfig
 from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
 from netdeploy.store.models import Cluster, Event, Image, Node
+from netdeploy.store.outage import RETRY_AFTER_S
 from netdeploy.tokens import token_matches
 
 if TYPE_CHECKING:
@@ -139,6 +140,8 @@ def as_shell(body: dict[str, Any]) -> str:
             if body["distribution"]["mode"] == "multicast"
             else ""
         ),
+        # the outage pause (Retry-After): busybox wget does not show it on a 503 answer
+        "ND_RETRY_AFTER": str(RETRY_AFTER_S),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),
