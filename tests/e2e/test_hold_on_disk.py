@@ -93,6 +93,10 @@ def test_a_held_node_never_boots_its_image_without_netdeploy(media, tmp_path, fi
             disk=disk,
             bootfile=f"http://10.0.2.2:{http_port}/boot.ipxe",
             uefi=uefi,
+            # OVMF: the disk right after the network entries (not after the EFI shell), and no
+            # IPv6 network boot, whose PXE and HTTP entries wait 75 s each on slirp
+            disk_bootindex=2 if uefi else None,
+            extra=("-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no") if uefi else (),
         )
         vms.append(vm.start())
         return vm
