@@ -32,10 +32,12 @@ import prometheus_client
 from sqlalchemy import select
 
 from netdeploy.context import Context
-from netdeploy.rollout.engine import gate_view
+from netdeploy.rollout.engine import LiveEvent, gate_view
+from netdeploy.rollout.service import sweep
 from netdeploy.store.db import newest_event_id, origin_of
 from netdeploy.store.models import Cluster, Event, Node
-from netdeploy.store.notify import CHANNEL, BadNotice, decode
+from netdeploy.store.notify import CHANNEL, LIVE_CHANNEL, BadNotice, decode, decode_live
+from netdeploy.store.outage import OUTAGE
 
 if TYPE_CHECKING:
     import asyncpg
@@ -46,7 +48,11 @@ log = logging.getLogger("netdeploy.fanout")
 LOOKBACK = 1000  # ids re-read after a reconnect, below the highest seen (decision 0008)
 PAGE = 1000  # rows per query when catching up
 IDLE_CHECK_S = 15.0  # an idle listener pings, so a silently dead connection is noticed
-BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Reconnect quickly and keep trying every half second: an attempt on a database that is down
+# costs one refused connection, and back within 1 s of its return agents parked here hear of
+# other servers' releases at once again (issue 21; it used to grow to 10 s).
+BACKOFF_S = (0.1, 0.25, 0.5)
+CONNECT_TIMEOUT_S = 3.0  # a database that does not answer at all: the next try soon
 POLL_S = 2.0  # SQLite: how often to look for events other processes (the CLI) wrote
 
 FOREIGN = prometheus_client.Counter(
@@ -105,16 +111,20 @@ class EventListener:
         conn = await asyncpg.connect(
             _asyncpg_dsn(self.ctx),
             server_settings={"application_name": f"{self.origin}-listen"},
-            timeout=10,
+            timeout=CONNECT_TIMEOUT_S,
         )
         try:
             conn.add_termination_listener(self._terminated)
             await conn.add_listener(CHANNEL, self._heard)
+            await conn.add_listener(LIVE_CHANNEL, self._heard_live)
             if self._baseline is None:  # first time: history before us is not news
                 self._baseline = await conn.fetchval("SELECT coalesce(max(id), 0) FROM events")
         except BaseException:
             await conn.close()
             raise
+        # what the lost connection left in the inbox (its "terminated" mark, notifications
+        # the catch-up reads again) is not news about this one
+        self._inbox = asyncio.Queue()
         self._conn = conn
         self.connected.set()
         CONNECTED.set(1)
@@ -135,6 +145,17 @@ class EventListener:
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self._inbox.put_nowait(payload)
 
+    def _heard_live(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        """Another server's live progress (no row to read): straight onto our bus."""
+        try:
+            origin, live = decode_live(payload)
+        except BadNotice as exc:
+            log.warning("ignored a notification on %s: %s", LIVE_CHANNEL, exc)
+            return
+        if origin != self.origin and live:
+            self.ctx.bus.publish(_live_events(live))
+            FOREIGN.inc(len(live))
+
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
@@ -149,6 +170,7 @@ class EventListener:
                         "listening again for other servers' events; caught up %d written meanwhile",
                         caught,
                     )
+                    await self._after_outage()
                 failures = 0
                 await self._serve()
             except asyncio.CancelledError:
@@ -166,6 +188,16 @@ class EventListener:
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
                 await asyncio.sleep(delay)
+
+    async def _after_outage(self) -> None:
+        """Back after a loss: settle every gate now (the sweep) and answer each parked
+        long-poll whose node moved meanwhile, rather than at their next timeout."""
+        OUTAGE.recovered()
+        try:
+            await sweep(self.ctx)
+        except Exception as exc:  # the sweeper tries again by itself
+            log.warning("the sweep after reconnecting failed: %s", exc)
+        await recheck_parked(self.ctx)
 
     def _mark_lost(self, failed_low: int | None = None) -> None:
         """Remember where to re-read from once the connection is back."""
@@ -252,6 +284,34 @@ async def publish_foreign(ctx: Context, rows: list[Event]) -> int:
     FOREIGN.inc(len(fresh))
     await _wake(ctx, {ev.mac for ev in fresh if ev.kind == "state" and ev.mac})
     return len(fresh)
+
+
+def _live_events(live: list[dict[str, Any]]) -> list[Any]:
+    return [
+        LiveEvent(e["kind"], e["mac"], e["cluster"], e["to"], e["detail"], e["at"]) for e in live
+    ]
+
+
+async def recheck_parked(ctx: Context) -> int:
+    """Answer every long-poll parked here whose node is no longer waiting (released, failed,
+    reset): a change written while we could not hear of it. Returns how many were woken."""
+    engine = ctx.rollout
+    if not len(engine.waiters):
+        return 0
+    parked = set(engine.waiters.macs())
+    async with ctx.sessions() as session:
+        nodes = list(await session.scalars(select(Node).where(Node.mac.in_(parked))))
+        clusters = {c.name: c for c in await session.scalars(select(Cluster))}
+    woken = 0
+    for node in nodes:
+        if node.state not in WAITING_STATES:
+            woken += engine.waiters.wake(
+                node.mac, gate_view(node, clusters.get(node.cluster or ""))
+            )
+    return woken
+
+
+WAITING_STATES = frozenset({"imaged", "held"})  # a parked long-poll of these has no news
 
 
 async def _wake(ctx: Context, macs: set[str]) -> None:

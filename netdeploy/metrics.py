@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from netdeploy.inventory import NodeState
 from netdeploy.store.models import Cluster, Image, Node
+from netdeploy.store.outage import OUTAGE, is_outage
 
 HTTP_RESPONSES = Counter(
     "netdeploy_http_responses",
@@ -101,7 +102,20 @@ REGISTRY.register(COLLECTOR)
 async def refresh(
     sessions: async_sessionmaker, event_streams: int = 0, gate_waits: int = 0
 ) -> None:
-    """Read the store once and make the next scrape report it (plus the live counts given)."""
+    """Read the store once and make the next scrape report it (plus the live counts given).
+
+    When the store is unreachable the scrape still answers, with the last snapshot and
+    ``netdeploy_store_reachable 0``: Prometheus keeps every other series through an outage.
+    """
+    try:
+        await _read_store(sessions, event_streams, gate_waits)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        OUTAGE.failed("http", "GET /metrics", exc)
+
+
+async def _read_store(sessions: async_sessionmaker, event_streams: int, gate_waits: int) -> None:
     async with sessions() as session:
         rows = (
             await session.execute(

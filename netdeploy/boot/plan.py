@@ -7,7 +7,8 @@ state                                     next boot
 ========================================  ============================================
 registered, pxe, imaging                  imaging agent (``nd.mode=image``)
 imaged, held, failed                      agent in wait mode (``nd.mode=wait``)
-released, starting, joined                local disk
+released                                  agent in wait mode: restores the boot code
+starting, joined                          local disk
 discovered, or a MAC not in the store     discovery agent (``nd.mode=discover``)
 ========================================  ============================================
 
@@ -15,6 +16,10 @@ An imaged or held machine is never sent to its local disk: until its cluster rel
 brings it back to the agent, which waits on the gate (a held machine that reboots stays held).
 A failed node is not re-imaged behind the admin's back either: its agent reports and waits until
 the admin retries it (docs/decisions/0002-boot-plan-and-tokens.md).
+
+A held disk does not boot by itself either: until release its boot code is netdeploy's hold stub
+(docs/decisions/0011-hold-on-disk.md). So a released node boots the agent once more, which puts
+the real boot code back, verifies it and reports ``starting``; only then the local disk.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ _BY_STATE: dict[NodeState, BootAction] = {
     NodeState.IMAGED: BootAction.WAIT,
     NodeState.HELD: BootAction.WAIT,
     NodeState.FAILED: BootAction.WAIT,
-    NodeState.RELEASED: BootAction.LOCAL,
+    NodeState.RELEASED: BootAction.WAIT,  # the agent restores the held boot code first
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
     NodeState.DISCOVERED: BootAction.DISCOVER,
@@ -128,6 +133,8 @@ def _why(node: NodeFacts, action: BootAction) -> str:
         return f"{state}: no image configured; agent waits (add an image to the config)"
     if action == BootAction.IMAGE:
         return f"{state}: imaging agent writes image {node.image}"
+    if state == NodeState.RELEASED:
+        return "released: agent restores the disk's own boot code, then boots the disk"
     if action == BootAction.WAIT:
         gate = f" (gate {node.gate})" if node.gate else ""
         return f"{state}: agent waits until {who} releases it{gate}; never the local disk"

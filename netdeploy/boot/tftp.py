@@ -12,6 +12,7 @@ import re
 from netdeploy.boot import scripts
 from netdeploy.boot.service import BootService
 from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.store.outage import OUTAGE, is_outage
 
 # pxelinux asks for pxelinux.cfg/01-<mac> first (ARP type 1 = Ethernet); we answer every MAC,
 # known or not, so it never falls through to its UUID / IP-hex / "default" guesses.
@@ -24,7 +25,12 @@ async def virtual_file(boot: BootService, path: str, client_ip: str) -> bytes | 
     name = path.replace("\\", "/").lstrip("/")  # PXE ROMs send both; the root is ours anyway
     bootfiles = boot.ctx.config.server.bootfiles_dir
     if name == FIRST_STAGE:
-        await boot.first_stage(via="tftp", path=name, ip=client_ip)
+        try:
+            await boot.first_stage(via="tftp", path=name, ip=client_ip)
+        except Exception as exc:  # served without the store too: its retry loop needs none
+            if not is_outage(exc):
+                raise
+            OUTAGE.failed("tftp", "first stage (not recorded)", exc)
         return scripts.first_stage_ipxe(bootfiles, boot.urls).encode()
     match = PXELINUX_MAC.match(name)
     if match is None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from netdeploy.boot.agent import PlanRefused, agent_plan
 from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
+from netdeploy.store.outage import RETRY_AFTER_S
 
 routes = web.RouteTableDef()
 
@@ -52,6 +53,8 @@ def as_shell(body: dict[str, Any]) -> str:
             if body["distribution"]["mode"] == "multicast"
             else ""
         ),
+        # the outage pause (Retry-After): busybox wget does not show it on a 503 answer
+        "ND_RETRY_AFTER": str(RETRY_AFTER_S),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),

@@ -34,6 +34,7 @@ from netdeploy.rollout.errors import (
     NotFound,
     Refused,
     RolloutError,
+    StoreUnreachable,
     Unavailable,
 )
 from netdeploy.rollout.reports import AgentReport, HealthReport, parse_health, parse_report
@@ -50,6 +51,7 @@ STATUS: dict[type[RolloutError], int] = {
     BadReport: 400,
     Refused: 409,
     Unavailable: 503,
+    StoreUnreachable: 503,  # the outage middleware adds Retry-After (netdeploy/http/outage.py)
 }
 
 

@@ -20,6 +20,7 @@ from netdeploy.http import (
     events_routes,
     image_routes,
     multicast_routes,
+    outage,
 )
 from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
 from netdeploy.images.streams import ImageStreams
@@ -89,7 +90,9 @@ def build_app(
     ``boot`` and ``images`` default to fresh ones over ``ctx`` (tests build apps alone);
     without ``multicast`` the multicast routes answer 503.
     """
-    app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[errors_as_json, http_metrics, outage.answer_outages], client_max_size=1024**2
+    )
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
     app[IMAGES] = images or ImageStreams(

@@ -19,6 +19,7 @@ from netdeploy.answers.render import is_secret_template
 from netdeploy.boot import scripts
 from netdeploy.boot.files import node_files, serve_node_file
 from netdeploy.http.common import boot_of, ctx_of, mac_param, request_token
+from netdeploy.store.outage import OUTAGE, is_outage
 
 routes = web.RouteTableDef()
 IPXE = "text/plain"
@@ -31,8 +32,15 @@ def client_ip(request: web.Request) -> str:
 
 @routes.get("/boot.ipxe")
 async def first_stage(request: web.Request) -> web.Response:
+    """The same script for every machine; it needs nothing from the store, so it is served
+    during a database outage too, and its retry loop carries the machine through it."""
     boot = boot_of(request)
-    await boot.first_stage(via="http", path=request.path, ip=client_ip(request))
+    try:
+        await boot.first_stage(via="http", path=request.path, ip=client_ip(request))
+    except Exception as exc:  # the first stage needs no store: serve it, it retries by itself
+        if not is_outage(exc):
+            raise
+        OUTAGE.failed("http", "first stage (not recorded)", exc)
     text = scripts.first_stage_ipxe(ctx_of(request).config.server.bootfiles_dir, boot.urls)
     return web.Response(text=text, content_type=IPXE, headers=NO_STORE)
 

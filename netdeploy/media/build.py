@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netdeploy.media.cpio import Entry, write_newc
+from netdeploy.media.holdstub import STUB_FILES
 from netdeploy.media.ntfs import PROGRAM as NTFS_PROGRAM
 from netdeploy.media.ntfs import BundleError, Piece, Tree, bundle, parse_depends
 
@@ -280,6 +281,7 @@ def build_media(
         wanted = WANTED_MODULES + (NTFS_MODULES if ntfs else [])
         modules = resolve_modules(kroot / "lib" / "modules", wanted)
         extra = dict(extra_files or {})
+        extra.update({path: make() for path, make in STUB_FILES.items()})  # the hold on disk
         extra.update({piece.path: piece.data for piece in ntfs})
         receiver = compile_multicast_receiver(Path(tmp))
         if receiver is None:

@@ -32,12 +32,15 @@ from netdeploy import eventlog
 from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
-from netdeploy.rollout.errors import RolloutError, Unavailable
+from netdeploy.rollout.errors import RolloutError, StoreUnreachable, Unavailable
 from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
+from netdeploy.store.db import origin_of
 from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.notify import notify_live
+from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S, is_outage
 
 log = logging.getLogger("netdeploy.rollout")
 
@@ -57,6 +60,7 @@ RELEASED_TOTAL = prometheus_client.Counter(
 )
 
 Action = Callable[["Batch"], Awaitable[Any]]
+RETRY = f"nothing was changed, retry in {RETRY_AFTER_S} s"
 
 # state changes that can change a cluster's gate decision
 _GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED})
@@ -166,6 +170,8 @@ class Batch:
         """Send this batch's node changes and event rows to the store (not yet committed)."""
         await write_rows(self.session, self.nodes.values())
         await insert_events(self.session, self.events, self.now)
+        # progress to the other servers
+        await notify_live(self.session, self.transient, origin_of(self.session.bind))  # type: ignore[arg-type]
 
     def move(
         self,
@@ -318,6 +324,14 @@ class RolloutEngine:
         try:
             await self._attempt(jobs)
         except Exception as exc:
+            if is_outage(exc):  # the store is down: every job answers "retry", one log line
+                OUTAGE.failed("rollout", f"a batch of {len(jobs)}", exc)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(
+                            StoreUnreachable(f"the store is unreachable; {RETRY}")
+                        )
+                return
             if len(jobs) > 1:  # isolate the culprit; the others' reports still count
                 log.warning("rollout batch of %d failed (%s); retrying one by one", len(jobs), exc)
                 for job in jobs:

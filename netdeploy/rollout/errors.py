@@ -30,3 +30,7 @@ class Refused(RolloutError):
 
 class Unavailable(RolloutError):
     """The store could not take the change (retry later); the server is stopping."""
+
+
+class StoreUnreachable(Unavailable):
+    """The store cannot be reached (an outage, not a refusal): retry in a moment."""

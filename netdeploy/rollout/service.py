@@ -11,9 +11,10 @@ from datetime import datetime
 
 from netdeploy.context import Context
 from netdeploy.rollout import actions, admin
-from netdeploy.rollout.errors import Unavailable
+from netdeploy.rollout.errors import StoreUnreachable, Unavailable
 from netdeploy.rollout.rows import NodeRow
 from netdeploy.store.models import Cluster, utcnow
+from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S
 
 log = logging.getLogger("netdeploy.rollout")
 
@@ -58,10 +59,15 @@ async def start_sweeper(ctx: Context) -> Callable[[], Awaitable[None]]:
                 failed = await sweep(ctx)
                 if failed:
                     log.warning("phase timeout: %s failed", ", ".join(failed))
+            except StoreUnreachable:  # logged once by the writer; sweep again soon
+                await asyncio.sleep(RETRY_AFTER_S)
+                continue
             except Unavailable:
                 return  # stopping
             except Exception:  # keep sweeping: one bad pass must not end timeouts for good
                 log.exception("rollout sweep failed")
+            else:
+                OUTAGE.recovered()
             await asyncio.sleep(interval)
 
     task = asyncio.get_running_loop().create_task(loop(), name="rollout-sweeper")

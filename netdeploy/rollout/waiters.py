@@ -39,6 +39,10 @@ class Waiters:
         for mac in list(self._by_mac):
             self.wake(mac, value)
 
+    def macs(self) -> list[str]:
+        """Every MAC someone waits on now."""
+        return list(self._by_mac)
+
     def __contains__(self, mac: str) -> bool:
         """Is anyone waiting on ``mac`` (another server's change may concern them)."""
         return mac in self._by_mac

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from netdeploy.store.models import Event
+from netdeploy.store.outage import OUTAGE, is_outage
 
 T = TypeVar("T")
 BATCH = 1000  # rows per transaction
@@ -87,8 +88,11 @@ class BatchWriter(Generic[T]):
                 batch = [self.queue.popleft() for _ in range(min(len(self.queue), BATCH))]
                 try:
                     await self.flush(batch)
-                except Exception:  # the store is down: say so, keep serving
-                    self.log.exception("could not record %d %s", len(batch), self.what)
+                except Exception as exc:  # the store is down: say so, keep serving
+                    if is_outage(exc):  # counted; the outage itself is logged once
+                        OUTAGE.failed("record", f"{len(batch)} {self.what} not recorded", exc)
+                    else:
+                        self.log.exception("could not record %d %s", len(batch), self.what)
                     self.lost.inc(len(batch))
             if self._closing:
                 return

@@ -263,10 +263,14 @@ class TftpServer:
             self._release(key, stats, "refused", exc.message)
             return
         except BaseException as exc:
-            sock.close()
             internal = not isinstance(exc, asyncio.CancelledError)
             if internal:
                 log.exception("TFTP read request for %r failed", request.filename)
+                with contextlib.suppress(OSError):  # an ERROR, never silence (issue 21)
+                    sock.sendto(
+                        packets.error(ErrorCode.UNDEFINED, "server error; retry shortly"), peer
+                    )
+            sock.close()
             self._release(key, stats, "error", "internal error" if internal else "shutdown")
             if not internal:
                 raise

@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 from netdeploy.boot.service import BootService
 from netdeploy.boot.tftp import virtual_file
 from netdeploy.context import Context, ServiceError
+from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S, is_outage
 from netdeploy.tftp import record
 from netdeploy.tftp.engine import TftpServer
+from netdeploy.tftp.packets import BadPacket, ErrorCode
 from netdeploy.tftp.transfer import TransferStats
 
 log = logging.getLogger("netdeploy.tftp")
@@ -36,7 +38,16 @@ async def start(ctx: Context, boot: BootService) -> Callable[[], Awaitable[None]
         writer.add(stats)
 
     async def resolve(path: str, client_ip: str) -> bytes | None:
-        return await virtual_file(boot, path, client_ip)
+        try:
+            return await virtual_file(boot, path, client_ip)
+        except Exception as exc:  # the store is down: an ERROR the client retries, not silence
+            if not is_outage(exc):
+                raise
+            OUTAGE.failed("tftp", path, exc)
+            raise BadPacket(
+                ErrorCode.UNDEFINED,
+                f"netdeploy cannot reach its database; retry in {RETRY_AFTER_S} s",
+            ) from None
 
     server = TftpServer(
         root,

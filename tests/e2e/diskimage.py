@@ -14,6 +14,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+from netdeploy.media.holdstub import pe32plus
+
 LOCAL_BOOT_MARKER = "NETDEPLOY-LOCAL-DISK-BOOT"
 PARTITION_OFFSET = 1024 * 1024  # bytes; mtools addresses it as IMAGE@@1M
 
@@ -77,8 +79,37 @@ def mbr(total_bytes: int, partition_type: int = 0x0E) -> bytes:
     return bytes(sector)
 
 
-def make_image(path: Path, size_mib: int = 64, seed: bytes = b"netdeploy") -> dict:
-    """Write the image; return the files it holds (name -> bytes) and its sha256 and size."""
+def efi_marker_app() -> bytes:
+    """The UEFI counterpart of :func:`boot_code`: an x86-64 EFI application that writes the
+    marker to COM1 and exits QEMU through isa-debug-exit (status 3); no firmware calls."""
+    message = (LOCAL_BOOT_MARKER + "\r\n").encode() + b"\0"
+    code = bytes(
+        [
+            0x48, 0x8D, 0x35, *struct.pack("<i", 0x1D - 0x07),  # 00 lea rsi, [rip+message]
+            0xAC,  # 07 .loop: lodsb
+            0x84, 0xC0,  # 08 test al, al
+            0x74, 0x07,  # 0a jz .done (0x13)
+            0x66, 0xBA, 0xF8, 0x03,  # 0c mov dx, 0x3f8 (COM1 data)
+            0xEE,  # 10 out dx, al
+            0xEB, 0xF4,  # 11 jmp .loop
+            0xB0, 0x01,  # 13 .done: mov al, 1
+            0x66, 0xBA, 0xF4, 0x00,  # 15 mov dx, 0xf4 (isa-debug-exit: QEMU exits with 3)
+            0xEE,  # 19 out dx, al
+            0xF4,  # 1a hlt
+            0xEB, 0xFD,  # 1b jmp 0x1a
+        ]
+    )  # fmt: skip
+    assert len(code) == 0x1D
+    return pe32plus(code + message)
+
+
+def make_image(
+    path: Path, size_mib: int = 64, seed: bytes = b"netdeploy", *, efi: bool = False
+) -> dict:
+    """Write the image; return the files it holds (name -> bytes) and its sha256 and size.
+
+    ``efi``: the FAT partition also holds ``EFI/BOOT/BOOTX64.EFI`` (:func:`efi_marker_app`), so
+    the image boots under OVMF too, printing the same marker."""
     total = size_mib * 1024 * 1024
     with open(path, "wb") as fh:
         fh.truncate(total)
@@ -104,6 +135,8 @@ def make_image(path: Path, size_mib: int = 64, seed: bytes = b"netdeploy") -> di
         "BOOT.INI": b"[boot loader]\r\ntimeout=0\r\n",
         "sysprep/README.TXT": b"sysprep -reseal -mini was run on the master\r\n",
     }
+    if efi:
+        files["EFI/BOOT/BOOTX64.EFI"] = efi_marker_app()
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     for name, data in files.items():
         parts = name.split("/")

@@ -50,6 +50,10 @@ class VM:
     # False: no option ROM on the NIC (``romfile=``), so the firmware's own PXE client boots
     # instead of QEMU's iPXE (under UEFI only: QEMU's only BIOS PXE ROMs are iPXE)
     nic_rom: bool = True
+    # a bootindex for the disk: under OVMF it then comes right after the network entries,
+    # before the EFI shell (which otherwise waits at its prompt for good)
+    disk_bootindex: int | None = None
+    extra: tuple[str, ...] = ()  # more QEMU arguments (e.g. -fw_cfg for OVMF)
     lines: list[tuple[float, str]] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
@@ -90,9 +94,16 @@ class VM:
             ]
         else:
             cmd += ["-boot", "order=nc", "-device", nic]
-        if self.disk:
+        if self.disk and self.disk_bootindex is not None:
+            cmd += [
+                "-drive",
+                f"file={self.disk},format=raw,if=none,id=disk0",
+                "-device",
+                f"virtio-blk-pci,drive=disk0,bootindex={self.disk_bootindex}",
+            ]
+        elif self.disk:
             cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]
-        return cmd
+        return [*cmd, *self.extra]
 
     async def serial_until_exit(self, timeout: float) -> str:
         """Run the guest as an asyncio subprocess, for tests whose server shares this event

@@ -1,5 +1,5 @@
 """One decision seam (DESIGN "Seams that must hold"): HTTP, TFTP and ProxyDHCP ask the same boot
-service, so a machine gets the same answer whichever way it asks. A released node boots its
+service, so a machine gets the same answer whichever way it asks. A started node boots its
 disk over all three (iPXE `sanboot`, pxelinux `LOCALBOOT`, ProxyDHCP silent so the firmware
 falls through to the disk); a node being imaged gets the agent over all three."""
 
@@ -45,8 +45,8 @@ async def test_all_three_protocols_give_the_boot_plans_answer(tmp_path: Path) ->
             script = await curl(f"{server.url}/boot/52-54-00-00-10-03.ipxe")
             assert "nd.mode=image" in script.text
 
-            # released: the local disk, every way
-            await server.force_state(MAC, NodeState.RELEASED)
+            # starting (released, boot code restored): the local disk, every way
+            await server.force_state(MAC, NodeState.STARTING)
             assert await dhcp_answer(server, client, sender, 2) == []  # silence: next device
             pxelinux = await virtual_file(
                 server.boot, "pxelinux.cfg/01-52-54-00-00-10-03", "10.1.1.3"

@@ -53,6 +53,8 @@ def test_media_build_is_reproducible_and_complete(media_cache, tmp_path):
         "etc/udhcpc.script",
         "etc/modules.order",
         "dev/console",
+        "lib/netdeploy/hold-mbr.bin",  # the hold on the disk (decision 0010)
+        "lib/netdeploy/hold-x64.efi",
     } <= set(names)
     # iPXE for firmware that is not iPXE: BIOS PXE ROMs chainload undionly.kpxe, UEFI ipxe.efi
     for name in ("undionly.kpxe", "snponly.efi", "ipxe.efi"):

@@ -31,7 +31,8 @@ EXPECTED: dict[NodeState | None, BootAction] = {
     NodeState.IMAGED: BootAction.WAIT,
     NodeState.HELD: BootAction.WAIT,
     NodeState.FAILED: BootAction.WAIT,
-    NodeState.RELEASED: BootAction.LOCAL,
+    # the agent puts the held boot code back first (issue 21, decision 0010)
+    NodeState.RELEASED: BootAction.WAIT,
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
     NodeState.DISCOVERED: BootAction.DISCOVER,
