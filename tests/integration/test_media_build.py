@@ -53,7 +53,7 @@ def test_media_build_is_reproducible_and_complete(media_cache, tmp_path):
         "etc/udhcpc.script",
         "etc/modules.order",
         "dev/console",
-        "lib/netdeploy/hold-mbr.bin",  # the hold on the disk (decision 0010)
+        "lib/netdeploy/hold-mbr.bin",  # the hold on the disk (decision 0011)
         "lib/netdeploy/hold-x64.efi",
     } <= set(names)
     # iPXE for firmware that is not iPXE: BIOS PXE ROMs chainload undionly.kpxe, UEFI ipxe.efi

@@ -31,7 +31,7 @@ EXPECTED: dict[NodeState | None, BootAction] = {
     NodeState.IMAGED: BootAction.WAIT,
     NodeState.HELD: BootAction.WAIT,
     NodeState.FAILED: BootAction.WAIT,
-    # the agent puts the held boot code back first (issue 21, decision 0010)
+    # the agent puts the held boot code back first (issue 21, decision 0011)
     NodeState.RELEASED: BootAction.WAIT,
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
