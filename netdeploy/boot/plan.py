@@ -7,7 +7,7 @@ state                                     next boot
 ========================================  ============================================
 registered, pxe, imaging                  imaging agent (``nd.mode=image``)
 imaged, held, failed                      agent in wait mode (``nd.mode=wait``)
-released, starting, joined                local disk
+released, starting, joined, unhealthy     local disk
 discovered, or a MAC not in the store     discovery agent (``nd.mode=discover``)
 ========================================  ============================================
 
@@ -50,6 +50,7 @@ _BY_STATE: dict[NodeState, BootAction] = {
     NodeState.RELEASED: BootAction.LOCAL,
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
+    NodeState.UNHEALTHY: BootAction.LOCAL,  # its OS runs; its cluster service is what is wrong
     NodeState.DISCOVERED: BootAction.DISCOVER,
 }
 

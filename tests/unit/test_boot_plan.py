@@ -34,6 +34,7 @@ EXPECTED: dict[NodeState | None, BootAction] = {
     NodeState.RELEASED: BootAction.LOCAL,
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
+    NodeState.UNHEALTHY: BootAction.LOCAL,  # its OS runs; only its cluster service is wrong
     NodeState.DISCOVERED: BootAction.DISCOVER,
     None: BootAction.DISCOVER,
 }
