@@ -90,7 +90,14 @@ class VM:
             ]
         else:
             cmd += ["-boot", "order=nc", "-device", nic]
-        if self.disk:
+        if self.disk and self.uefi:  # the disk is OVMF's next boot entry after the NIC
+            cmd += [
+                "-drive",
+                f"file={self.disk},format=raw,if=none,id=d0",
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=2",
+            ]
+        elif self.disk:
             cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]
         return cmd
 
