@@ -165,3 +165,46 @@ def membership_record(
         "cluster_state": cluster_state,
         "at": at,
     }
+
+
+# ---------------------------------------------------------------- what admins see
+
+
+def in_cluster_label(
+    hostname: str, node_state: str, kind: str | None, membership: dict[str, Any] | None
+) -> str:
+    """One node's membership as the cluster sees it, in the admin's words, beside its state:
+    ``up``, the cluster's own word (``Down``, ``Paused``, ``OFFLINE``), ``not listed``, or
+    ``joined, but not in the cluster's list``; "" when nothing can be said (no kind, or no
+    list reported yet and the node does not claim to be joined)."""
+    if not kind:
+        return ""
+    if membership is None:
+        return "no member list reported yet" if node_state == "joined" else ""
+    listed = {str(m["name"]).lower(): m for m in membership.get("members", [])}
+    entry = listed.get(hostname.lower())
+    if entry is None:
+        return "joined, but not in the cluster's list" if node_state == "joined" else "not listed"
+    if str(entry.get("state", "")).lower() in UP_STATES:
+        return "up"
+    word = str(entry.get("state", "?"))
+    return f"joined, but the cluster says {word}" if node_state == "joined" else word
+
+
+def membership_json(
+    kind: str | None, membership: dict[str, Any] | None, nodes: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """The cluster's view next to the config, for /api/clusters, the dashboard and the CLI.
+    ``nodes``: (hostname, state) of every configured node of the cluster."""
+    configured = {h.lower() for h, _ in nodes}
+    return {
+        "kind": kind,
+        "verified": bool(kind),  # complete needs the cluster's own list
+        "reported_by": membership.get("reported_by") if membership else None,
+        "reported_at": membership.get("at") if membership else None,
+        "members": [
+            {**m, "configured": str(m["name"]).lower() in configured}
+            for m in (membership or {}).get("members", [])
+        ],
+        "nodes": {h: in_cluster_label(h, s, kind, membership) for h, s in nodes},
+    }
