@@ -67,7 +67,7 @@ def boot_twice(make_vm, marker: str) -> list[str]:  # type: ignore[no-untyped-de
     for round_ in (1, 2):
         vm = make_vm(round_).start()
         try:
-            code = vm.wait(150)
+            code = vm.wait(300)  # OVMF tries every NIC boot entry first: ~25-80 s under TCG
         finally:
             vm.kill()
         text = vm.text()

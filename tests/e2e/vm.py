@@ -87,6 +87,9 @@ class VM:
                 f"if=pflash,format=raw,file={vars_copy}",
                 "-device",
                 nic + ",bootindex=1",
+                # no PXE over IPv6 (the test LANs are IPv4): spares OVMF a long wait per boot
+                "-fw_cfg",
+                "name=opt/org.tianocore/IPv6PXESupport,string=n",
             ]
         else:
             cmd += ["-boot", "order=nc", "-device", nic]
