@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from netdeploy.clusterkinds import Kind, kind_problems
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.tomlpos import line_of
 
@@ -225,6 +226,9 @@ class Timeouts(_Section):
 
 class ClusterConfig(_Section):
     image: str
+    # how the answer files form and join the cluster (netdeploy/clusterkinds.py); None: they
+    # do not, and the gate trusts each node's own "joined" (no member list is reported)
+    kind: Kind | None = None
     first_node: str | None = None
     release: str = "sequential"
     answer_files: list[str] = ["sysprep.inf"]
@@ -234,6 +238,8 @@ class ClusterConfig(_Section):
     # for every node of the cluster that images at the same time (docs/multicast.md)
     distribution: Distribution = "unicast"
     shared_disks: list[SharedDisk] = []
+    # drive letter of the shared disk holding the quorum (windows2003: cluster /quorum /path:)
+    quorum: Annotated[str, Field(pattern=r"^[D-Zd-z]$")] | None = None
     timeouts: Timeouts = Timeouts()
     vars: dict[str, Any] = {}
 
@@ -469,6 +475,17 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
         letters = [d.letter.upper() for d in cluster.shared_disks]
         if len(set(letters)) != len(letters):
             add(("clusters", name, "shared_disks"), "a drive letter is assigned twice")
+        if cluster.kind is not None:
+            for loc, message in kind_problems(
+                name,
+                cluster.kind,
+                cluster_vars=cluster.vars,
+                members=[(i, n.hostname, n.vars) for i, n in enumerate(cfg.nodes) if n in members],
+                service_account=cluster.service_account,
+                quorum=cluster.quorum,
+                shared_letters=letters,
+            ):
+                add(loc, message)
     for name, image in cfg.images.items():
         for j, profile in enumerate(image.hardware):
             if profile not in cfg.hardware:

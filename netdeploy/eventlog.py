@@ -94,6 +94,11 @@ def health(mac: str, cluster: str | None, **detail: Any) -> Event:
     return Event(kind="health", mac=mac, cluster=cluster, detail=detail)
 
 
+def membership(mac: str, cluster: str, record: dict[str, Any]) -> Event:
+    """The member list the cluster itself reported (through its first node's health report)."""
+    return Event(kind="members", mac=mac, cluster=cluster, detail=record)
+
+
 def admin_action(
     mac: str, cluster: str | None, state: str, action: str, actor: str, **detail: Any
 ) -> Event:

@@ -58,4 +58,6 @@ class NodeState(StrEnum):
     RELEASED = "released"
     STARTING = "starting"
     JOINED = "joined"
+    # the first node's own cluster reports itself unhealthy: running its OS, gate stopped
+    UNHEALTHY = "unhealthy"
     FAILED = "failed"

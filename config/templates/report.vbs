@@ -3,10 +3,12 @@
 '   KIND health: the first node; waits until the Cluster service (ClusSvc) runs, then reports
 '                {"healthy": true}, which forms the cluster and releases the next nodes.
 '   KIND joined: any other node; waits for ClusSvc the same way, then reports {"state": "joined"}.
+' With a cluster kind, both also send the cluster's own member list (the raw output of
+' {{ cluster.formation.members_source if cluster and cluster.formation else "the cluster's tool" }}), which netdeploy parses: the gate completes only when it lists every node.
 ' Windows Server 2003 has no curl; MSXML2.ServerXMLHTTP ships with it. A failed report is
 ' logged to %SystemRoot%\Temp\netdeploy-report.log, retried, and never blocks the logon.
 Option Explicit
-Dim args, shell, fso, log, kind, body, running, tries, status
+Dim args, shell, fso, log, kind, body, running, tries, status, members
 Set args = WScript.Arguments
 Set shell = CreateObject("WScript.Shell")
 Set fso = CreateObject("Scripting.FileSystemObject")
@@ -26,6 +28,27 @@ Function ClusterServiceRunning()
     For Each svc In services
         If svc.State = "Running" Then ClusterServiceRunning = True
     Next
+End Function
+
+Function ClusterMembers()
+    ' the cluster's member list as the cluster itself prints it; "" when it printed no table
+    Dim exec, text
+    ClusterMembers = ""
+{% if cluster and cluster.formation %}
+    On Error Resume Next
+    Set exec = shell.Exec("cmd /c {{ cluster.formation.members_command | replace('"', '""') }} 2>&1")
+    text = exec.StdOut.ReadAll()
+    If Err.Number = 0 And InStr(text, "---") > 0 Then ClusterMembers = text
+{% endif %}
+End Function
+
+Function JsonString(text)
+    text = Replace(text, "\", "\\")
+    text = Replace(text, """", "\""")
+    text = Replace(text, vbCr, "\r")
+    text = Replace(text, vbLf, "\n")
+    text = Replace(text, vbTab, "\t")
+    JsonString = """" & text & """"
 End Function
 
 ' up to 10 minutes for the cluster service to come up
@@ -50,6 +73,11 @@ Else
     body = "{""state"": ""failed"", ""message"": ""cluster service not running on %COMPUTERNAME% after 10 minutes""}"
 End If
 body = shell.ExpandEnvironmentStrings(body)
+members = ""
+If running Then members = ClusterMembers()
+If members <> "" Then
+    body = Left(body, Len(body) - 1) & ", ""source"": ""{{ cluster.formation.members_source if cluster and cluster.formation else "" }}"", ""output"": " & JsonString(members) & "}"
+End If
 
 Function Post(url, token, text)
     Dim http

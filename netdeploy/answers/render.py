@@ -10,6 +10,7 @@ events_url, health_url).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +21,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta, nodes
 
+from netdeploy.clusterkinds import formation
 from netdeploy.config import Config, NodeConfig
 from netdeploy.inventory import mac_hyphens
 
@@ -130,8 +132,25 @@ def node_variables(
             ],
             "nodes": [m.hostname for m in members],
             "vars": dict(cluster_cfg.vars),
+            "kind": cluster_cfg.kind,
+            "quorum": cluster_cfg.quorum,
+            # this node's create/join commands and how it lists members (clusterkinds.py);
+            # None for a cluster without a kind, or when `check` reports a missing var
+            "formation": None,
         }
     merged = {**(cluster_cfg.vars if cluster_cfg else {}), **node.vars}
+    if cluster is not None and cluster_cfg is not None and cluster_cfg.kind:
+        # a missing var: load_config refused this config already (check names it)
+        with contextlib.suppress(KeyError):
+            cluster["formation"] = formation(
+                cluster_cfg.kind,
+                cluster=str(node.cluster),
+                node=node.hostname,
+                first_node=cluster_cfg.first_node or "",
+                values=merged,
+                service_account=cluster_cfg.service_account,
+                quorum=cluster_cfg.quorum,
+            ).json()
     is_first = bool(cluster_cfg and (cluster_cfg.first_node or "").lower() == node.hostname.lower())
     # "ready" is what the started OS reports (rollout API): the first node reports its cluster
     # service health, which forms the cluster; every other node (and a standalone one) joined.

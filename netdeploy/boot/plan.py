@@ -8,7 +8,7 @@ state                                     next boot
 registered, pxe, imaging                  imaging agent (``nd.mode=image``)
 imaged, held, failed                      agent in wait mode (``nd.mode=wait``)
 released                                  agent in wait mode: restores the boot code
-starting, joined                          local disk
+starting, joined, unhealthy               local disk
 discovered, or a MAC not in the store     discovery agent (``nd.mode=discover``)
 ========================================  ============================================
 
@@ -55,6 +55,7 @@ _BY_STATE: dict[NodeState, BootAction] = {
     NodeState.RELEASED: BootAction.WAIT,  # the agent restores the held boot code first
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
+    NodeState.UNHEALTHY: BootAction.LOCAL,  # its OS runs; its cluster service is what is wrong
     NodeState.DISCOVERED: BootAction.DISCOVER,
 }
 

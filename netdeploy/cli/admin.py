@@ -151,7 +151,13 @@ def cmd_clusters(args: argparse.Namespace) -> int:
         )
         console.print(f"  {cluster['gate_detail']}", highlight=False)
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("", "hostname", "MAC", "state", "progress", "seq", "since", "message"):
+        seen = cluster["membership"]
+        if seen["verified"]:
+            members = ", ".join(f"{m['name']} {m['state']}" for m in seen["members"]) or "none"
+            by = f" (reported by {seen['reported_by']})" if seen["reported_by"] else ""
+            console.print(f"  the cluster lists: {members}{by}", highlight=False)
+        columns = ["", "hostname", "MAC", "state", "in cluster", "progress", "seq", "since"]
+        for column in [*columns, "message"]:
             table.add_column(column, no_wrap=column != "message")
         for n in cluster["nodes"]:
             mark = "*" if n["hostname"] == cluster["first_node"] else ""
@@ -162,6 +168,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
                 n["hostname"] or "",
                 n["mac"],
                 n["state"],
+                seen["nodes"].get(n["hostname"] or n["mac"], ""),
                 f"{n['progress']:.0f}%" if n["progress"] is not None else "",
                 "" if n["release_seq"] is None else str(n["release_seq"]),
                 (n["state_since"] or "")[:19],

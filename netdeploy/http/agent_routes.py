@@ -6,7 +6,7 @@ for wget/iPXE). Handlers only parse and render; the rollout writer decides.
 | route | body | answers |
 | --- | --- | --- |
 | ``POST /api/nodes/{mac}/events`` | ``{"state", "progress"?, "message"?}`` | 200 node view |
-| ``GET /api/nodes/{mac}/gate?timeout=S`` | none | 200 when released, changed, or after S |
+| ``GET /api/nodes/{mac}/gate?timeout=S[&seen=ST]`` | none | 200 released, changed, or after S |
 | ``POST /api/nodes/{mac}/health`` | ``{"healthy", "message"?}`` | 200 node view |
 
 Refusals: 400 malformed body / MAC / timeout, 403 token, 404 unknown MAC, 409 wrong state,
@@ -139,7 +139,10 @@ async def get_gate(request: web.Request) -> web.Response:
     try:
         view = await engine.run(actions.gate_check(mac, token, ip, timeout), [mac])
         timeout = float(timeout) if not isinstance(timeout, BadReport) else 0.0  # refused above
-        if view["released"] or timeout == 0:
+        # ?seen=STATE: the state of the agent's last answer; a change since (a failure or a
+        # retry decided between two polls) is answered at once, never missed for a whole poll
+        seen = request.query.get("seen")
+        if view["released"] or timeout == 0 or (seen and seen != view["state"]):
             return web.json_response(view)
         try:
             changed = await asyncio.wait_for(woken, timeout)

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 import netdeploy
 from netdeploy.http.common import ctx_of, mac_param
+from netdeploy.rollout.membership import membership_json
 from netdeploy.store.models import Cluster, Node
 
 routes = web.RouteTableDef()
@@ -41,6 +42,12 @@ def cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
         "gate_detail": cluster.gate_detail,
         "formed_at": cluster.formed_at.isoformat() if cluster.formed_at else None,
         "nodes": [n.hostname or n.mac for n in nodes],
+        # issue 16: the member list as the cluster itself reported it, next to the config
+        "membership": membership_json(
+            (cluster.settings or {}).get("kind"),
+            cluster.membership,
+            [(n.hostname or n.mac, n.state) for n in nodes],
+        ),
     }
 
 

@@ -24,6 +24,7 @@ from netdeploy.rollout.machine import (
     Report,
     judge_report,
 )
+from netdeploy.rollout.membership import Member, membership_record
 from netdeploy.rollout.reports import AgentReport, HealthReport
 from netdeploy.rollout.rows import NodeRow
 from netdeploy.store.models import Cluster, Node, SecretFetch
@@ -155,6 +156,8 @@ def agent_report(
             ) from None
         if report.message:
             node.message = report.message
+        if report.members is not None and cluster is not None:
+            _store_membership(batch, cluster, node, report.members, "")
         if verdict == Report.REPEAT:
             if report.state == S.IMAGING and report.progress is not None:
                 node.progress = report.progress
@@ -208,8 +211,40 @@ def _after_imaged(batch: Batch, node: NodeRow, cluster: Cluster | None) -> None:
     batch.move(node, S.RELEASED, reason=why, detail={"actor": "gate", "release_seq": 0})
 
 
+def _store_membership(
+    batch: Batch, cluster: Cluster, node: NodeRow, members: tuple[Member, ...], state: str
+) -> None:
+    """Keep the member list the cluster itself reported (latest wins) and record it."""
+    record = membership_record(
+        list(members),
+        reporter=node.hostname or node.mac,
+        cluster_state=state,
+        at=batch.now.isoformat(),
+    )
+    cluster.membership = record
+    batch.dirty.add(cluster.name)
+    batch.record(eventlog.membership(node.mac, cluster.name, record))
+
+
+def _health_verdict(node: NodeRow, report: HealthReport) -> tuple[bool, str]:
+    """Healthy only if the report says so *and* the cluster's own list shows this node up."""
+    if not report.healthy:
+        return False, report.message or "the report script found the cluster service down"
+    if report.members is not None:
+        me = next(
+            (m for m in report.members if m.name.lower() == (node.hostname or "").lower()), None
+        )
+        if me is None or not me.up:
+            seen = "does not list it" if me is None else f"lists it {me.state}"
+            return False, f"the cluster's own member list {seen}" + (
+                f" ({report.message})" if report.message else ""
+            )
+    return True, report.message
+
+
 def health(mac: str, token: str | None, report: HealthReport | BadReport, ip: str | None) -> Action:
-    """The first node's Mini-Setup reports its cluster service; healthy forms the cluster."""
+    """The first node's report script reports its cluster: healthy forms the cluster (or resumes
+    a stopped gate); unhealthy moves the node to ``unhealthy`` and stops the gate at once."""
 
     async def action(batch: Batch) -> NodeOutcome:
         node = await _agent_node(batch, mac, token, "health", ip)
@@ -225,26 +260,55 @@ def health(mac: str, token: str | None, report: HealthReport | BadReport, ip: st
                 f"({cluster.first_node} is); only the first node reports cluster health"
             )
             raise _refuse(batch, node, mac, "health", error, ip)
-        if node.state not in RELEASED_STATES:
+        # a first node that timed out while its OS came up still runs it: a late report counts
+        # (not one that failed by its own report or by the admin's decision)
+        timed_out = (
+            node.state == S.FAILED
+            and node.release_seq is not None
+            and node.message.startswith(("joining timed out", "starting timed out"))
+        )
+        if node.state not in RELEASED_STATES and not timed_out:
             error = Refused(
                 f"first node {label(node)} is {node.state}; its health counts only after it "
                 "was released and started"
             )
             raise _refuse(batch, node, mac, "health", error, ip)
-        if not report.healthy:
+        if report.members is not None:
+            _store_membership(batch, cluster, node, report.members, report.cluster_state)
+        healthy, reason = _health_verdict(node, report)
+        if not healthy:
             batch.record(
-                eventlog.health(
-                    node.mac, cluster.name, healthy=False, message=report.message, ip=ip
-                )
+                eventlog.health(node.mac, cluster.name, healthy=False, message=reason, ip=ip)
             )
-            return NodeOutcome(node, cluster, changed=False)
+            changed = node.message != reason
+            node.message = reason
+            if node.state in (S.RELEASED, S.STARTING, S.JOINED):
+                batch.move(
+                    node,
+                    S.UNHEALTHY,
+                    reason=f"first node reports its cluster unhealthy: {reason}",
+                    detail={"actor": "agent", "message": reason},
+                )
+                changed = True
+            batch.dirty.add(cluster.name)  # the gate stops (or states the new reason) now
+            return NodeOutcome(node, cluster, changed)
         changed = False
         if node.state != S.JOINED:
+            why = "first node reported its cluster healthy"
+            if node.state == S.UNHEALTHY:
+                why += " again: the gate resumes"
             detail = {"actor": "agent", "message": report.message}
+            # unhealthy or timed out → joined only this way, never by an agent's "joined"
             batch.move(
-                node, S.JOINED, reason="first node reported its cluster healthy", detail=detail
+                node,
+                S.JOINED,
+                reason=why,
+                detail=detail,
+                force=node.state != S.STARTING and node.state != S.RELEASED,
             )
+            node.stops_rollout = False
             changed = True
+        node.message = report.message
         if cluster.formed_at is None:  # health twice forms the cluster once
             cluster.formed_at = batch.now
             batch.set_gate(cluster, G.Gate.FORMED, f"formed by {node.hostname}", mac=node.mac)
@@ -289,6 +353,7 @@ def sweep(now: datetime) -> Action:
                 continue
             limit = float((timeouts or {}).get(phase, G.DEFAULT_TIMEOUTS[phase]))
             node.stops_rollout = True
+            node.message = f"{phase} timed out after {limit:g} s in {node.state}"
             batch.move(
                 node,
                 S.FAILED,

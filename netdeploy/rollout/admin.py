@@ -66,8 +66,11 @@ def retry(name: str, actor: str) -> Action:
 
     async def action(batch: Batch) -> NodeOutcome:
         node = await _admin_node(batch, name)
-        if node.state != S.FAILED:
-            raise Refused(f"{label(node)} is {node.state}; only a failed node can be retried")
+        if node.state not in (S.FAILED, S.UNHEALTHY):
+            raise Refused(
+                f"{label(node)} is {node.state}; only a failed node can be retried "
+                "(or an unhealthy first node)"
+            )
         node.stops_rollout = False
         node.release_seq = None
         node.message = ""
@@ -99,6 +102,7 @@ def fail(name: str, actor: str, reason: str) -> Action:
                 batch.dirty.add(node.cluster)
             return NodeOutcome(node, cluster, changed=True)
         node.stops_rollout = False
+        node.message = f"failed by {actor}: {reason}"  # the waiting agent shows it
         batch.move(
             node,
             S.FAILED,
@@ -132,6 +136,7 @@ def reset_cluster(name: str, actor: str) -> Action:
                     force=True,
                 )
         cluster.formed_at = None
+        cluster.membership = None  # a new rollout: the cluster has to show its members anew
         cluster.rollout += 1
         batch.set_gate(
             cluster,

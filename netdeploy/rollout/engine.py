@@ -63,7 +63,7 @@ Action = Callable[["Batch"], Awaitable[Any]]
 RETRY = f"nothing was changed, retry in {RETRY_AFTER_S} s"
 
 # state changes that can change a cluster's gate decision
-_GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED})
+_GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED, S.UNHEALTHY})
 
 # Several servers on one PostgreSQL (DESIGN "Scale") each run a writer. Every batch first
 # locks the cluster rows, in name order so two batches never deadlock, and reads nodes only
@@ -201,20 +201,23 @@ class Batch:
         # only the five columns a decision needs, as plain tuples (a 1,000-node cluster is
         # settled in a few ms); nodes this batch changed count as they are now
         result = await self.session.execute(
-            select(Node.mac, Node.hostname, Node.state, Node.stops_rollout, Node.release_seq).where(
-                Node.cluster == cluster.name
-            )
+            select(
+                Node.mac,
+                Node.hostname,
+                Node.state,
+                Node.stops_rollout,
+                Node.release_seq,
+                Node.message,
+            ).where(Node.cluster == cluster.name)
         )
         rows = [self.nodes.get(r.mac) or r for r in result]
-        view = G.ClusterView(
-            name=cluster.name,
-            first_node=cluster.first_node,
-            policy=G.parse_policy(cluster.release_policy),
-            formed=cluster.formed_at is not None,
-        )
+        view = G.cluster_view(cluster)
         decision = G.decide(
             view,
-            [G.NodeView(r.mac, r.hostname or r.mac, S(r.state), r.stops_rollout) for r in rows],
+            [
+                G.NodeView(r.mac, r.hostname or r.mac, S(r.state), r.stops_rollout, r.message or "")
+                for r in rows
+            ],
         )
         seq = max((r.release_seq or 0 for r in rows), default=0)
         await self.prefetch(decision.release)
@@ -255,6 +258,7 @@ def gate_view(node: Node | NodeRow, cluster: Cluster | None) -> dict[str, Any]:
         "cluster": node.cluster,
         "gate": cluster.gate if cluster else None,
         "detail": cluster.gate_detail if cluster else "",
+        "message": node.message or "",  # e.g. why it failed: the agent shows it
     }
 
 

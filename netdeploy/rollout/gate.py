@@ -10,7 +10,12 @@ service (the cluster is *formed*); then held nodes are released by the cluster's
 - ``manual``: nobody automatically; the admin releases each node.
 
 A failure the admin has not yet decided on stops every automatic release (``stopped``); a
-failed first node stops them for good, until the admin retries it or resets the cluster.
+failed first node stops them for good, until the admin retries it or resets the cluster. A first
+node whose cluster reports itself unhealthy stops them too, until a healthy report (or a retry).
+
+``complete`` means the cluster says so: for a cluster whose kind reports its member list
+(``verify_members``), every node that says "joined" must also be up in the list the cluster
+itself printed (``cluster node``, ``Get-ClusterNode``, ``crm_mon``), and nobody else may be.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.machine import IN_FLIGHT
+from netdeploy.rollout.membership import compare
 
 
 class Gate(StrEnum):
@@ -71,6 +77,7 @@ class NodeView:
     hostname: str
     state: S
     stops_rollout: bool = False  # failed, and the admin has not decided yet
+    message: str = ""  # the node's last reported reason (shown when it stops the gate)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,22 @@ class ClusterView:
     first_node: str  # hostname
     policy: Policy
     formed: bool  # the first node reported healthy (persisted as Cluster.formed_at)
+    # the cluster's kind reports its own member list; complete only when it matches
+    verify_members: bool = False
+    members: tuple[dict[str, Any], ...] | None = None  # the latest list the cluster reported
+
+
+def cluster_view(cluster: Any) -> ClusterView:
+    """The gate's view of a stored cluster row (``store.models.Cluster``)."""
+    membership = cluster.membership or None
+    return ClusterView(
+        name=cluster.name,
+        first_node=cluster.first_node,
+        policy=parse_policy(cluster.release_policy),
+        formed=cluster.formed_at is not None,
+        verify_members=bool((cluster.settings or {}).get("kind")),
+        members=tuple(membership["members"]) if membership else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,13 @@ def decide(cluster: ClusterView, nodes: list[NodeView]) -> GateDecision:
             "(`netdeploy retry NODE` re-images it, `netdeploy fail NODE` gives it up, "
             "`netdeploy release NODE` releases a held node by hand)",
         )
+    if first.state is S.UNHEALTHY:
+        return GateDecision(
+            Gate.STOPPED,
+            f"first node {first.hostname} reports its cluster unhealthy: "
+            f"{first.message or 'no reason given'}; nobody is released until a healthy report "
+            f"(or `netdeploy retry {first.hostname}`)",
+        )
     if not cluster.formed:
         return GateDecision(
             Gate.WAITING,
@@ -142,7 +172,13 @@ def decide(cluster: ClusterView, nodes: list[NodeView]) -> GateDecision:
         joined = sum(n.state is S.JOINED for n in nodes)
         failed = len(nodes) - joined
         note = f", {failed} failed (given up by the admin)" if failed else ""
-        return GateDecision(Gate.COMPLETE, f"{joined} of {len(nodes)} nodes joined{note}")
+        unverified = _membership_gap(cluster, nodes)
+        if unverified:
+            return GateDecision(
+                Gate.RELEASING, f"{joined} of {len(nodes)} nodes say joined{note}; {unverified}"
+            )
+        seen = "; the cluster lists every one up" if cluster.verify_members else ""
+        return GateDecision(Gate.COMPLETE, f"{joined} of {len(nodes)} nodes joined{note}{seen}")
     release: tuple[str, ...] = ()
     if not cluster.policy.manual and held and not in_flight:
         release = tuple(n.mac for n in held[: cluster.policy.wave])
@@ -159,6 +195,24 @@ def decide(cluster: ClusterView, nodes: list[NodeView]) -> GateDecision:
         f"policy {cluster.policy}: {flying} starting, {waiting} held",
         release,
     )
+
+
+def _membership_gap(cluster: ClusterView, nodes: list[NodeView]) -> str:
+    """Why the cluster's own member list does not (yet) show exactly the joined nodes; ""
+    when it does, or when this kind of cluster reports no list."""
+    if not cluster.verify_members:
+        return ""
+    if cluster.members is None:
+        return "waiting for the cluster's own member list (report script)"
+    expected = [n.hostname for n in nodes if n.state is S.JOINED]
+    seen = compare(list(cluster.members), [n.hostname for n in nodes], expected)
+    gaps = []
+    if seen.missing:
+        names = ", ".join(sorted(seen.missing, key=natural_key))
+        gaps.append(f"the cluster does not list {names} as up")
+    if seen.strangers:
+        gaps.append(f"the cluster lists {', '.join(seen.strangers)}, not configured in it")
+    return "; ".join(gaps) + ("; not complete until it does" if gaps else "")
 
 
 # ---------------------------------------------------------------- timeouts

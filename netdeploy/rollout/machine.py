@@ -11,15 +11,18 @@ class IllegalTransition(ValueError):
 
 # to-state -> the states it may be entered from. Admin actions (retry, reset) use `force`.
 ALLOWED_FROM: dict[S, frozenset[S]] = {
-    S.REGISTERED: frozenset({S.DISCOVERED, S.FAILED}),
+    S.REGISTERED: frozenset({S.DISCOVERED, S.FAILED, S.UNHEALTHY}),
     S.PXE: frozenset({S.REGISTERED, S.FAILED}),
     S.IMAGING: frozenset({S.PXE, S.IMAGING}),
     S.IMAGED: frozenset({S.IMAGING}),
     S.HELD: frozenset({S.IMAGED}),
     S.RELEASED: frozenset({S.IMAGED, S.HELD}),
     S.STARTING: frozenset({S.RELEASED}),
+    # (unhealthy → joined only by the first node's healthy report: rollout.actions.health)
     S.JOINED: frozenset({S.STARTING, S.RELEASED}),
-    S.FAILED: frozenset({S.PXE, S.IMAGING, S.IMAGED, S.HELD, S.RELEASED, S.STARTING}),
+    # only the first node reports its cluster's health; unhealthy stops the gate at once
+    S.UNHEALTHY: frozenset({S.RELEASED, S.STARTING, S.JOINED}),
+    S.FAILED: frozenset({S.PXE, S.IMAGING, S.IMAGED, S.HELD, S.RELEASED, S.STARTING, S.UNHEALTHY}),
     S.DISCOVERED: frozenset(),
 }
 
@@ -52,13 +55,14 @@ AGENT_STATES: frozenset[S] = frozenset({S.IMAGING, S.IMAGED, S.STARTING, S.JOINE
 ALREADY_PAST: dict[S, frozenset[S]] = {
     S.IMAGING: frozenset({S.IMAGING}),  # a progress update
     S.IMAGED: frozenset({S.IMAGED, S.HELD, S.RELEASED}),
-    S.STARTING: frozenset({S.STARTING, S.JOINED}),
+    S.STARTING: frozenset({S.STARTING, S.JOINED, S.UNHEALTHY}),
     S.JOINED: frozenset({S.JOINED}),
     S.FAILED: frozenset({S.FAILED}),
 }
 
-# Released nodes and everything after: the node may boot its own disk.
-RELEASED_STATES: frozenset[S] = frozenset({S.RELEASED, S.STARTING, S.JOINED})
+# Released nodes and everything after: the node may boot its own disk. An unhealthy first node
+# runs its OS (its cluster service is what is wrong), so it keeps booting its disk.
+RELEASED_STATES: frozenset[S] = frozenset({S.RELEASED, S.STARTING, S.JOINED, S.UNHEALTHY})
 # Released but not yet joined: a wave is still in flight.
 IN_FLIGHT: frozenset[S] = frozenset({S.RELEASED, S.STARTING})
 

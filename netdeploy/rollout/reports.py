@@ -9,6 +9,7 @@ from typing import Any
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.errors import BadReport
 from netdeploy.rollout.machine import AGENT_STATES
+from netdeploy.rollout.membership import BadMembers, Member, parse_members, parse_output
 
 MAX_MESSAGE = 2000
 
@@ -18,12 +19,21 @@ class AgentReport:
     state: S
     progress: float | None = None
     message: str = ""
+    members: tuple[Member, ...] | None = None  # the cluster's own member list (with joined)
 
 
 @dataclass(frozen=True)
 class HealthReport:
     healthy: bool
     message: str = ""
+    members: tuple[Member, ...] | None = None  # the cluster's own member list, when sent
+    cluster_state: str = ""  # what the cluster tool said of itself, e.g. "ClusSvc running"
+
+
+# The cluster's view, sent with a health report (or a joined report): either parsed by the
+# sender (``members``) or the raw output of the cluster's own tool (``output`` + ``source``),
+# parsed here by netdeploy.rollout.membership.
+MEMBER_FIELDS = {"members", "output", "source"}
 
 
 def _fields(body: Any, allowed: set[str], what: str) -> dict[str, Any]:
@@ -52,9 +62,27 @@ _EXAMPLES = {
 }
 
 
+def _members(body: dict[str, Any]) -> tuple[Member, ...] | None:
+    try:
+        if "members" in body:
+            if "output" in body:
+                raise BadReport("send either members or output (with source), not both")
+            return tuple(parse_members(body["members"]))
+        if "output" in body:
+            output, source = body["output"], body.get("source")
+            if not isinstance(output, str) or len(output) > 64000:
+                raise BadReport("output must be the cluster tool's text, at most 64,000 characters")
+            return tuple(parse_output(str(source), output))
+    except BadMembers as exc:
+        raise BadReport(f"cluster member list: {exc}") from None
+    if "source" in body:
+        raise BadReport("source belongs with output (the cluster tool's text)")
+    return None
+
+
 def parse_report(body: Any) -> AgentReport:
     """Validate ``POST /api/nodes/{mac}/events`` JSON; raise :class:`BadReport` with the fix."""
-    body = _fields(body, {"state", "progress", "message"}, "an event")
+    body = _fields(body, {"state", "progress", "message", *MEMBER_FIELDS}, "an event")
     state = body.get("state")
     if state not in {str(s) for s in AGENT_STATES}:
         raise BadReport(
@@ -69,13 +97,21 @@ def parse_report(body: Any) -> AgentReport:
             raise BadReport(f"progress must be from 0 to 100 (got {progress!r})")
         if state != S.IMAGING:
             raise BadReport(f"progress belongs to state imaging, not {state}")
-    return AgentReport(S(state), None if progress is None else float(progress), _message(body))
+    members = _members(body)
+    if members is not None and state != S.JOINED:
+        raise BadReport(f"a member list belongs to state joined, not {state}")
+    return AgentReport(
+        S(state), None if progress is None else float(progress), _message(body), members
+    )
 
 
 def parse_health(body: Any) -> HealthReport:
     """Validate ``POST /api/nodes/{mac}/health`` JSON."""
-    body = _fields(body, {"healthy", "message"}, "a health report")
+    body = _fields(body, {"healthy", "message", "cluster_state", *MEMBER_FIELDS}, "a health report")
     healthy = body.get("healthy")
     if not isinstance(healthy, bool):
         raise BadReport(f"healthy must be true or false (got {healthy!r})")
-    return HealthReport(healthy, _message(body))
+    state = body.get("cluster_state", "")
+    if not isinstance(state, str) or len(state) > 200:
+        raise BadReport("cluster_state must be a string of at most 200 characters")
+    return HealthReport(healthy, _message(body), _members(body), state)

@@ -95,6 +95,9 @@ class Cluster(Base):
     gate_detail: Mapped[str] = mapped_column(Text, default="")
     formed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rollout: Mapped[int] = mapped_column(Integer, default=1)  # bumped by `reset`
+    # the cluster's own member list as last reported (rollout.membership.membership_record);
+    # None until a report carried one in this rollout
+    membership: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Node(Base):

@@ -4,6 +4,11 @@ Layout: an MBR whose boot code prints ``NETDEPLOY-LOCAL-DISK-BOOT`` through the 
 mirrors it to the serial console) and then exits QEMU through the ``isa-debug-exit`` device, and
 one FAT partition from 1 MiB holding a few files, like a sysprep'd system partition. When a test
 sees that marker, the machine has booted its local disk.
+
+The FAT partition also holds ``EFI/BOOT/BOOTX64.EFI`` (the removable-media path UEFI firmware
+boots from a disk without boot entries): a tiny PE32+ EFI application that prints
+``NETDEPLOY-LOCAL-DISK-BOOT-EFI`` on COM1 and exits QEMU the same way, so one image proves a
+local boot under SeaBIOS and under OVMF.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from netdeploy.media.holdstub import pe32plus
 
 LOCAL_BOOT_MARKER = "NETDEPLOY-LOCAL-DISK-BOOT"
+EFI_BOOT_MARKER = LOCAL_BOOT_MARKER + "-EFI"
+EFI_BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"
 PARTITION_OFFSET = 1024 * 1024  # bytes; mtools addresses it as IMAGE@@1M
 
 
@@ -61,6 +68,56 @@ def boot_code() -> bytes:
     )
     assert len(code) == 0x20
     return code + message
+
+
+def efi_boot_app() -> bytes:
+    """A PE32+ EFI application (x86-64): write the EFI marker to COM1, then exit QEMU through
+    ``isa-debug-exit``. Position-independent (RIP-relative), so it needs no relocations."""
+    message = (EFI_BOOT_MARKER + "\r\n").encode() + b"\0"
+    body = bytes(
+        [
+            0x66, 0xBA, 0xF8, 0x03,  # mov dx, 0x3f8 (COM1 data)
+            0xAC,  # .loop: lodsb
+            0x84, 0xC0,  # test al, al
+            0x74, 0x03,  # jz .done
+            0xEE,  # out dx, al
+            0xEB, 0xF8,  # jmp .loop
+            0xB0, 0x01,  # .done: mov al, 1
+            0x66, 0xBA, 0xF4, 0x00,  # mov dx, 0xf4 (isa-debug-exit: QEMU exits with status 3)
+            0xEE,  # out dx, al
+            0xF4,  # .halt: hlt
+            0xEB, 0xFD,  # jmp .halt
+        ]
+    )  # fmt: skip
+    lea = b"\x48\x8d\x35" + struct.pack("<i", len(body))  # lea rsi, [rip + message]
+    text = (lea + body + message).ljust(0x200, b"\0")
+    optional = struct.pack(
+        "<HBBIIIIIQIIHHHHHHIIIIHHQQQQII",
+        0x20B,  # PE32+
+        0, 0, len(text), 0, 0,
+        0x1000,  # AddressOfEntryPoint
+        0x1000,  # BaseOfCode
+        0x10000000,  # ImageBase (loaded anywhere: the code is position-independent)
+        0x1000, 0x200,  # section and file alignment
+        0, 0, 0, 0, 0, 0, 0,
+        0x2000,  # SizeOfImage
+        0x200,  # SizeOfHeaders
+        0,
+        10,  # Subsystem: EFI application
+        0,
+        0x10000, 0x1000, 0x10000, 0x1000, 0,
+        16,  # NumberOfRvaAndSizes (all empty: no imports, no relocations)
+    ) + bytes(16 * 8)  # fmt: skip
+    assert len(optional) == 240
+    coff = struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, len(optional), 0x0022)
+    section = struct.pack(
+        "<8sIIIIIIHHI", b".text", len(text), 0x1000, len(text), 0x200, 0, 0, 0, 0, 0x60000020
+    )
+    dos = bytearray(0x40)
+    dos[0:2] = b"MZ"
+    dos[0x3C:0x40] = struct.pack("<I", 0x40)
+    headers = (bytes(dos) + b"PE\0\0" + coff + optional + section).ljust(0x200, b"\0")
+    return headers + text
 
 
 def mbr(total_bytes: int, partition_type: int = 0x0E) -> bytes:
@@ -134,6 +191,7 @@ def make_image(
         "WINDOWS/SYSTEM32/BIG.DLL": bytes(range(256)) * 16384,
         "BOOT.INI": b"[boot loader]\r\ntimeout=0\r\n",
         "sysprep/README.TXT": b"sysprep -reseal -mini was run on the master\r\n",
+        EFI_BOOT_PATH: efi_boot_app(),
     }
     if efi:
         files["EFI/BOOT/BOOTX64.EFI"] = efi_marker_app()

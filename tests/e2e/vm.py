@@ -91,15 +91,21 @@ class VM:
                 f"if=pflash,format=raw,file={vars_copy}",
                 "-device",
                 nic + ",bootindex=1",
+                # no PXE over IPv6 (the test LANs are IPv4): spares OVMF a long wait per boot
+                "-fw_cfg",
+                "name=opt/org.tianocore/IPv6PXESupport,string=n",
             ]
         else:
             cmd += ["-boot", "order=nc", "-device", nic]
-        if self.disk and self.disk_bootindex is not None:
+        if self.disk and (self.uefi or self.disk_bootindex is not None):
+            # under OVMF the disk is the next boot entry after the NIC, before the EFI shell
+            # (which otherwise waits at its prompt for good)
+            index = 2 if self.disk_bootindex is None else self.disk_bootindex
             cmd += [
                 "-drive",
                 f"file={self.disk},format=raw,if=none,id=disk0",
                 "-device",
-                f"virtio-blk-pci,drive=disk0,bootindex={self.disk_bootindex}",
+                f"virtio-blk-pci,drive=disk0,bootindex={index}",
             ]
         elif self.disk:
             cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]

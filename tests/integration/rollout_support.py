@@ -54,8 +54,12 @@ def lab_config(
     gate_poll_timeout: float = 60,
     sweep_interval: float = 5,
     database: str | None = None,
+    kind: str | None = None,
 ) -> Path:
     """Write a config with one cluster ``clu`` of ``nodes`` nodes (n1 is the first node).
+
+    ``kind``: the cluster kind (issue 16), e.g. ``pacemaker``: the gate then completes only
+    when the cluster's own member list matches.
 
     ``database``: a store URL (e.g. a PostgreSQL one); default SQLite in ``state_dir``."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,9 @@ def lab_config(
         f"starting = {starting}",
         f"joining = {joining}",
     ]
+    if kind:
+        lines.insert(lines.index("[clusters.clu.timeouts]"), f'kind = "{kind}"')
+        lines += ["[clusters.clu.vars]", 'cluster_password = "Test-Only-1"']
     for i in range(1, nodes + 1):
         lines += ["[[nodes]]", f'mac = "{mac_of(i)}"', f'hostname = "n{i}"', 'cluster = "clu"']
     if standalone:
@@ -209,10 +216,10 @@ class Agent:
         ) as resp:
             return resp.status, await resp.json()
 
-    async def health(self, healthy: bool = True) -> tuple[int, dict]:
+    async def health(self, healthy: bool = True, **extra: object) -> tuple[int, dict]:
         async with self.http.post(
             f"{self.url}/api/nodes/{self.mac}/health",
-            json={"healthy": healthy},
+            json={"healthy": healthy, **extra},
             headers=self.headers,
         ) as resp:
             return resp.status, await resp.json()

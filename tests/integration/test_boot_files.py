@@ -119,7 +119,8 @@ async def test_every_demo_file_through_a_real_server(tmp_path: Path) -> None:
                     ini.optionxform = str  # type: ignore[assignment,method-assign]
                     ini.read_string(text)
                     assert ini["UserData"]["ComputerName"] == node.hostname.upper()
-                    assert "http://10.0.2.2:8080/api/nodes/" in ini["GuiRunOnce"]["Command2"]
+                    run_once = list(ini["GuiRunOnce"].values())  # the report runs last
+                    assert "http://10.0.2.2:8080/api/nodes/" in run_once[-1]
                     drivers = cfg.hardware[node.hardware or ""].mass_storage
                     assert list(ini["SysprepMassStorage"]) == [d.hardware_id for d in drivers]
                 elif name == "unattend.xml":
@@ -137,9 +138,11 @@ async def test_every_demo_file_through_a_real_server(tmp_path: Path) -> None:
                     assert proc.returncode == 0 and not err, err
                 elif name == "diskpartparams.txt":
                     assert "select volume 1\r\nassign letter=Q noerr" in text
-        assert fetched == sum(len(cfg.answer_files_for(n)) for n in cfg.nodes) == 17
+        assert (
+            fetched == sum(len(cfg.answer_files_for(n)) for n in cfg.nodes) == 29
+        )  # 17 + issue 16: hvclu 2x4, haclu 2x2
         served = [e for e in await srv.events("answer") if "refused" not in e.detail]
-        assert len(served) == 17
+        assert len(served) == 29
 
 
 async def test_broken_template_is_refused_naming_section_and_entry(tmp_path: Path) -> None:

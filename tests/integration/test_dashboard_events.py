@@ -229,7 +229,7 @@ async def test_event_log_filters_by_node_cluster_and_pages(tmp_path):
         assert page2["events"][0]["id"] < page1["events"][-1]["id"]
         for query, code, words in [
             ("node=nobody", 404, "no node with MAC or host name 'nobody'"),
-            ("cluster=nope", 404, "no cluster named 'nope'; clusters: sqlclu"),
+            ("cluster=nope", 404, "no cluster named 'nope'; clusters: haclu, hvclu, sqlclu"),
             ("limit=0", 400, "out of range"),
             ("before=abc", 400, "not a whole number"),
         ]:

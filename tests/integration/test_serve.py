@@ -17,13 +17,23 @@ from tests.conftest import DEMO_CONFIG, free_port, run_cli, start_server
 def test_api_nodes_lists_the_demo_nodes(server):
     nodes = server.get_json("/api/nodes")["nodes"]
     by_host = {n["hostname"]: n for n in nodes}
-    assert set(by_host) == {"sql-n1", "sql-n2", "sql-n3", "web-1"}
+    # issue 16 added hvclu (hv-n1, hv-n2) and haclu (ha-n1, ha-n2) to the demo lab
+    assert set(by_host) == {
+        "sql-n1",
+        "sql-n2",
+        "sql-n3",
+        "web-1",
+        "hv-n1",
+        "hv-n2",
+        "ha-n1",
+        "ha-n2",
+    }
     assert by_host["sql-n3"]["mac"] == "52:54:00:00:10:03"  # written bare in the config
     assert by_host["sql-n2"]["cluster"] == "sqlclu"
     assert all(n["state"] == "registered" for n in nodes)
     clusters = server.get_json("/api/clusters")["clusters"]
-    assert clusters[0]["name"] == "sqlclu"
-    assert clusters[0]["first_node"] == "sql-n1"
+    assert [c["name"] for c in clusters] == ["haclu", "hvclu", "sqlclu"]  # by name
+    assert clusters[2]["first_node"] == "sql-n1"
 
 
 @pytest.mark.parametrize("notation", ["52-54-00-00-10-02", "525400001002", "52:54:00:00:10:02"])

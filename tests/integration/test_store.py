@@ -54,7 +54,8 @@ async def test_config_changes_are_applied_and_recorded(store, tmp_path):
     await import_config(sessions, load_config(DEMO_CONFIG, state_dir=tmp_path))
     text = DEMO_CONFIG.read_text()
     # drop web-1, swap two hostnames (the unique constraint must not trip)
-    text = text[: text.rindex("[[nodes]]")]
+    web1 = text.index('[[nodes]]\nmac = "52:54:00:00:20:01"')
+    text = text[:web1] + text[text.index("\n\n", web1) :]
     text = (
         text.replace('hostname = "sql-n2"', 'hostname = "TMP"')
         .replace('hostname = "sql-n3"', 'hostname = "sql-n2"')

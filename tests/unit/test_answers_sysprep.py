@@ -155,7 +155,8 @@ def test_gui_run_once_order(good: str) -> None:
     commands = [v for _, v, _ in sections["guirunonce"].entries]
     assert commands[0] == '"C:\\netdeploy\\AssignDriveLetters.bat"'
     assert commands[1] == '"net localgroup Administrators LAB\\clussvc /add"'
-    assert "report.vbs" in commands[2] and "/api/nodes/52-54-00-00-10-03/events" in commands[2]
+    assert commands[2].startswith('"cluster /cluster:SQLCLU /add:SQL-N3 ')  # issue 16: join
+    assert "report.vbs" in commands[-1] and "/api/nodes/52-54-00-00-10-03/events" in commands[-1]
     gap = good.replace("Command1=", "Command5=")
     assert any("expected Command1" in p for p in messages(gap))
 

@@ -35,6 +35,7 @@ EXPECTED: dict[NodeState | None, BootAction] = {
     NodeState.RELEASED: BootAction.WAIT,
     NodeState.STARTING: BootAction.LOCAL,
     NodeState.JOINED: BootAction.LOCAL,
+    NodeState.UNHEALTHY: BootAction.LOCAL,  # its OS runs; only its cluster service is wrong
     NodeState.DISCOVERED: BootAction.DISCOVER,
     None: BootAction.DISCOVER,
 }
@@ -157,7 +158,9 @@ def test_ipxe_script_for_every_state(state: NodeState | None) -> None:
         assert "#" not in line or line.startswith("#"), line
     if plan.action == BootAction.LOCAL:
         assert "sanboot --no-describe --drive 0x80 || goto nodisk" in lines
-        assert "exit" in lines
+        # issue 16: under UEFI, exit with an error (OVMF then boots its next entry, the disk;
+        # a plain `exit` opens its boot menu) and tell the first stage not to reboot into PXE
+        assert "set netdeploy-local 1" in lines and lines[-1] == "exit 1"
         assert "kernel" not in text and "tok-abc" not in text
     else:
         kernel = next(line for line in lines if line.startswith("kernel "))

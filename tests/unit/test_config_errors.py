@@ -57,7 +57,7 @@ CASES = [
         'cluster = "sqlclux"',
         1,
         "nodes[2].cluster",
-        "unknown cluster 'sqlclux'; defined: sqlclu",
+        "unknown cluster 'sqlclux'; defined: haclu, hvclu, sqlclu",
     ),
     (
         "unknown hardware profile",
@@ -220,6 +220,11 @@ def test_demo_config_is_valid_and_macs_are_canonical():
         "52:54:00:00:10:02",
         "52:54:00:00:10:03",
         "52:54:00:00:20:01",
+        # issue 16: a Windows 2008+ and a Pacemaker example cluster
+        "52:54:00:00:50:01",
+        "52:54:00:00:50:02",
+        "52:54:00:00:60:01",
+        "52:54:00:00:60:02",
     ]
     assert cfg.clusters["sqlclu"].first_node == "sql-n1"
     assert len(cfg.cluster_nodes("sqlclu")) == 3

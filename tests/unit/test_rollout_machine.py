@@ -33,6 +33,12 @@ DESIGN_EDGES = {
     (S.FAILED, S.REGISTERED),
     (S.FAILED, S.PXE),
     *((s, S.FAILED) for s in (S.PXE, S.IMAGING, S.IMAGED, S.HELD, S.RELEASED, S.STARTING)),
+    # issue 16: the first node's own cluster reports itself unhealthy (gate stops at once);
+    # a retry re-images it, a failure report fails it; healthy again → joined is the health
+    # action's own (forced) move, never an agent's "joined"
+    *((s, S.UNHEALTHY) for s in (S.RELEASED, S.STARTING, S.JOINED)),
+    (S.UNHEALTHY, S.REGISTERED),
+    (S.UNHEALTHY, S.FAILED),
 }
 
 
@@ -55,8 +61,9 @@ def test_the_happy_path_walks_from_registered_to_joined() -> None:
 
 
 def test_a_joined_node_is_a_dead_end_without_an_admin() -> None:
-    assert to_states(S.JOINED) == frozenset()
-    with pytest.raises(IllegalTransition, match="admin action needed"):
+    # but for the first node's own cluster reporting itself unhealthy (a health report)
+    assert to_states(S.JOINED) == frozenset({S.UNHEALTHY})
+    with pytest.raises(IllegalTransition, match="it may go to unhealthy"):
         check_transition(S.JOINED, S.FAILED)
 
 
@@ -72,6 +79,7 @@ ADVANCE = {
     (S.STARTING, S.JOINED),
     (S.RELEASED, S.JOINED),
     *((s, S.FAILED) for s in (S.PXE, S.IMAGING, S.IMAGED, S.HELD, S.RELEASED, S.STARTING)),
+    (S.UNHEALTHY, S.FAILED),
 }
 REPEAT = {
     (S.IMAGING, S.IMAGING),  # progress update
@@ -80,6 +88,7 @@ REPEAT = {
     (S.RELEASED, S.IMAGED),  # the agent retried after losing our answer
     (S.STARTING, S.STARTING),
     (S.JOINED, S.STARTING),
+    (S.UNHEALTHY, S.STARTING),  # the started OS is past starting
     (S.JOINED, S.JOINED),
     (S.FAILED, S.FAILED),
 }

@@ -1,0 +1,175 @@
+"""A released node's next PXE boots reach its own disk on every firmware (issue 16).
+
+The node is put in ``released`` in the store; each guest then PXE-boots twice from a real
+``netdeploy serve`` and must run the image's own boot code both times (the image's MBR code
+prints ``NETDEPLOY-LOCAL-DISK-BOOT`` under SeaBIOS, its ``EFI/BOOT/BOOTX64.EFI`` prints
+``NETDEPLOY-LOCAL-DISK-BOOT-EFI`` under OVMF), never the agent and never a PXE loop:
+
+- SeaBIOS + QEMU's iPXE ROM: ``sanboot --drive 0x80``;
+- OVMF + QEMU's iPXE EFI ROM: sanboot fails (no BIOS drives), the per-MAC script exits with an
+  error, the first stage hands it back to the firmware, which boots the disk's EFI loader;
+- the same two over a LAN whose DHCP server knows nothing of PXE, through our ProxyDHCP, the
+  UEFI guest with OVMF's own PXE client (``media/snponly.efi`` chainloaded by TFTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from netdeploy.config import load_config
+from netdeploy.rollout.service import set_state
+from netdeploy.store import import_config, open_store
+from netdeploy.store.models import Node
+from tests.conftest import REPO, demo_variant, free_port, run_cli, start_server
+from tests.e2e.diskimage import EFI_BOOT_MARKER, LOCAL_BOOT_MARKER, make_image
+from tests.e2e.lan import lan, lan_unavailable
+from tests.e2e.vm import VM, ovmf_available, qemu_available
+
+SQL_N1 = "52:54:00:00:10:01"
+SQL_N2 = "52:54:00:00:10:02"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(qemu_available() is not None, reason=str(qemu_available())),
+    pytest.mark.skipif(shutil.which("mcopy") is None, reason="needs mtools"),
+    pytest.mark.skipif(shutil.which("mkfs.vfat") is None, reason="needs dosfstools"),
+]
+needs_ovmf = pytest.mark.skipif(ovmf_available() is not None, reason=str(ovmf_available()))
+
+
+def release_in_store(config: Path, state_dir: Path, macs: tuple[str, ...]) -> None:
+    """Import the config and put ``macs`` in ``released``, as the gate leaves a released node."""
+
+    async def run() -> None:
+        cfg = load_config(config, state_dir=state_dir)
+        engine, sessions = await open_store(cfg.database_url)
+        try:
+            await import_config(sessions, cfg)
+            async with sessions() as session, session.begin():
+                for node in await session.scalars(select(Node).where(Node.mac.in_(macs))):
+                    set_state(session, node, "released", reason="test: released", force=True)
+                    node.release_seq = 0
+        finally:
+            await engine.dispose()
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run())
+
+
+def boot_twice(make_vm, marker: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Power the guest on twice; each time it must reach its disk's boot code."""
+    texts = []
+    for round_ in (1, 2):
+        vm = make_vm(round_).start()
+        try:
+            code = vm.wait(300)  # OVMF tries every NIC boot entry first: ~25-80 s under TCG
+        finally:
+            vm.kill()
+        text = vm.text()
+        assert code == 3 and marker in text, f"{vm.name}: exit {code}\n{text[-3000:]}"
+        assert "nd.mode" not in text and "rebooting in" not in text, text[-3000:]
+        texts.append(text)
+    return texts
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("local-boot") / "released.img"
+    make_image(path, size_mib=16)
+    return path
+
+
+@pytest.fixture(scope="module")
+def slirp_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    work = tmp_path_factory.mktemp("local-boot-slirp")
+    config = demo_variant(work / "netdeploy.toml")
+    release_in_store(config, work / "state", (SQL_N1,))
+    port = free_port()
+    server = start_server(
+        work / "state",
+        config=config,
+        http_port=port,
+        extra=("--public-url", f"http://10.0.2.2:{port}"),
+    )
+    yield server
+    server.stop()
+
+
+def test_seabios_boots_the_released_disk_twice(slirp_server, disk: Path, tmp_path: Path) -> None:
+    bootfile = f"{slirp_server.url.replace('127.0.0.1', '10.0.2.2')}/boot.ipxe"
+    texts = boot_twice(
+        lambda n: VM(f"bios-{n}", SQL_N1, tmp_path / f"bios-{n}.log", disk=disk, bootfile=bootfile),
+        LOCAL_BOOT_MARKER,
+    )
+    assert all("local: released: past release" in t for t in texts)
+
+
+@needs_ovmf
+def test_ovmf_boots_the_released_disk_twice(slirp_server, disk: Path, tmp_path: Path) -> None:
+    bootfile = f"{slirp_server.url.replace('127.0.0.1', '10.0.2.2')}/boot.ipxe"
+    texts = boot_twice(
+        lambda n: VM(
+            f"uefi-{n}", SQL_N1, tmp_path / f"uefi-{n}.log", disk=disk, bootfile=bootfile, uefi=True
+        ),
+        EFI_BOOT_MARKER,
+    )
+    for text in texts:
+        assert "returning to the firmware" in text and "back to the firmware" in text
+
+
+@pytest.fixture(scope="module")
+def proxy_lan(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    reason = lan_unavailable()
+    if reason:
+        pytest.skip(reason)
+    built = run_cli("media", "build", "--state-dir", str(REPO / "var"))
+    assert built.returncode == 0, built.stderr
+    work = tmp_path_factory.mktemp("local-boot-lan")
+    config = demo_variant(
+        work / "netdeploy.toml", append='\n[dhcp]\nproxy = true\ninterface = "br0"\n'
+    )
+    release_in_store(config, work / "state", (SQL_N1, SQL_N2))
+    with lan(work, taps=2, dhcp="udhcpd") as network:
+        network.serve(config, work / "state", tftp_port=69)
+        yield network
+
+
+def test_seabios_through_proxydhcp_boots_the_released_disk_twice(
+    proxy_lan, disk: Path, tmp_path: Path
+) -> None:
+    boot_twice(
+        lambda n: VM(
+            f"pbios-{n}",
+            SQL_N1,
+            tmp_path / f"pbios-{n}.log",
+            disk=disk,
+            tap="tap0",
+            netns=proxy_lan.netns,
+        ),
+        LOCAL_BOOT_MARKER,
+    )
+
+
+@needs_ovmf
+def test_ovmf_own_pxe_through_proxydhcp_boots_the_released_disk_twice(
+    proxy_lan, disk: Path, tmp_path: Path
+) -> None:
+    texts = boot_twice(
+        lambda n: VM(
+            f"puefi-{n}",
+            SQL_N2,
+            tmp_path / f"puefi-{n}.log",
+            disk=disk,
+            tap="tap1",
+            netns=proxy_lan.netns,
+            uefi=True,
+            nic_rom=False,
+        ),
+        EFI_BOOT_MARKER,
+    )
+    assert all("returning to the firmware" in t for t in texts)

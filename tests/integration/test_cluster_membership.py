@@ -1,0 +1,187 @@
+"""Issue 16 at the API: health means the cluster's own view. An unhealthy report stops the gate
+at once with its reason; a healthy one resumes it; ``complete`` needs the member list the
+cluster itself printed to hold exactly the configured nodes. Real app, real aiohttp clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+
+from netdeploy.rollout import service
+from netdeploy.store.models import utcnow
+from tests.integration.rollout_support import (
+    Agent,
+    in_process_server,
+    lab_config,
+    mac_of,
+    prepare_nodes,
+)
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+def crm_mon(online: list[str], offline: list[str] = ()) -> dict[str, str]:  # type: ignore[assignment]
+    """A health/joined body part: crm_mon -1 output as a Pacemaker 2 node prints it."""
+    text = "Cluster Summary:\n  * Stack: corosync\nNode List:\n"
+    text += f"  * Online: [ {' '.join(online)} ]\n"
+    if offline:
+        text += f"  * OFFLINE: [ {' '.join(offline)} ]\n"
+    return {"source": "crm_mon", "output": text}
+
+
+async def cluster_status(http: aiohttp.ClientSession, url: str) -> dict:
+    async with http.get(f"{url}/api/clusters") as resp:
+        assert resp.status == 200
+        return (await resp.json())["clusters"][0]
+
+
+async def node_status(http: aiohttp.ClientSession, url: str, host: str) -> dict:
+    async with http.get(f"{url}/api/nodes") as resp:
+        return next(n for n in (await resp.json())["nodes"] if n["hostname"] == host)
+
+
+async def joined(agent: Agent, members: list[str]) -> dict:
+    async with agent.http.post(
+        f"{agent.url}/api/nodes/{agent.mac}/events",
+        json={"state": "joined", **crm_mon(members)},
+        headers=agent.headers,
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        return body
+
+
+async def test_unhealthy_report_stops_the_gate_at_once_and_healthy_resumes_it(
+    tmp_path: Path,
+) -> None:
+    config = lab_config(tmp_path, 3, kind="pacemaker")
+    tokens = await prepare_nodes(config)
+    async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
+        n1, n2, n3 = (Agent(http, srv.url, mac_of(i), tokens[mac_of(i)]) for i in (1, 2, 3))
+        await asyncio.gather(n1.image(), n2.image(), n3.image())
+        await n1.event("starting")
+        status, body = await n1.health(True, **crm_mon(["n1"]))
+        assert status == 200 and body["gate"] == "releasing" and body["state"] == "joined"
+        assert (await n2.gate(timeout=5))[1]["released"]
+        await n2.event("starting")
+        poll = asyncio.create_task(n3.gate(timeout=20))  # n3 parks on the gate
+
+        started = time.monotonic()
+        status, body = await n1.health(False, message="quorum lost: 1 of 3 votes")
+        cluster = await cluster_status(http, srv.url)
+        elapsed = time.monotonic() - started
+        assert status == 200 and body["state"] == "unhealthy" and body["changed"]
+        assert elapsed < 1.0, elapsed
+        assert cluster["gate"] == "stopped"
+        assert (
+            "n1 reports its cluster unhealthy: quorum lost: 1 of 3 votes" in cluster["gate_detail"]
+        )
+        first = await node_status(http, srv.url, "n1")
+        assert first["state"] == "unhealthy" and first["message"] == "quorum lost: 1 of 3 votes"
+
+        # n2 joins meanwhile: sequential would release n3 now, but the gate is stopped
+        await joined(n2, ["n1", "n2"])
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        assert (await cluster_status(http, srv.url))["gate"] == "stopped"
+
+        # the cluster recovers: a healthy report resumes the gate, n3 is released at once
+        status, body = await n1.health(True, **crm_mon(["n1", "n2"]))
+        assert status == 200 and body["state"] == "joined" and body["gate"] == "releasing"
+        status, view = await poll
+        assert view["released"] and view["hostname"] == "n3"
+
+
+async def test_complete_only_when_the_cluster_lists_exactly_the_configured_nodes(
+    tmp_path: Path,
+) -> None:
+    config = lab_config(tmp_path, 3, kind="pacemaker", release="waves:2")
+    tokens = await prepare_nodes(config)
+    async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
+        n1, n2, n3 = (Agent(http, srv.url, mac_of(i), tokens[mac_of(i)]) for i in (1, 2, 3))
+        await asyncio.gather(n1.image(), n2.image(), n3.image())
+        await n1.event("starting")
+        assert (await n1.health(True, **crm_mon(["n1"])))[0] == 200
+        for agent in (n2, n3):
+            assert (await agent.gate(timeout=5))[1]["released"]
+            await agent.event("starting")
+        await joined(n2, ["n1", "n2"])
+        # n3 says joined, but the cluster it reports from does not list it
+        body = await joined(n3, ["n1", "n2"])
+        assert body["state"] == "joined" and body["gate"] == "releasing"
+        cluster = await cluster_status(http, srv.url)
+        assert cluster["gate"] == "releasing"
+        assert "3 of 3 nodes say joined" in cluster["gate_detail"]
+        assert "the cluster does not list n3 as up" in cluster["gate_detail"]
+        seen = cluster["membership"]
+        assert seen["verified"] and seen["reported_by"] == "n3"
+        assert seen["nodes"] == {
+            "n1": "up",
+            "n2": "up",
+            "n3": "joined, but not in the cluster's list",
+        }
+
+        # a node the config does not know in the cluster's list: not complete either
+        assert (await n1.health(True, **crm_mon(["n1", "n2", "n3", "n9"])))[0] == 200
+        cluster = await cluster_status(http, srv.url)
+        assert (
+            cluster["gate"] == "releasing" and "lists n9, not configured" in cluster["gate_detail"]
+        )
+        assert [m["configured"] for m in cluster["membership"]["members"]] == [True] * 3 + [False]
+
+        # a node listed but offline is shown with the cluster's own word
+        assert (await n1.health(True, **crm_mon(["n1", "n2"], ["n3"])))[0] == 200
+        cluster = await cluster_status(http, srv.url)
+        assert cluster["membership"]["nodes"]["n3"] == "joined, but the cluster says OFFLINE"
+        assert cluster["gate"] == "releasing"
+
+        status, body = await n1.health(True, **crm_mon(["n1", "n2", "n3"]))
+        assert status == 200 and body["gate"] == "complete"
+        cluster = await cluster_status(http, srv.url)
+        assert (
+            cluster["gate"] == "complete"
+            and "the cluster lists every one up" in cluster["gate_detail"]
+        )
+
+
+async def test_healthy_claim_without_the_first_node_in_its_own_list_is_unhealthy(
+    tmp_path: Path,
+) -> None:
+    config = lab_config(tmp_path, 2, kind="pacemaker")
+    tokens = await prepare_nodes(config)
+    async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
+        n1, n2 = (Agent(http, srv.url, mac_of(i), tokens[mac_of(i)]) for i in (1, 2))
+        await asyncio.gather(n1.image(), n2.image())
+        status, body = await n1.health(True, **crm_mon([], ["n1"]))
+        assert status == 200 and body["state"] == "unhealthy"
+        cluster = await cluster_status(http, srv.url)
+        assert cluster["gate"] == "stopped" and "lists it OFFLINE" in cluster["gate_detail"]
+        assert not (await n2.gate(timeout=0))[1]["released"]
+        # garbage instead of a member list is refused, and changes nothing
+        status, body = await n1.health(True, source="crm_mon", output="Error: not running")
+        assert status == 400 and "cluster member list" in body["error"]
+        # the admin retries the unhealthy first node: re-imaged on its next PXE boot
+        async with http.post(f"{srv.url}/api/admin/nodes/n1/retry", headers=ADMIN) as resp:
+            assert resp.status == 200 and (await resp.json())["state"] == "registered"
+
+
+async def test_a_first_node_that_timed_out_is_taken_back_by_a_late_healthy_report(
+    tmp_path: Path,
+) -> None:
+    config = lab_config(tmp_path, 2)
+    tokens = await prepare_nodes(config)
+    async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
+        n1, n2 = (Agent(http, srv.url, mac_of(i), tokens[mac_of(i)]) for i in (1, 2))
+        await asyncio.gather(n1.image(), n2.image())
+        await n1.event("starting")
+        # Windows took longer than the joining timeout (1,800 s) to come up
+        assert await service.sweep(srv.ctx, utcnow() + timedelta(hours=1)) == [mac_of(1)]
+        assert (await node_status(http, srv.url, "n1"))["message"].startswith("joining timed out")
+        assert (await cluster_status(http, srv.url))["gate"] == "stopped"
+        status, body = await n1.health(True)
+        assert status == 200 and body["state"] == "joined", body
+        assert (await n2.gate(timeout=5))[1]["released"]
