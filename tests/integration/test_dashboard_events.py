@@ -265,7 +265,7 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
     )
     for line in [
         'netdeploy_nodes{state="held"} 2.0',
-        'netdeploy_nodes{state="registered"} 2.0',
+        'netdeploy_nodes{state="registered"} 6.0',  # sql-n1, web-1, hv-n1/2, ha-n1/2
         'netdeploy_nodes{state="failed"} 0.0',
         'netdeploy_cluster_nodes{cluster="sqlclu",state="held"} 2.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="formed"} 1.0',
