@@ -270,7 +270,7 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
         'netdeploy_cluster_nodes{cluster="sqlclu",state="held"} 2.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="formed"} 1.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="waiting"} 0.0',
-        'netdeploy_images{status="unhashed"} 2.0',
+        'netdeploy_images{status="unhashed"} 4.0',  # every image of the demo config
         "netdeploy_event_stream_clients 0.0",
         "netdeploy_gate_waiting_requests 1.0",
     ]:
