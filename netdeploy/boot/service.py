@@ -20,7 +20,7 @@ from netdeploy.boot.plan import BootPlan, BootUrls, NodeFacts, boot_plan
 from netdeploy.inventory import NodeState
 from netdeploy.rollout.service import set_state
 from netdeploy.server import Context
-from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.models import Capture, Cluster, Event, Node, utcnow
 from netdeploy.tokens import issue_token
 
 log = logging.getLogger("netdeploy.boot")
@@ -46,9 +46,12 @@ def urls_of(ctx: Context) -> BootUrls:
     return BootUrls(ctx.public_url)
 
 
-def facts_of(node: Node | None, mac: str, cluster: Cluster | None) -> NodeFacts:
+def facts_of(
+    node: Node | None, mac: str, cluster: Cluster | None, capture: Capture | None = None
+) -> NodeFacts:
+    marked = (capture.state, capture.image) if capture is not None else None
     if node is None:
-        return NodeFacts(mac, None)
+        return NodeFacts(mac, None, capture=marked)
     return NodeFacts(
         mac=node.mac,
         state=NodeState(node.state),
@@ -56,6 +59,7 @@ def facts_of(node: Node | None, mac: str, cluster: Cluster | None) -> NodeFacts:
         cluster=node.cluster,
         gate=cluster.gate if cluster else None,
         image=node.image,
+        capture=marked,
     )
 
 
@@ -104,6 +108,7 @@ async def _answer_once(ctx: Context, mac: str, *, via: str, path: str, ip: str) 
     async with ctx.sessions() as session, session.begin():
         node, cluster = await _node_and_cluster(session, mac)
         first_boot = node is None  # the plan says so: "not in the inventory, recorded"
+        capture = await session.get(Capture, mac)
         if node is None:
             node, created = _discovered(mac, ip, via)
             session.add(node)
@@ -111,13 +116,15 @@ async def _answer_once(ctx: Context, mac: str, *, via: str, path: str, ip: str) 
             await session.flush()  # a concurrent insert of the same MAC fails here, retried
         else:
             advance = ADVANCE_ON_BOOT.get(NodeState(node.state))
-            if advance is not None:
+            if advance is not None and capture is None:  # a capture boot is no rollout step
                 events.append(
                     set_state(
                         session, node, advance, reason=f"boot script fetched via {via}", detail={}
                     )
                 )
-        plan = boot_plan(facts_of(None if first_boot else node, mac, cluster), urls_of(ctx))
+        plan = boot_plan(
+            facts_of(None if first_boot else node, mac, cluster, capture), urls_of(ctx)
+        )
         token = None
         if plan.boots_agent:
             token, node.token = issue_token()

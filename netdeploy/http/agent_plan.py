@@ -18,7 +18,7 @@ from netdeploy.boot.plan import BootAction, boot_plan
 from netdeploy.boot.service import facts_of, urls_of
 from netdeploy.config import NodeConfig
 from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
-from netdeploy.store.models import Cluster, Event, Image, Node
+from netdeploy.store.models import Capture, Cluster, Event, Image, Node
 from netdeploy.tokens import token_matches
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ async def plan(request: web.Request) -> web.Response:
             )
         cluster = await session.get(Cluster, node.cluster) if node.cluster else None
         image = await session.get(Image, node.image) if node.image else None
-    decision = boot_plan(facts_of(node, mac, cluster), urls_of(ctx))
+        capture = await session.get(Capture, mac)
+    decision = boot_plan(facts_of(node, mac, cluster, capture), urls_of(ctx))
     body: dict[str, Any] = {
         "mac": mac,
         "hostname": node.hostname,
@@ -80,12 +81,18 @@ async def plan(request: web.Request) -> web.Response:
         "disk": "auto",
         "inject": [],
         "distribution": {"mode": "unicast"},
+        "capture": None,
     }
     node_cfg = ctx.config.node_by_mac(mac)
     if node_cfg is not None:
         if node_cfg.hardware:
             body["disk"] = ctx.config.hardware[node_cfg.hardware].disk
         body["inject"] = [t.model_dump() for t in ctx.config.inject_for(node_cfg)]
+    if decision.action == BootAction.CAPTURE and capture is not None:
+        body["capture"] = {  # netdeploy.http.capture_routes
+            "image": capture.image,
+            "url": f"{ctx.public_url}/api/nodes/{mac}/capture",
+        }
     if decision.action == BootAction.IMAGE:
         body["image"], problem = image_plan(ctx, node, image)
         if problem:
@@ -137,6 +144,8 @@ def as_shell(body: dict[str, Any]) -> str:
             if body["distribution"]["mode"] == "multicast"
             else ""
         ),
+        "ND_CAPTURE_URL": (body.get("capture") or {}).get("url", ""),
+        "ND_CAPTURE_IMAGE": (body.get("capture") or {}).get("image", ""),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),

@@ -14,6 +14,7 @@ from netdeploy.http import (
     agent_routes,
     api,
     boot_routes,
+    capture_routes,
     dashboard,
     events_routes,
     image_routes,
@@ -35,6 +36,7 @@ ROUTE_MODULES = [
     events_routes,
     multicast_routes,
     image_routes,
+    capture_routes,
 ]
 
 

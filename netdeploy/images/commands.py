@@ -84,6 +84,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     for p in (add, listing, verify, show, rm):
         add_config_options(p)
+    from netdeploy.images.capture_cli import add_capture_options
+
+    add_capture_options(sub)
 
 
 @contextlib.contextmanager
@@ -277,6 +280,10 @@ HANDLERS = {
 def run(args: argparse.Namespace) -> int:
     from netdeploy.cli import CommandError, config_from_args
 
+    if args.image_command in ("capture", "captures"):  # through the running server's API
+        from netdeploy.images.capture_cli import run_capture
+
+        return run_capture(args)
     cfg = config_from_args(args)
     try:
         return HANDLERS[args.image_command](cfg, args)
