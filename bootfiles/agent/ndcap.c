@@ -7,6 +7,10 @@
  *                                          [OFFSET, OFFSET+LENGTH); "data=N" on stderr
  *   ndcap unpack DEV                       concatenated segments from stdin onto DEV: data at
  *                                          its offsets, every skipped block written as zeros
+ *   ndcap post URL FILE                    POST FILE (binary) to an http:// URL with the header
+ *                                          "Authorization: Bearer $ND_TOKEN"; the answer's body
+ *                                          on stdout; exit 0 on 2xx, 22 on another status.
+ *                                          (busybox wget --post-file sends up to the first NUL)
  *
  * Format (little-endian; netdeploy/images/sparse.py is the server's reader and writer):
  *   header  "NDSPARS1" u64 offset, u64 length, u32 block, u32 flags(0)
@@ -17,10 +21,15 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -192,11 +201,78 @@ static int unpack(const char *dev) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- post */
+
+static int post(const char *url, const char *file) {
+    if (strncmp(url, "http://", 7) != 0) { errno = 0; die(1, "only http:// URLs"); }
+    char host[256], port[16] = "80";
+    const char *h = url + 7, *path = strchr(h, '/');
+    if (!path) path = "/";
+    size_t hl = (size_t)(path - h);
+    if (hl == 0 || hl >= sizeof host) { errno = 0; die(1, "bad URL host"); }
+    memcpy(host, h, hl); host[hl] = 0;
+    char hostport[256];
+    snprintf(hostport, sizeof hostport, "%s", host);
+    char *colon = strrchr(host, ':');
+    if (colon && !strchr(host, ']')) { snprintf(port, sizeof port, "%s", colon + 1); *colon = 0; }
+    else if (host[0] == '[') {
+        char *end = strchr(host, ']');
+        if (end && end[1] == ':') snprintf(port, sizeof port, "%s", end + 2);
+        if (end) *end = 0;
+        memmove(host, host + 1, strlen(host));
+    }
+    int in = open(file, O_RDONLY);
+    if (in < 0) die(2, file);
+    struct stat st;
+    if (fstat(in, &st) < 0) die(2, file);
+    struct addrinfo hints = {0}, *ai;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(host, port, &hints, &ai);
+    if (rc) { fprintf(stderr, "ndcap: %s: %s\n", host, gai_strerror(rc)); return 2; }
+    int s = socket(ai->ai_family, SOCK_STREAM, 0);
+    struct timeval tv = {300, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (s < 0 || connect(s, ai->ai_addr, ai->ai_addrlen) < 0) die(2, "connect");
+    freeaddrinfo(ai);
+    const char *token = getenv("ND_TOKEN");
+    char head[2048];
+    int n = snprintf(head, sizeof head,
+        "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+        "Content-Type: application/zstd\r\nContent-Length: %lld\r\nConnection: close\r\n\r\n",
+        path, hostport, token ? token : "", (long long)st.st_size);
+    write_all(s, head, (size_t)n);
+    static unsigned char buf[1 << 16];
+    for (;;) {
+        ssize_t got = read(in, buf, sizeof buf);
+        if (got < 0) { if (errno == EINTR) continue; die(2, "read"); }
+        if (got == 0) break;
+        write_all(s, buf, (size_t)got); /* a cut shows here as EPIPE/ECONNRESET: exit 2 */
+    }
+    static char answer[1 << 16];
+    size_t have = 0;
+    for (;;) {
+        ssize_t got = read(s, answer + have, sizeof answer - 1 - have);
+        if (got < 0) { if (errno == EINTR) continue; die(2, "read answer"); }
+        if (got == 0 || (have += (size_t)got) == sizeof answer - 1) break;
+    }
+    answer[have] = 0;
+    int status = 0;
+    if (sscanf(answer, "HTTP/%*s %d", &status) != 1) { errno = 0; die(2, "no HTTP answer (connection cut?)"); }
+    char *body = strstr(answer, "\r\n\r\n");
+    if (body) fputs(body + 4, stdout);
+    if (status < 200 || status > 299) { fprintf(stderr, "ndcap: HTTP %d\n", status); return 22; }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc == 4 && strcmp(argv[1], "post") == 0)
+        return post(argv[2], argv[3]);
     if (argc >= 5 && strcmp(argv[1], "pack") == 0)
         return pack(argv[2], strtoull(argv[3], 0, 10), strtoull(argv[4], 0, 10), argc > 5 ? atoi(argv[5]) : 3);
     if (argc == 3 && strcmp(argv[1], "unpack") == 0)
         return unpack(argv[2]);
-    fprintf(stderr, "usage: ndcap pack DEV OFFSET LENGTH [LEVEL] | ndcap unpack DEV\n");
+    fprintf(stderr, "usage: ndcap pack DEV OFFSET LENGTH [LEVEL] | unpack DEV | post URL FILE\n");
     return 1;
 }

@@ -321,6 +321,8 @@ def build_media(
             "kernel_version": vmlinuz[-1].name.removeprefix("vmlinuz-"),
             "modules": [name for name, _ in modules],
             "multicast_receiver": receiver is not None,
+            # network capture's sparse streamer (docs/images.md); None: left out
+            "capture_streamer": "bin/ndcap" if streamer is not None else None,
             # what was copied for ntfs-3g and from where (decision 0007); None: left out
             "ntfs-3g": {piece.path: piece.describe() for piece in ntfs} or None,
             "vmlinuz": {
