@@ -38,7 +38,10 @@ def image_plan(ctx: Context, node: Node, image: Image | None) -> tuple[dict[str,
             f"run `netdeploy image add {node.image} PATH`"
         )
     url = f"{ctx.public_url}/images/{image.name}?mac={node.mac}"
-    return {"name": image.name, "url": url, "sha256": image.sha256, "size": image.size}, ""
+    plan = {"name": image.name, "url": url, "sha256": image.sha256, "size": image.size}
+    if image.format == "raw":  # only the non-zero blocks over the wire (sparse_routes)
+        plan["sparse_url"] = f"{ctx.public_url}/images/{image.name}/sparse?mac={node.mac}"
+    return plan, ""
 
 
 @routes.get("/api/nodes/{mac}/plan")
@@ -137,6 +140,7 @@ def as_shell(body: dict[str, Any]) -> str:
         "ND_IMAGE_URL": image.get("url", ""),
         "ND_IMAGE_SHA256": image.get("sha256", ""),
         "ND_IMAGE_SIZE": str(image.get("size", "")),
+        "ND_IMAGE_SPARSE_URL": image.get("sparse_url", ""),
         "ND_DISK": body["disk"],
         # empty: stream over HTTP; else the join URL for the media's multicast receiver
         "ND_MULTICAST": (

@@ -19,6 +19,7 @@ from netdeploy.http import (
     events_routes,
     image_routes,
     multicast_routes,
+    sparse_routes,
 )
 from netdeploy.http.common import CTX, json_error
 from netdeploy.server import Context
@@ -37,6 +38,7 @@ ROUTE_MODULES = [
     multicast_routes,
     image_routes,
     capture_routes,
+    sparse_routes,
 ]
 
 

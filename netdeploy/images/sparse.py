@@ -15,6 +15,8 @@ committed (docs/images.md, "Network capture"). The same format (concatenated fra
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -101,13 +103,28 @@ def is_zero(block: bytes | memoryview) -> bool:
     return not any(block) if len(block) < 64 else block == bytes(len(block))
 
 
+def _next_data(fh: BinaryIO, pos: int, end: int, block: int, base: int) -> int:
+    """Where data may start at or after ``pos`` (block-aligned from ``base``): holes of a sparse
+    file are skipped without reading them (SEEK_DATA, lseek(2)); ``end`` when only holes remain."""
+    try:
+        found = os.lseek(fh.fileno(), pos, os.SEEK_DATA)
+    except OSError as exc:  # ENXIO: only holes from here; anything else: read everything
+        return end if exc.errno == errno.ENXIO else pos
+    except (AttributeError, ValueError):  # not a real file (tests hand in BytesIO)
+        return pos
+    return min(end, max(pos, base + (found - base) // block * block))
+
+
 def encode(fh: BinaryIO, offset: int, length: int, block: int = BLOCK) -> Iterator[bytes]:
     """The uncompressed segment of ``fh`` (a raw disk or image) for ``[offset, offset+length)``."""
     yield HEADER.pack(MAGIC, offset, length, block, 0)
-    fh.seek(offset)
     pos, end = offset, offset + length
     zero = bytes(block)
     while pos < end:
+        pos = _next_data(fh, pos, end, block, offset)
+        if pos >= end:
+            break
+        fh.seek(pos)
         data = fh.read(min(block, end - pos))
         if not data:
             break
@@ -117,10 +134,18 @@ def encode(fh: BinaryIO, offset: int, length: int, block: int = BLOCK) -> Iterat
     yield RECORD.pack(END, 0)
 
 
+def encode_frame(fh: BinaryIO, offset: int, length: int, level: int = 3) -> bytes:
+    """One segment as the zstd frame ndcap makes (content checksum on)."""
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(level, write_checksum=True)
+    return zstandard.ZstdCompressor(compression_params=params).compress(
+        b"".join(encode(fh, offset, length))
+    )
+
+
 def write_segment(fd: int, segment: Segment) -> None:
     """Put a segment's data at its offsets in ``fd`` (a sparse file pre-sized to the disk);
     the zero ranges are left as they are (holes in a new file)."""
-    import os
-
     for at, data in segment.blocks:
         os.pwrite(fd, data, at)

@@ -6,8 +6,10 @@ second guest is imaged with the captured image and boots it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import sqlite3
 import time
 
 import pytest
@@ -45,8 +47,6 @@ def master_disk(path, size_mib: int = 64) -> str:  # type: ignore[no-untyped-def
 def capture_state(server) -> dict:  # type: ignore[no-untyped-def]
     done = run_cli("image", "captures", "--json", "--state-dir", str(server.state_dir))
     assert done.returncode == 0, done.stderr
-    import json
-
     return next(c for c in json.loads(done.stdout)["captures"] if c["mac"] == MASTER_MAC)
 
 
@@ -111,6 +111,13 @@ def test_capture_a_guest_resume_after_a_cut_and_deploy_it(media, tmp_path):  # n
             wait_exit(server, web, host, 240)
             node = next(n for n in server.get_json("/api/nodes")["nodes"] if n["mac"] == mac)
             assert node["state"] == "starting", node  # written, sha256 verified, released
+            assert web.saw("sparse image written"), web.text()[-3000:]  # the same layout back
+            db = sqlite3.connect(state_dir / "netdeploy.db")
+            rows = db.execute("SELECT detail FROM events WHERE kind = 'http' AND mac = ?", (mac,))
+            sent = [d for (raw,) in rows if (d := json.loads(raw)).get("what") == "image-sparse"]
+            db.close()
+            assert sent and sent[0]["complete"], sent
+            print(f"deploy: {sent[0]['bytes_sent'] / 2**20:.1f} MiB over the wire (sparse)")
             boot = VM("web-1-boot", mac, tmp_path / "web-1-boot.log", disk=disk,
                       bootfile=f"{public}/boot.ipxe")  # fmt: skip
             vms.append(boot.start())

@@ -166,3 +166,37 @@ def test_python_and_c_agree_on_the_sparse_format(tmp_path: Path) -> None:
     out.write_bytes(b"\xff" * 16 * 2**20)  # old contents: zero blocks must be written as zeros
     subprocess.run([str(ndcap), "unpack", str(out)], input=packed, check=True, capture_output=True)
     assert out.read_bytes() == disk.read_bytes()
+
+
+async def test_a_raw_image_is_served_sparse_and_unpacks_to_the_same_bytes(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    ndcap = build_ndcap(tmp_path)
+    disk = tmp_path / "master.img"
+    make_image(disk, size_mib=80)
+    with open(disk, "r+b") as fh:  # a hole-punched region and data past the first segment
+        fh.seek(70 * 2**20)
+        fh.write(b"late data" * 1000)
+    async with boot_server(tmp_path) as srv:
+        cfg = srv.ctx.config
+        added = run_cli(
+            "image", "add", "debian-12", str(disk), "-q",
+            "--config", str(cfg.source), "--state-dir", str(tmp_path / "state"),
+            "--db", cfg.database_url,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        got = await curl(f"{srv.url}/images/debian-12/sparse?mac={MAC}")
+        assert got.status == 200, got.text
+        assert (
+            "x-image-sha256: " + hashlib.sha256(disk.read_bytes()).hexdigest()
+            in got.headers.lower()
+        )
+        assert len(got.body) < 2 * 2**20  # 80 MiB image, mostly zero
+        out = tmp_path / "target.img"
+        out.write_bytes(b"\xa5" * disk.stat().st_size)  # a used disk: skipped blocks must be zeroed
+        subprocess.run([str(ndcap), "unpack", str(out)], input=got.body, check=True)
+        assert out.read_bytes() == disk.read_bytes()
+        missing = await curl(f"{srv.url}/images/nosuch/sparse")
+        assert missing.status == 404
+        events = await srv.events("http")
+        assert any(e.detail.get("what") == "image-sparse" and e.detail["complete"] for e in events)
