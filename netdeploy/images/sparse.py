@@ -55,10 +55,16 @@ class SegmentParser:
         self.ended = False
         self.max_length = max_length
         self._next_at = 0
+        self.fed = 0
 
     def feed(self, data: bytes) -> None:
         if self.ended and data:
             raise SparseError("bytes after the end record")
+        self.fed += len(data)
+        # every byte is header, a record of at most one block, or the end: never more than
+        # the segment's length plus a record head per 512 bytes (the smallest block)
+        if self.fed > self.max_length + self.max_length // 512 * RECORD.size + 2 * HEADER.size:
+            raise SparseError("more bytes than a segment can hold")
         self.buf += data
         self._parse()
 

@@ -200,3 +200,41 @@ async def test_a_raw_image_is_served_sparse_and_unpacks_to_the_same_bytes(tmp_pa
         assert missing.status == 404
         events = await srv.events("http")
         assert any(e.detail.get("what") == "image-sparse" and e.detail["complete"] for e in events)
+
+
+async def test_hostile_segments_are_refused_without_writing(tmp_path: Path) -> None:
+    """A zstd bomb, garbage, a record outside its segment, a truncated frame: 400, nothing
+    committed, and the capture still resumes at 0."""
+    import struct
+
+    import zstandard
+
+    size = 64 * 2**20
+    async with boot_server(tmp_path) as srv, aiohttp.ClientSession() as http:
+        admin = {"Authorization": f"Bearer {srv.ctx.admin_token}"}
+        body = {"image": "debian-12", "node": MAC}
+        async with http.post(f"{srv.url}/api/admin/captures", json=body, headers=admin) as r:
+            assert r.status == 200
+        auth = {"Authorization": f"Bearer {await boot_token(srv.url, MAC)}"}
+        url = f"{srv.url}/api/nodes/{MAC}/capture"
+        async with http.get(url, params={"size": size}, headers=auth) as r:
+            assert (await r.json())["offset"] == 0
+        z = zstandard.ZstdCompressor(level=3)
+        head = sparse.HEADER.pack(sparse.MAGIC, 0, 32 * 2**20, sparse.BLOCK, 0)
+        outside = (
+            head + sparse.RECORD.pack(40 * 2**20, 4) + b"abcd" + struct.pack("<QI", sparse.END, 0)
+        )
+        bomb = z.compress(head + bytes(64 << 20))  # 64 MiB of zeros in a few KiB
+        whole = z.compress(head + struct.pack("<QI", sparse.END, 0))
+        for name, data in (
+            ("garbage", b"not zstd at all" * 100),
+            ("bomb", bomb),
+            ("outside", z.compress(outside)),
+            ("truncated", whole[:-6]),
+        ):
+            async with http.post(f"{url}/segments?offset=0", data=data, headers=auth) as r:
+                assert r.status == 400, (name, r.status, await r.text())
+                answer = await r.json()
+                assert answer["offset"] == 0 and "bad segment" in answer["error"], name
+        async with http.get(url, params={"size": size}, headers=auth) as r:
+            assert (await r.json())["offset"] == 0
