@@ -39,7 +39,9 @@ def image_plan(ctx: Context, node: Node, image: Image | None) -> tuple[dict[str,
         )
     url = f"{ctx.public_url}/images/{image.name}?mac={node.mac}"
     plan = {"name": image.name, "url": url, "sha256": image.sha256, "size": image.size}
-    if image.format == "raw":  # only the non-zero blocks over the wire (sparse_routes)
+    # a captured image goes back as it came: only its non-zero blocks (sparse_routes); other
+    # images keep the whole-image stream with its ?offset= resume
+    if image.format == "raw" and (image.facts or {}).get("captured_from"):
         plan["sparse_url"] = f"{ctx.public_url}/images/{image.name}/sparse?mac={node.mac}"
     return plan, ""
 
