@@ -118,6 +118,15 @@ def image_change(image: str, **detail: Any) -> Event:
     return Event(kind="image", detail={"image": image, **detail})
 
 
+def capture(mac: str, image: str, state: str, message: str, **detail: Any) -> Event:
+    """A machine's network capture moved on (requested, capturing, done, failed, refused)."""
+    return Event(
+        kind="capture",
+        mac=mac,
+        detail={"image": image, "state": state, "message": message, **detail},
+    )
+
+
 def transfer(kind: str, mac: str | None, cluster: str | None, **detail: Any) -> Event:
     """One finished transfer: ``tftp`` (a file) or ``http`` (an image stream)."""
     return Event(kind=kind, mac=mac, cluster=cluster, detail=detail)

@@ -18,7 +18,7 @@ from netdeploy.boot.plan import BootAction, BootUrls, boot_plan
 from netdeploy.boot.service import facts_of
 from netdeploy.config import Config, NodeConfig
 from netdeploy.context import Context, Refusal
-from netdeploy.store.models import Cluster, Image, Node
+from netdeploy.store.models import Capture, Cluster, Image, Node
 from netdeploy.tokens import token_matches
 
 MULTICAST_OFF = (
@@ -37,6 +37,20 @@ class ImageRef:
     url: str
     sha256: str
     size: int
+    # a captured image goes back as it came: only its non-zero blocks (http/sparse_routes);
+    # other images keep the whole-image stream with its ?offset= resume
+    sparse_url: str | None = None
+
+    def as_plan(self) -> dict[str, Any]:
+        plan: dict[str, Any] = {
+            "name": self.name,
+            "url": self.url,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+        if self.sparse_url:
+            plan["sparse_url"] = self.sparse_url
+        return plan
 
 
 def image_plan(public_url: str, node: Node, image: Image | None) -> tuple[ImageRef | None, str]:
@@ -50,7 +64,10 @@ def image_plan(public_url: str, node: Node, image: Image | None) -> tuple[ImageR
             f"run `netdeploy image add {node.image} PATH`"
         )
     url = f"{public_url}/images/{image.name}?mac={node.mac}"
-    return ImageRef(image.name, url, image.sha256, image.size), ""
+    sparse = None
+    if image.format == "raw" and (image.facts or {}).get("captured_from"):
+        sparse = f"{public_url}/images/{image.name}/sparse?mac={node.mac}"
+    return ImageRef(image.name, url, image.sha256, image.size, sparse), ""
 
 
 def distribution(
@@ -81,6 +98,7 @@ async def agent_plan(
         authorised = token_matches(token, node.token)
         cluster = await session.get(Cluster, node.cluster) if node.cluster else None
         image = await session.get(Image, node.image) if node.image else None
+        capture = await session.get(Capture, mac)
     if not authorised:
         event = eventlog.refusal(
             forbidden=True,
@@ -96,7 +114,7 @@ async def agent_plan(
         raise PlanRefused(
             403, "this plan needs the node's current token (Authorization: Bearer, from nd.token=)"
         )
-    decision = boot_plan(facts_of(node, mac, cluster), BootUrls(ctx.public_url))
+    decision = boot_plan(facts_of(node, mac, cluster, capture), BootUrls(ctx.public_url))
     body: dict[str, Any] = {
         "mac": mac,
         "hostname": node.hostname,
@@ -107,6 +125,7 @@ async def agent_plan(
         "disk": "auto",
         "inject": [],
         "distribution": {"mode": "unicast"},
+        "capture": None,
     }
     cfg = ctx.config
     node_cfg = cfg.node_by_mac(mac)
@@ -114,17 +133,17 @@ async def agent_plan(
         if node_cfg.hardware:
             body["disk"] = cfg.hardware[node_cfg.hardware].disk
         body["inject"] = [t.model_dump() for t in cfg.inject_for(node_cfg)]
+    if decision.action == BootAction.CAPTURE and capture is not None:
+        body["capture"] = {  # netdeploy.http.capture_routes
+            "image": capture.image,
+            "url": f"{ctx.public_url}/api/nodes/{mac}/capture",
+        }
     if decision.action == BootAction.IMAGE:
         ref, problem = image_plan(ctx.public_url, node, image)
         if ref is None:
             body.update(mode="error", why=problem)
         else:
-            body["image"] = {
-                "name": ref.name,
-                "url": ref.url,
-                "sha256": ref.sha256,
-                "size": ref.size,
-            }
+            body["image"] = ref.as_plan()
             if node_cfg is not None:
                 body["distribution"] = distribution(cfg, ctx.public_url, node_cfg, ref.name, mac)
     return body

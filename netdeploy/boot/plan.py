@@ -10,6 +10,8 @@ imaged, held, failed                      agent in wait mode (``nd.mode=wait``)
 released                                  agent in wait mode: restores the boot code
 starting, joined, unhealthy               local disk
 discovered, or a MAC not in the store     discovery agent (``nd.mode=discover``)
+marked for capture (any state)            capture agent (``nd.mode=capture``)
+capture finished (done/failed/refused)    local disk, until the admin clears it
 ========================================  ============================================
 
 An imaged or held machine is never sent to its local disk: until its cluster releases it, a reboot
@@ -41,9 +43,20 @@ class BootAction(StrEnum):
     WAIT = "wait"  # agent reports, then waits on the gate; never touches the disk
     DISCOVER = "discover"  # agent reports hardware facts of an unknown machine; never images
     LOCAL = "local"  # boot from the first local disk
+    CAPTURE = "capture"  # agent streams the disk to the server (netdeploy image capture)
 
 
-AGENT_ACTIONS = frozenset({BootAction.IMAGE, BootAction.WAIT, BootAction.DISCOVER})
+AGENT_ACTIONS = frozenset(
+    {BootAction.IMAGE, BootAction.WAIT, BootAction.DISCOVER, BootAction.CAPTURE}
+)
+# a capture's state (netdeploy.images.capture) -> what the machine boots
+_BY_CAPTURE = {
+    "requested": BootAction.CAPTURE,
+    "capturing": BootAction.CAPTURE,  # a reboot mid-capture resumes it
+    "done": BootAction.LOCAL,  # its own disk again: never a capture loop
+    "failed": BootAction.LOCAL,
+    "refused": BootAction.LOCAL,
+}
 
 _BY_STATE: dict[NodeState, BootAction] = {
     NodeState.REGISTERED: BootAction.IMAGE,
@@ -70,6 +83,7 @@ class NodeFacts:
     cluster: str | None = None
     gate: str | None = None  # the cluster's gate (waiting, formed, releasing, ...)
     image: str | None = None
+    capture: tuple[str, str] | None = None  # (state, image) when the admin marked it
 
 
 @dataclass(frozen=True)
@@ -142,12 +156,27 @@ def _why(node: NodeFacts, action: BootAction) -> str:
     return f"{state}: past release; boot from the local disk"
 
 
+def _capture_why(node: NodeFacts, action: BootAction) -> str:
+    assert node.capture is not None
+    state, image = node.capture
+    if action == BootAction.CAPTURE:
+        return f"marked for capture into image {image} ({state}): capture agent, disk read only"
+    return (
+        f"capture into {image} {state}: boots its own disk (netdeploy image capture --cancel "
+        "--node MAC hands it back to the rollout)"
+    )
+
+
 def boot_plan(node: NodeFacts, urls: BootUrls) -> BootPlan:
     """Decide what ``node`` boots now. Pure: the same facts always give the same plan."""
     action = BootAction.DISCOVER if node.state is None else _BY_STATE[node.state]
     if action == BootAction.IMAGE and node.image is None:
         action = BootAction.WAIT  # nothing to write; never guess an image
-    why = _why(node, action)
+    if node.capture is not None and node.capture[0] in _BY_CAPTURE:
+        action = _BY_CAPTURE[node.capture[0]]  # the admin's capture outranks the rollout
+        why = _capture_why(node, action)
+    else:
+        why = _why(node, action)
     if action == BootAction.LOCAL:
         return BootPlan(node.mac, action, why, node.state, node.hostname)
     args: list[tuple[str, str]] = [
@@ -163,6 +192,8 @@ def boot_plan(node: NodeFacts, urls: BootUrls) -> BootPlan:
         args.append(("nd.hostname", node.hostname))
     if action == BootAction.IMAGE and node.image:
         args.append(("nd.image", node.image))
+    if action == BootAction.CAPTURE and node.capture:
+        args.append(("nd.capture", node.capture[1]))
     return BootPlan(
         node.mac,
         action,

@@ -33,7 +33,7 @@ from netdeploy.inventory import NodeState
 from netdeploy.rollout import booting
 from netdeploy.rollout.errors import Unavailable
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster, Node
+from netdeploy.store.models import Capture, Cluster, Node
 
 log = logging.getLogger("netdeploy.boot")
 
@@ -50,9 +50,12 @@ class BootAnswer:
     token: str | None  # plain token for the kernel command line; only for agent plans
 
 
-def facts_of(node: Node | NodeRow | None, mac: str, cluster: Cluster | None) -> NodeFacts:
+def facts_of(
+    node: Node | NodeRow | None, mac: str, cluster: Cluster | None, capture: Capture | None = None
+) -> NodeFacts:
+    marked = (capture.state, capture.image) if capture is not None else None
     if node is None:
-        return NodeFacts(mac, None)
+        return NodeFacts(mac, None, capture=marked)
     return NodeFacts(
         mac=node.mac,
         state=NodeState(node.state),
@@ -60,6 +63,7 @@ def facts_of(node: Node | NodeRow | None, mac: str, cluster: Cluster | None) -> 
         cluster=node.cluster,
         gate=cluster.gate if cluster else None,
         image=node.image,
+        capture=marked,
     )
 
 
@@ -77,8 +81,10 @@ class BootService:
         on the kernel command line only.
         """
 
-        def decide(node: NodeRow | None, cluster: Cluster | None) -> BootPlan:
-            return boot_plan(facts_of(node, mac, cluster), self.urls)
+        def decide(
+            node: NodeRow | None, cluster: Cluster | None, capture: Capture | None
+        ) -> BootPlan:
+            return boot_plan(facts_of(node, mac, cluster, capture), self.urls)
 
         action = booting.boot_request(mac, decide, via=via, path=path, ip=ip)
         try:
@@ -94,7 +100,8 @@ class BootService:
         async with self.ctx.sessions() as session:
             node = await session.get(Node, mac)
             cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
-        return boot_plan(facts_of(node, mac, cluster), self.urls)
+            capture = await session.get(Capture, mac)
+        return boot_plan(facts_of(node, mac, cluster, capture), self.urls)
 
     async def program_for(self, client: FirmwareClient) -> BootChoice:
         """The boot program for a PXE firmware (ProxyDHCP), from the MAC's boot plan."""

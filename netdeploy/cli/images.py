@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,10 +15,11 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from netdeploy.cli.capture import add_capture_options, run_capture
 from netdeploy.cli.common import CommandError, add_config_options, config_from_args
 from netdeploy.config import Config
 from netdeploy.events import EventBus
-from netdeploy.images import actions, catalog
+from netdeploy.images import actions, catalog, show_text
 from netdeploy.images.actions import AddRequest, CatalogError, ProgressFactory
 from netdeploy.rollout.inventory import import_config
 from netdeploy.store import open_store
@@ -61,8 +63,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     add.add_argument(
         "--force",
-        action="store_true",
-        help="replace the image even while nodes are being imaged with it",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="REASON",
+        help="replace the image even while nodes are being imaged with it; with a REASON, "
+        "also add it although preflight refuses it (recorded with who and why)",
     )
     add.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     listing = sub.add_parser("list", help="list images and their catalog status")
@@ -70,13 +76,17 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     verify = sub.add_parser("verify", help="re-hash images; exit 1 if any does not match")
     verify.add_argument("names", nargs="*", metavar="NAME", help="default: every added image")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    show = sub.add_parser("show", help="print an image's catalog entry and preflight facts")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
     rm = sub.add_parser("rm", help="stop serving an image (refused while nodes are imaged)")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument(
         "--delete-file", action="store_true", help="also delete its file from the images dir"
     )
-    for p in (add, listing, verify, rm):
+    for p in (add, listing, verify, show, rm):
         add_config_options(p)
+    add_capture_options(sub)
 
 
 @contextlib.contextmanager
@@ -134,7 +144,9 @@ def cmd_add(cfg: Config, args: argparse.Namespace) -> int:
         sysprep=args.sysprep,
         without_cluster_service=args.without_cluster_service,
         no_shared_storage=args.no_shared_storage,
-        force=args.force,
+        force=args.force is not None,
+        force_reason=args.force or None,
+        actor=_actor(),
     )
     actions.declared(cfg, req.name)  # fail fast, before the store is opened
     actions.check_source(req.source)
@@ -146,6 +158,8 @@ def cmd_add(cfg: Config, args: argparse.Namespace) -> int:
         f"added image {row.name!r}: {_mib(row.size)} {row.format}, sha256 {row.sha256}, "
         f"{facts.get('placed')} at {row.path}; served as /images/{row.name}"
     )
+    for line in show_text.preflight_lines(facts.get("preflight") or {}):
+        print(line)
     if req.hardware and configured and set(req.hardware) != set(configured):
         print(
             f"note: [images.{row.name}].hardware is {', '.join(configured)} but the capture was "
@@ -228,10 +242,43 @@ def cmd_rm(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"add": cmd_add, "list": cmd_list, "verify": cmd_verify, "rm": cmd_rm}
+def _actor() -> str:
+    try:
+        return f"{getpass.getuser()}@cli"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def _show(cfg: Config, sessions: async_sessionmaker, name: str) -> dict[str, Any]:
+    actions.declared(cfg, name)
+    listed = {i["name"]: i for i in await _list(cfg, sessions)}
+    if name not in listed:
+        raise CatalogError(f"image {name!r} is not in the store; run netdeploy check")
+    return listed[name]
+
+
+def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
+    image = asyncio.run(_with_store(cfg, lambda s: _show(cfg, s, args.name)))
+    if args.json:
+        print(json.dumps(image, indent=2))
+        return 0
+    for line in show_text.image_lines(image):
+        print(line)
+    return 0
+
+
+HANDLERS = {
+    "add": cmd_add,
+    "list": cmd_list,
+    "verify": cmd_verify,
+    "show": cmd_show,
+    "rm": cmd_rm,
+}
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image_command in ("capture", "captures"):  # through the running server's API
+        return run_capture(args)
     cfg = config_from_args(args)
     try:
         return HANDLERS[args.image_command](cfg, args)

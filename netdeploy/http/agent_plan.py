@@ -46,6 +46,7 @@ def as_shell(body: dict[str, Any]) -> str:
         "ND_IMAGE_URL": image.get("url", ""),
         "ND_IMAGE_SHA256": image.get("sha256", ""),
         "ND_IMAGE_SIZE": str(image.get("size", "")),
+        "ND_IMAGE_SPARSE_URL": image.get("sparse_url", ""),
         "ND_DISK": body["disk"],
         # empty: stream over HTTP; else the join URL for the media's multicast receiver
         "ND_MULTICAST": (
@@ -55,6 +56,8 @@ def as_shell(body: dict[str, Any]) -> str:
         ),
         # the outage pause (Retry-After): busybox wget does not show it on a 503 answer
         "ND_RETRY_AFTER": str(RETRY_AFTER_S),
+        "ND_CAPTURE_URL": (body.get("capture") or {}).get("url", ""),
+        "ND_CAPTURE_IMAGE": (body.get("capture") or {}).get("image", ""),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),

@@ -16,11 +16,13 @@ from netdeploy.http import (
     agent_routes,
     api,
     boot_routes,
+    capture_routes,
     dashboard,
     events_routes,
     image_routes,
     multicast_routes,
     outage,
+    sparse_routes,
 )
 from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
 from netdeploy.images.streams import ImageStreams
@@ -39,6 +41,8 @@ ROUTE_MODULES = [
     events_routes,
     multicast_routes,
     image_routes,
+    capture_routes,
+    sparse_routes,
 ]
 
 

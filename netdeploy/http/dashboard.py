@@ -24,6 +24,7 @@ from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
 from netdeploy.http.common import ctx_of, multicast_of
 from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
 from netdeploy.http.multicast_view import multicast_view
+from netdeploy.images import capture
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.rollout import service as rollout
 from netdeploy.rollout.errors import RolloutError
@@ -203,8 +204,10 @@ def _foreign_origin(request: web.Request) -> str | None:
 @routes.post("/actions/{action}")
 async def action(request: web.Request) -> web.Response:
     name = request.match_info["action"]
-    if name not in ("release", "retry", "fail", "reset"):
-        return _answer(request, 404, f"no action {name!r}; use release, retry, fail or reset")
+    if name not in ("release", "retry", "fail", "reset", "capture"):
+        return _answer(
+            request, 404, f"no action {name!r}; use release, retry, fail, reset or capture"
+        )
     session = auth.session_of(request)
     if session is None:
         return _answer(request, 401, "log in with the admin token first; nothing was changed")
@@ -220,6 +223,8 @@ async def action(request: web.Request) -> web.Response:
         return _answer(request, 403, "the form is stale (CSRF token mismatch); reload the page")
     actor = f"dashboard admin from {request.remote}"
     ctx = ctx_of(request)
+    if name == "capture":
+        return await _capture(request, form, actor)
     if name == "reset":
         cluster = str(form.get("cluster", "")).strip()
         async with ctx.sessions() as db:
@@ -246,6 +251,24 @@ async def action(request: web.Request) -> web.Response:
         reason = str(form.get("reason", "")).strip() or "marked failed from the dashboard"
         change = rollout.fail(ctx, mac, actor, reason)
     return await _run(request, change, f"{name} {label}")
+
+
+async def _capture(request: web.Request, form: Any, actor: str) -> web.Response:
+    """Mark a machine for network capture, as `netdeploy image capture` does."""
+    ctx = ctx_of(request)
+    try:
+        mac = normalize_mac(str(form.get("mac", "")))
+    except BadMac as exc:
+        return _answer(request, 400, f"{exc}; nothing was changed")
+    image = str(form.get("image", "")).strip()
+    try:
+        await capture.request(
+            ctx.config, ctx.sessions, ctx.bus, image=image, mac=mac, actor=f"admin:{actor}"
+        )
+    except capture.CaptureError as exc:
+        return _answer(request, exc.status, f"{exc}; nothing was changed")
+    log.info("dashboard: capture of %s into %s by %s", mac, image, request.remote)
+    return _answer(request, 200, f"{mac} marked for capture into {image}: PXE-boot it now")
 
 
 async def _run(request: web.Request, change: Awaitable[Any], what: str) -> web.Response:

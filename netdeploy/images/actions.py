@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from netdeploy import eventlog
 from netdeploy.config import Config
-from netdeploy.images import hashing
+from netdeploy.images import hashing, seedrules
 from netdeploy.images.catalog import (
     BAD,
     BUSY_STATES,
@@ -34,6 +34,7 @@ from netdeploy.images.catalog import (
     readd_hint,
     users_in,
 )
+from netdeploy.images.preflight import PreflightError, read_facts
 from netdeploy.store.models import Event, Image, utcnow
 
 # progress(description, total_bytes) -> callback(bytes_done_since_last_call)
@@ -59,6 +60,8 @@ class AddRequest:
     without_cluster_service: bool = False
     no_shared_storage: bool = False
     force: bool = False  # replace the image even while nodes are being imaged with it
+    force_reason: str | None = None  # override a preflight refusal; recorded with the actor
+    actor: str = "cli"
 
 
 def declared(cfg: Config, name: str) -> None:
@@ -88,8 +91,8 @@ def check_source(path: Path) -> os.stat_result:
     return st
 
 
-def _preflight(cfg: Config, req: AddRequest) -> dict[str, Any]:
-    """The seed's capture rules; mandatory for images that clusters are built from."""
+def _check_request(cfg: Config, req: AddRequest) -> list[str]:
+    """The flags themselves; returns the clusters built from this image."""
     unknown = [p for p in req.hardware if p not in cfg.hardware]
     if unknown:
         raise CatalogError(
@@ -98,29 +101,49 @@ def _preflight(cfg: Config, req: AddRequest) -> dict[str, Any]:
         )
     if req.sysprep is not None and req.sysprep not in SYSPREP_MODES:
         raise CatalogError(f"--sysprep must be reseal or factory, not {req.sysprep!r}")
-    clusters = sorted(c for c, cl in cfg.clusters.items() if cl.image == req.name)
-    if clusters:
-        missing = [
-            flag
-            for flag, given in (
-                ("--sysprep reseal|factory", req.sysprep is not None),
-                ("--without-cluster-service", req.without_cluster_service),
-                ("--no-shared-storage", req.no_shared_storage),
-            )
-            if not given
-        ]
-        if missing:
-            raise CatalogError(
-                f"image {req.name!r} is the image of cluster {', '.join(clusters)}: capture it "
-                "from a sysprepped master without the cluster service and not attached to the "
-                f"shared storage, and confirm with {' '.join(missing)}"
-            )
+    return sorted(c for c, cl in cfg.clusters.items() if cl.image == req.name)
+
+
+def preflight(cfg: Config, req: AddRequest, clusters: list[str]) -> dict[str, Any]:
+    """The seed's capture rules, read from the image itself (netdeploy.images.preflight) and
+    judged (netdeploy.images.seedrules); blocking. Raises :class:`CatalogError` with the fact
+    that broke a rule, unless ``req.force_reason`` overrides it (recorded)."""
+    try:
+        cfg.server.images_dir.mkdir(parents=True, exist_ok=True)
+        facts = read_facts(req.source, tmp_dir=cfg.server.images_dir)
+    except PreflightError as exc:
+        raise CatalogError(str(exc)) from None
+    profiles = req.hardware or cfg.images[req.name].hardware
+    mass_storage = {
+        p: [d.hardware_id for d in cfg.hardware[p].mass_storage]
+        for p in profiles
+        if p in cfg.hardware
+    }
+    claims = seedrules.Claims(req.sysprep, req.without_cluster_service, req.no_shared_storage)
+    verdict = seedrules.judge(facts, claims, clusters=clusters, mass_storage=mass_storage)
+    forced = None
+    if verdict.refusals:
+        if not req.force_reason:
+            message = seedrules.refusal_message(req.name, verdict)
+            if req.force:
+                message += " (--force without a REASON only replaces an image in use)"
+            raise CatalogError(message)
+        forced = {
+            "by": req.actor,
+            "reason": req.force_reason,
+            "at": utcnow().isoformat(),
+            "overrode": [f.message for f in verdict.refusals],
+        }
     return {
-        "sysprep": req.sysprep,
-        "cluster_service": False if req.without_cluster_service else None,
-        "shared_storage": False if req.no_shared_storage else None,
+        **verdict.summary(),
         "hardware": list(req.hardware),
         "clusters": clusters,
+        "preflight": {
+            "facts": facts,
+            "findings": verdict.as_json(),
+            "refused": [f.message for f in verdict.refusals],
+            "forced": forced,
+        },
     }
 
 
@@ -229,7 +252,8 @@ async def add_image(
     """Check, place, hash and record one image; raise :class:`CatalogError` with one line."""
     declared(cfg, req.name)
     check_source(req.source)
-    preflight = _preflight(cfg, req)
+    clusters = _check_request(cfg, req)
+    checked = await asyncio.to_thread(preflight, cfg, req, clusters)
     fmt = _served_format(cfg, req)
     if not req.force:
         await _refuse_if_busy(sessions, req.name, "replace")
@@ -254,10 +278,13 @@ async def add_image(
         row.format = fmt
         row.size, row.sha256, row.mtime_ns = identity.size, sha256, identity.mtime_ns
         row.status, row.status_detail = OK, ""
-        row.facts = {**preflight, **placed, "inode": identity.inode}
+        row.facts = {**checked, **placed, "inode": identity.inode}
         row.added_at = utcnow()
         event = eventlog.image_change(req.name, action="added", sha256=sha256, size=identity.size)
         session.add(event)
+        if checked["preflight"]["forced"]:  # who overrode the seed's rules, and why
+            forced = checked["preflight"]["forced"]
+            session.add(eventlog.image_change(req.name, action="preflight-forced", **forced))
     return row, event
 
 

@@ -229,6 +229,23 @@ def compile_multicast_receiver(into: Path) -> bytes | None:
     return binary.read_bytes()
 
 
+CAPTURE_STREAMER_SOURCE = AGENT_DIR / "ndcap.c"
+
+
+def compile_capture_streamer(into: Path) -> bytes | None:
+    """The static sparse disk streamer of network capture (docs/images.md), or None without
+    gcc or libzstd's static library (Debian: libzstd-dev)."""
+    if shutil.which("gcc") is None or not CAPTURE_STREAMER_SOURCE.is_file():
+        return None
+    binary = into / "ndcap"
+    try:
+        source = str(CAPTURE_STREAMER_SOURCE)
+        _run(["gcc", "-static", "-O2", "-s", "-o", str(binary), source, "-lzstd"])
+    except MediaError:
+        return None
+    return binary.read_bytes()
+
+
 def bundle_ntfs3g(spec: str, cache: Path, tmp: Path, progress: Progress) -> list[Piece]:
     """ntfs-3g, its shared libraries and the loader, as files for the initramfs."""
 
@@ -288,6 +305,11 @@ def build_media(
             progress("multicast receiver left out: install gcc and libc6-dev to include it")
         else:
             extra["bin/ndmc-recv"] = receiver
+        streamer = compile_capture_streamer(Path(tmp))
+        if streamer is None:
+            progress("capture streamer left out: install gcc and libzstd-dev to include it")
+        else:
+            extra["bin/ndcap"] = streamer
         progress(f"packing initramfs ({len(modules)} modules)")
         initrd = build_initramfs(bb.read_bytes(), modules, extra)
         out.mkdir(parents=True, exist_ok=True)
@@ -301,6 +323,8 @@ def build_media(
             "kernel_version": vmlinuz[-1].name.removeprefix("vmlinuz-"),
             "modules": [name for name, _ in modules],
             "multicast_receiver": receiver is not None,
+            # network capture's sparse streamer (docs/images.md); None: left out
+            "capture_streamer": "bin/ndcap" if streamer is not None else None,
             # what was copied for ntfs-3g and from where (decision 0007); None: left out
             "ntfs-3g": {piece.path: piece.describe() for piece in ntfs} or None,
             "vmlinuz": {

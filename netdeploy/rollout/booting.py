@@ -3,9 +3,10 @@
 The boot decision itself is the boot module's (netdeploy.boot.plan, handed in as ``decide``);
 what it implies for the rollout is decided here, in the writer, in one transaction with its
 event rows: an unknown MAC is recorded as ``discovered``; booting the agent moves
-``registered`` to ``pxe`` (DESIGN); an agent plan gets a fresh boot token, whose digest
-replaces the node's (the previous token stops working). A failed node stays failed until
-the admin retries it (decision 0002); every other state is left as it is.
+``registered`` to ``pxe`` (DESIGN) unless the admin marked the machine for capture (a
+capture boot is no rollout step: netdeploy.images.capture); an agent plan gets a fresh boot
+token, whose digest replaces the node's (the previous token stops working). A failed node
+stays failed until the admin retries it (decision 0002); every other state is left as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.engine import Action, Batch
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster
+from netdeploy.store.models import Capture, Cluster
 from netdeploy.tokens import issue_token
 
 ADVANCE_ON_BOOT: dict[S, S] = {S.REGISTERED: S.PXE}
@@ -34,8 +35,9 @@ class Decision(Protocol):
     def boots_agent(self) -> bool: ...
 
 
-# (node as it is after the request's own changes, or None for an unknown MAC; its cluster)
-Decide = Callable[[NodeRow | None, Cluster | None], Any]
+# (node as it is after the request's own changes, or None for an unknown MAC; its cluster;
+# the admin's capture mark, if any)
+Decide = Callable[[NodeRow | None, Cluster | None, Capture | None], Any]
 
 
 def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> Action:
@@ -45,13 +47,15 @@ def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> A
     async def action(batch: Batch) -> tuple[Any, str | None]:
         node = await batch.node(mac)
         first_boot = node is None  # the plan says so: "not in the inventory, recorded"
+        capture = await batch.session.get(Capture, mac)
         if node is None:
             node = await batch.discover(mac, reason=f"unknown MAC booted via {via} from {ip}")
         else:
             advance = ADVANCE_ON_BOOT.get(S(node.state))
-            if advance is not None:
+            if advance is not None and capture is None:
                 batch.move(node, advance, reason=f"boot script fetched via {via}")
-        decision: Decision = decide(None if first_boot else node, batch.cluster_of(node))
+        cluster = batch.cluster_of(node)
+        decision: Decision = decide(None if first_boot else node, cluster, capture)
         token = None
         if decision.boots_agent:
             token, node.token = issue_token()

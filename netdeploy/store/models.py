@@ -154,3 +154,28 @@ class SecretFetch(Base):
     name: Mapped[str] = mapped_column(String(255))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ip: Mapped[str | None] = mapped_column(String(45))
+
+
+class Capture(Base):
+    """A machine marked for network capture (`netdeploy image capture NAME --node MAC`): on its
+    next PXE boot the agent streams its disk into image ``image``; one row per MAC.
+
+    ``state``: requested → capturing → done | failed | refused (preflight). ``received`` is how
+    far the partial upload is committed (the agent resumes there after a cut).
+    """
+
+    __tablename__ = "captures"
+
+    mac: Mapped[str] = mapped_column(String(17), primary_key=True)
+    image: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="requested")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    force_reason: Mapped[str | None] = mapped_column(Text)
+    disk_size: Mapped[int | None] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    wire_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # compressed, retries included
+    data_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # non-zero blocks received
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

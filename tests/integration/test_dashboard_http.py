@@ -153,3 +153,26 @@ async def test_the_page_carries_the_event_id_to_resume_from(tmp_path):
             page = await r.text()
         assert csrf == csrf_of(page)
         assert f'"lastEventId": {ev.id}' in page
+
+
+async def test_capture_action_marks_a_machine_and_refuses_bad_input(tmp_path):
+    from netdeploy.images import capture
+
+    mac = "52:54:00:00:30:01"
+    json = {"Accept": "application/json"}
+    async with running_server(tmp_path) as srv, client_session() as client:
+        csrf = await srv.login(client)
+        async with client.get(srv.url + "/") as r:
+            assert 'action="/actions/capture"' in await r.text()
+        form = {"mac": mac, "image": "debian-12", "csrf": csrf}
+        async with client.post(srv.url + "/actions/capture", data=form, headers=json) as r:
+            assert r.status == 200, await r.text()
+            assert "marked for capture into debian-12" in (await r.json())["message"]
+        row = await capture.get(srv.ctx.sessions, mac)
+        assert row is not None and row.state == "requested" and row.actor.startswith("admin:")
+        bad = {**form, "image": "nosuch"}
+        async with client.post(srv.url + "/actions/capture", data=bad, headers=json) as r:
+            assert r.status == 404 and "not declared" in (await r.json())["error"]
+        stale = {**form, "csrf": "0" * 64}
+        async with client.post(srv.url + "/actions/capture", data=stale, headers=json) as r:
+            assert r.status == 403
