@@ -37,7 +37,7 @@ from netdeploy.rollout.service import sweep
 from netdeploy.store.db import newest_event_id, origin_of
 from netdeploy.store.models import Cluster, Event, Node
 from netdeploy.store.notify import CHANNEL, LIVE_CHANNEL, BadNotice, decode, decode_live
-from netdeploy.store.outage import OUTAGE
+from netdeploy.store.outage import OUTAGE, short
 
 if TYPE_CHECKING:
     import asyncpg
@@ -181,7 +181,7 @@ class EventListener:
                         "lost the connection that listens for other servers' events (%s); "
                         "agents and dashboards here hear of other servers' changes at their "
                         "next poll until it is back",
-                        exc,
+                        short(exc),  # one line (SQLAlchemy's messages add a second)
                     )
                 self._mark_lost()
                 await self._close()

@@ -7,8 +7,9 @@ EFI/BOOT/BOOTX64.EFI, each printing the local-boot marker) and waits at the gate
 stops and the guest is power-cycled: the network boot fails, the firmware falls through to the
 disk, and finds netdeploy's hold stub instead of the image's boot code: it prints "held by
 netdeploy" and reboots (QEMU -no-reboot exits with 0), never the marker (which exits with 3).
-The server comes back, the admin releases the node; its next boot runs the agent, which restores
-the real boot code and verifies it, and the boot after that prints the marker: the real disk.
+The server comes back (under SeaBIOS a cluster reset re-images and re-holds the node first), the
+admin releases the node; its next boot runs the agent, which restores the real boot code and
+verifies it, and the boot after that prints the marker: the real disk.
 """
 
 from __future__ import annotations
@@ -122,8 +123,17 @@ def test_a_held_node_never_boots_its_image_without_netdeploy(media, tmp_path, fi
         timings["held stub shown"] = next(s for s, line in dark.lines if HELD_MESSAGE in line)
         timings["power-cycle to reboot"] = time.monotonic() - dark.started
 
-        # 3. netdeploy is back; the admin releases the node (its cluster is not formed: force)
+        # 3. netdeploy is back. BIOS run: a reset works from the held disk (the node is imaged
+        # again and held again); then the admin releases it (the cluster is not formed: force)
         server = start_server(state_dir, http_port=http_port, extra=public)
+        if not uefi:
+            admin_post(server.url, "/api/admin/clusters/sqlclu/reset", admin, {})
+            again = boot("reset")
+            wait_for_line(again, "waiting at the gate", boot_s)
+            assert again.saw("held on disk: MBR boot code")
+            again.kill()
+            assert states(server)[HOST] == "held"
+            assert disk.read_bytes()[:MBR_CODE_BYTES] == bios_stub()
         node = admin_post(server.url, f"/api/admin/nodes/{HOST}/release", admin, {"force": True})
         assert node["state"] == "released", node
         restore = boot("release")
