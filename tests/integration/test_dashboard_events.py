@@ -229,7 +229,7 @@ async def test_event_log_filters_by_node_cluster_and_pages(tmp_path):
         assert page2["events"][0]["id"] < page1["events"][-1]["id"]
         for query, code, words in [
             ("node=nobody", 404, "no node with MAC or host name 'nobody'"),
-            ("cluster=nope", 404, "no cluster named 'nope'; clusters: sqlclu"),
+            ("cluster=nope", 404, "no cluster named 'nope'; clusters: haclu, hvclu, sqlclu"),
             ("limit=0", 400, "out of range"),
             ("before=abc", 400, "not a whole number"),
         ]:
@@ -265,12 +265,12 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
     )
     for line in [
         'netdeploy_nodes{state="held"} 2.0',
-        'netdeploy_nodes{state="registered"} 2.0',
+        'netdeploy_nodes{state="registered"} 6.0',  # 2 + issue 16's hvclu and haclu
         'netdeploy_nodes{state="failed"} 0.0',
         'netdeploy_cluster_nodes{cluster="sqlclu",state="held"} 2.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="formed"} 1.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="waiting"} 0.0',
-        'netdeploy_images{status="unhashed"} 2.0',
+        'netdeploy_images{status="unhashed"} 4.0',  # 2 + issue 16's w2k12r2-dc, rocky-9-ha
         "netdeploy_event_stream_clients 0.0",
         "netdeploy_gate_waiting_requests 1.0",
     ]:
