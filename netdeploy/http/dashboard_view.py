@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.eventlog import LogFilterError, query_events
 from netdeploy.inventory import NodeState
+from netdeploy.rollout.membership import membership_json
 from netdeploy.store.db import newest_event_id
 from netdeploy.store.models import Cluster, Image, Node
 
@@ -55,6 +56,7 @@ class NodeView:
     progress: float | None
     message: str
     last_ip: str | None
+    in_cluster: str = ""  # its membership as the cluster reports it (issue 16), "" unknown
 
     @property
     def dom_id(self) -> str:
@@ -78,6 +80,21 @@ class ClusterView:
     gate: str
     gate_detail: str
     nodes: list[NodeView]
+    membership: dict[str, Any] = field(default_factory=dict)  # rollout.membership_json
+
+    @property
+    def members_line(self) -> str:
+        """The member list as the cluster itself reported it, in one line ("" without kind)."""
+        seen = self.membership
+        if not seen.get("verified"):
+            return ""
+        if seen.get("reported_by") is None:
+            return "the cluster has not reported its member list yet"
+        members = ", ".join(
+            f"{m['name']} {m['state']}" + ("" if m["configured"] else " (not configured)")
+            for m in seen["members"]
+        )
+        return f"the cluster lists: {members or 'nobody'} (reported by {seen['reported_by']})"
 
     @property
     def gate_label(self) -> str:
@@ -136,6 +153,7 @@ async def load_view(
     # first node on top, then by host name: the order an admin reads a rollout in
     views.sort(key=lambda v: (v.role != "first node", v.label))
     by_cluster: dict[str, list[NodeView]] = {name: [] for name in clusters}
+    membership_of: dict[str, dict[str, Any]] = {}
     standalone, discovered = [], []
     for view in views:
         if view.role == "unknown":
@@ -144,6 +162,16 @@ async def load_view(
             by_cluster[view.cluster].append(view)
         else:
             standalone.append(view)
+    for name, members in by_cluster.items():  # the cluster's own view, beside the config
+        cluster = clusters[name]
+        seen = membership_json(
+            (cluster.settings or {}).get("kind"),
+            cluster.membership,
+            [(v.hostname or v.mac, v.state) for v in members],
+        )
+        for view in members:
+            view.in_cluster = seen["nodes"].get(view.hostname or view.mac, "")
+        membership_of[name] = seen
     counts: dict[str, int] = {}
     for view in views:
         counts[view.state] = counts.get(view.state, 0) + 1
@@ -164,6 +192,7 @@ async def load_view(
                 gate=c.gate,
                 gate_detail=c.gate_detail or "",
                 nodes=by_cluster[c.name],
+                membership=membership_of[c.name],
             )
             for c in sorted(clusters.values(), key=lambda c: c.name)
         ],

@@ -60,7 +60,14 @@ def _enter(netns: str) -> None:
 
 
 class Lan:
-    def __init__(self, workdir: Path, taps: int, dhcp: str = "dnsmasq", veths: int = 0):
+    def __init__(
+        self,
+        workdir: Path,
+        taps: int,
+        dhcp: str = "dnsmasq",
+        veths: int = 0,
+        boot_first: tuple[str, ...] = (),
+    ):
         if dhcp not in DHCP_MODES:
             raise ValueError(f"dhcp must be one of {', '.join(DHCP_MODES)}")
         self.netns = f"ndlan-{os.getpid()}"
@@ -69,6 +76,9 @@ class Lan:
         self.dhcp = dhcp
         # veth pairs: "vc<i>" stays in the namespace for a client program, its peer joins br0
         self.veths = [f"vc{i}" for i in range(veths)]
+        # dnsmasq lines put before the generic dhcp-boot, e.g. a MAC tagged ``pxelinux`` that
+        # gets pxelinux.0 instead of boot.ipxe
+        self.boot_first = boot_first
         self.url = f"http://{SERVER_IP}:{HTTP_PORT}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.owned = False
@@ -168,7 +178,9 @@ class Lan:
             f"dhcp-range={SUBNET}.100,{SUBNET}.200,255.255.255.0,1h",
             f"dhcp-option=option:router,{SERVER_IP}",
             "dhcp-match=set:ipxe,175",
-            f"dhcp-boot=tag:ipxe,{self.url}/boot.ipxe",
+            *self.boot_first,
+            # a MAC tagged pxelinux (boot_first) must not match here too (RECIPES pitfall 14)
+            f"dhcp-boot=tag:ipxe,tag:!pxelinux,{self.url}/boot.ipxe",
             # iPXE 175.176 no-pxedhcp: do not wait 2 s for ProxyDHCP offers
             "dhcp-option=tag:ipxe,encap:175,176,1",
             *ra,
@@ -261,8 +273,14 @@ class Lan:
 
 
 @contextlib.contextmanager
-def lan(workdir: Path, taps: int, dhcp: str = "dnsmasq", veths: int = 0) -> Iterator[Lan]:
-    net = Lan(workdir, taps, dhcp, veths).up()
+def lan(
+    workdir: Path,
+    taps: int,
+    dhcp: str = "dnsmasq",
+    veths: int = 0,
+    boot_first: tuple[str, ...] = (),
+) -> Iterator[Lan]:
+    net = Lan(workdir, taps, dhcp, veths, boot_first).up()
     try:
         yield net
     finally:

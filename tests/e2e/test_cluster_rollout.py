@@ -91,19 +91,33 @@ def wait_exit(server: ServerProcess, vm: VM, host: str, timeout: float) -> int:
     raise AssertionError(f"{host} still running after {timeout}s\n{vm.text()[-3000:]}")
 
 
-def mini_setup(server: ServerProcess, disk: Path, host: str) -> dict:
-    """Stand-in for Mini-Setup's [GuiRunOnce]: run the report command of the node's sysprep.inf."""
+def cluster_node_output(members: list[str]) -> str:
+    """What `cluster /cluster:SQLCLU node` prints on Windows Server 2003 once they are up."""
+    rows = "".join(f"{m.upper():<20} {i} Up\r\n" for i, m in enumerate(members, start=1))
+    return (
+        "Listing status for all available nodes:\r\n\r\n"
+        "Node           Node ID Status\r\n-------------- ------- ---------------------\r\n" + rows
+    )
+
+
+def mini_setup(server: ServerProcess, disk: Path, host: str, members: list[str]) -> dict:
+    """Stand-in for Mini-Setup's [GuiRunOnce]: the node's sysprep.inf must create (first node)
+    or join cluster sqlclu, then run the report command; the stand-in sends what report.vbs
+    sends: the health or joined body plus the cluster's own `cluster node` listing."""
     sysprep = read_file(disk, "sysprep/sysprep.inf")
     assert sysprep is not None, f"{host}: no sysprep.inf injected"
     text = sysprep.decode("cp1252")
+    forms = "/create /ipaddr:" if host == "sql-n1" else f"/add:{host.upper()} "
+    assert f"cluster /cluster:SQLCLU {forms}" in text, f"{host}: no cluster command:\n{text}"
     match = re.search(r"report\.vbs (\S+) (\S+) (health|joined)", text)
     assert match, f"{host}: sysprep.inf has no report command:\n{text}"
     url, token, kind = match.groups()
     path = url.split("/", 3)[3]  # the guest's view (10.0.2.2) -> ours
+    seen = {"source": "cluster node", "output": cluster_node_output(members)}
     body = (
-        {"healthy": True, "message": "ClusSvc running"}
+        {"healthy": True, "message": "ClusSvc running", **seen}
         if kind == "health"
-        else {"state": "joined", "message": "cluster service joined"}
+        else {"state": "joined", "message": "cluster service joined", **seen}
     )
     return api(server, "/" + path, token, body)
 
@@ -162,7 +176,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
         assert second1.saw(LOCAL_BOOT_MARKER)
         assert wait_state(server, "sql-n3", {"held"}) == "held"
         assert states(server)["sql-n2"] == "held"
-        answer = mini_setup(server, disks["sql-n1"], "sql-n1")
+        answer = mini_setup(server, disks["sql-n1"], "sql-n1", ["sql-n1"])
         assert answer["state"] == "joined"
 
         # 3. nodes 2 and 3 are released one at a time, each after the previous joined
@@ -174,7 +188,8 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
             again = boot(host, "-2nd")
             assert again.wait(120) == 3
             assert again.saw(LOCAL_BOOT_MARKER)
-            assert mini_setup(server, disks[host], host)["state"] == "joined"
+            up = [h for h in NODES if h <= host]  # the cluster lists those that joined so far
+            assert mini_setup(server, disks[host], host, up)["state"] == "joined"
         assert set(states(server).values()) >= {"joined"}
         assert all(states(server)[h] == "joined" for h in NODES)
         cluster = api(server, "/api/admin/clusters", admin)
@@ -234,3 +249,5 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
         assert read_file(disk, "netdeploy/diskpartparams.txt") is not None
     (sqlclu,) = [c for c in cluster["clusters"] if c["name"] == "sqlclu"]
     assert sqlclu["gate"] == "complete", sqlclu
+    # complete because the cluster itself lists every node up (issue 16)
+    assert sqlclu["membership"]["nodes"] == dict.fromkeys(NODES, "up"), sqlclu

@@ -15,6 +15,7 @@ prints ``NETDEPLOY-LOCAL-DISK-BOOT`` under SeaBIOS, its ``EFI/BOOT/BOOTX64.EFI``
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -155,11 +156,23 @@ def test_seabios_through_proxydhcp_boots_the_released_disk_twice(
     )
 
 
+# OVMF tries UEFI HTTP boot after PXE; this branch's ProxyDHCP does not ask the boot plan and
+# offers media/ipxe.efi, whose exit back to the firmware hangs (Debian iPXE 20190125), so the
+# disk is never reached. Main's ProxyDHCP (issue 14, netdeploy/boot/programs.py) answers a LOCAL
+# plan with silence; with it, this test runs.
+PROXY_ASKS_THE_PLAN = importlib.util.find_spec("netdeploy.boot.programs") is not None
+
+
 @needs_ovmf
+@pytest.mark.xfail(
+    not PROXY_ASKS_THE_PLAN,
+    run=False,
+    reason="needs the ProxyDHCP to answer a LOCAL plan with silence (main, issue 14)",
+)
 def test_ovmf_own_pxe_through_proxydhcp_boots_the_released_disk_twice(
     proxy_lan, disk: Path, tmp_path: Path
 ) -> None:
-    texts = boot_twice(
+    boot_twice(  # by silence from the proxy or by iPXE's exit: the disk, never the agent
         lambda n: VM(
             f"puefi-{n}",
             SQL_N2,
@@ -172,4 +185,3 @@ def test_ovmf_own_pxe_through_proxydhcp_boots_the_released_disk_twice(
         ),
         EFI_BOOT_MARKER,
     )
-    assert all("returning to the firmware" in t for t in texts)

@@ -5,6 +5,9 @@ cluster itself printed to hold exactly the configured nodes. Real app, real aioh
 from __future__ import annotations
 
 import asyncio
+import html
+import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -124,6 +127,22 @@ async def test_complete_only_when_the_cluster_lists_exactly_the_configured_nodes
             "n2": "up",
             "n3": "joined, but not in the cluster's list",
         }
+        # the same, as the dashboard and `netdeploy clusters` show it
+        async with http.get(f"{srv.url}/", headers=ADMIN) as resp:
+            page = html.unescape(await resp.text())
+        assert "the cluster lists: n1 Online, n2 Online (reported by n3)" in page
+        assert "in cluster: joined, but not in the cluster's list" in page
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "netdeploy", "clusters", "--config", str(config),
+            "--url", srv.url, "--token", "test-admin-token",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        out, err = await cli.communicate()
+        table = out.decode()
+        assert cli.returncode == 0, err.decode()
+        assert "the cluster lists: n1 Online, n2 Online (reported by n3)" in table
+        assert "in cluster" in table and "joined, but not in the cluster's list" in table
 
         # a node the config does not know in the cluster's list: not complete either
         assert (await n1.health(True, **crm_mon(["n1", "n2", "n3", "n9"])))[0] == 200

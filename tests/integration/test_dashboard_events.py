@@ -265,12 +265,12 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
     )
     for line in [
         'netdeploy_nodes{state="held"} 2.0',
-        'netdeploy_nodes{state="registered"} 6.0',  # sql-n1, web-1, hv-n1/2, ha-n1/2
+        'netdeploy_nodes{state="registered"} 6.0',  # 2 + issue 16's hvclu and haclu
         'netdeploy_nodes{state="failed"} 0.0',
         'netdeploy_cluster_nodes{cluster="sqlclu",state="held"} 2.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="formed"} 1.0',
         'netdeploy_cluster_gate{cluster="sqlclu",gate="waiting"} 0.0',
-        'netdeploy_images{status="unhashed"} 4.0',  # every image of the demo config
+        'netdeploy_images{status="unhashed"} 4.0',  # 2 + issue 16's w2k12r2-dc, rocky-9-ha
         "netdeploy_event_stream_clients 0.0",
         "netdeploy_gate_waiting_requests 1.0",
     ]:

@@ -203,6 +203,30 @@
     if (typeof text === "string") setText(card.querySelector(".gdetail"), text);
   }
 
+  // issue 16: the member list the cluster itself reported (event kind "members"), beside
+  // each node's own state; mirrors netdeploy.rollout.membership.in_cluster_label
+  function applyMembers(ev) {
+    const card = document.querySelector(`article.cluster[data-cluster="${CSS.escape(ev.cluster)}"]`);
+    if (!card || ev.kind !== "members") return;
+    const members = (ev.detail && ev.detail.members) || [];
+    const byName = new Map(members.map((m) => [String(m.name).toLowerCase(), m]));
+    const rows = [...card.querySelectorAll("tr[data-mac]")];
+    const configured = new Set(rows.map((r) => r.dataset.label.toLowerCase()));
+    const listed = members
+      .map((m) => `${m.name} ${m.state}` + (configured.has(String(m.name).toLowerCase()) ? "" : " (not configured)"))
+      .join(", ");
+    setText(card.querySelector(".members"), `the cluster lists: ${listed || "nobody"} (reported by ${ev.detail.reported_by})`);
+    for (const row of rows) {
+      const m = byName.get(row.dataset.label.toLowerCase());
+      const joined = row.dataset.state === "joined";
+      let label = "";
+      if (!m) label = joined ? "joined, but not in the cluster's list" : "not listed";
+      else if (m.up) label = "up";
+      else label = joined ? `joined, but the cluster says ${m.state}` : m.state;
+      setText(row.querySelector(".incluster"), " · in cluster: " + label);
+    }
+  }
+
   // ---------------------------------------------------------------- event log
   function labelOf(mac) {
     const row = mac && rowOf(mac);
@@ -475,6 +499,7 @@
   function apply(ev) {
     if (ev.mac) applyToNode(ev);
     if (ev.cluster) applyToCluster(ev);
+    if (ev.cluster) applyMembers(ev);
     if (ev.kind === "multicast" && data.multicast.available) refreshMulticast();
     prependLog(ev);
   }
