@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from netdeploy.cli.admin import _actor, _client_options, call
+from netdeploy.cli.admin import _actor, call, client_options
 from netdeploy.cli.common import CommandError
 from netdeploy.inventory import BadMac, normalize_mac
 
@@ -35,10 +35,10 @@ def add_capture_options(sub: Any) -> None:
     cap.add_argument(
         "--wait", action="store_true", help="follow the capture's progress until it ends"
     )
-    _client_options(cap)
+    client_options(cap)
     captures = sub.add_parser("captures", help="list machines marked for capture and progress")
     captures.add_argument("--json", action="store_true", help="print JSON")
-    _client_options(captures)
+    client_options(captures)
 
 
 def _line(c: dict[str, Any]) -> str:
