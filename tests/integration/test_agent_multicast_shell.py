@@ -21,6 +21,15 @@ from tests.integration.conftest_boot import boot_token
 from tests.integration.mc_harness import running_server
 
 SQL_N1 = "52:54:00:00:10:01"
+# hold_mbr_now: verify_disk calls it (no stubs here, so it does nothing)
+SHELL_FUNCTIONS = (
+    "fetch_plan",
+    "watch",
+    "fetch",
+    "receive_multicast",
+    "hold_mbr_now",
+    "verify_disk",
+)
 APPLETS = [
     "awk",
     "cat",
@@ -69,7 +78,7 @@ report() {{ echo "[report] $*"; }}
 fail() {{ echo "FAILED: $*"; exit 1; }}
 SERVER={server.url}; MAC={SQL_N1}; API="$SERVER/api/nodes/$MAC"
 AUTH="Authorization: Bearer {token}"; IP=127.0.0.1/8; DEV={block}
-{agent_functions("fetch_plan", "watch", "fetch", "receive_multicast", "verify_disk", tmp=tmp)}
+{agent_functions(*SHELL_FUNCTIONS, tmp=tmp)}
 fetch_plan || exit 9
 ND_DISK={disk}
 {call}
