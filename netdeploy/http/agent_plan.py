@@ -55,12 +55,14 @@ async def plan(request: web.Request) -> web.Response:
         if node is None:
             return json_error(404, f"no node with MAC {mac}; boot it first to be discovered")
         if not token_matches(request_token(request), node.token):
+            cluster_name = node.cluster
+            await session.rollback()  # end the read's implicit transaction before writing
             async with session.begin():
                 session.add(
                     Event(
                         kind="auth",
                         mac=mac,
-                        cluster=node.cluster,
+                        cluster=cluster_name,
                         detail={
                             "path": request.path,
                             "ip": request.remote,
