@@ -116,7 +116,7 @@ async def cancel_capture(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     actor = f"admin:{request.query.get('actor', 'api')[:64]}"
     try:
-        row = await capture.cancel(ctx.sessions, ctx.bus, mac_param(request), actor)
+        row = await capture.cancel(ctx.config, ctx.sessions, ctx.bus, mac_param(request), actor)
     except CaptureError as exc:
         return _refused(exc)
     return web.json_response(capture.capture_json(row))

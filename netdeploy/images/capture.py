@@ -124,7 +124,10 @@ async def request(
     return row
 
 
-async def cancel(sessions: async_sessionmaker, bus: EventBus, mac: str, actor: str) -> Capture:
+async def cancel(
+    cfg: Config, sessions: async_sessionmaker, bus: EventBus, mac: str, actor: str
+) -> Capture:
+    """Forget the mark (the machine goes back to its rollout plan) and any partial upload."""
     async with sessions() as session, session.begin():
         row = await session.get(Capture, mac)
         if row is None:
@@ -133,6 +136,8 @@ async def cancel(sessions: async_sessionmaker, bus: EventBus, mac: str, actor: s
         event = _event(row, f"capture into {row.image} cancelled by {actor}", actor=actor)
         session.add(event)
     bus.publish(event)
+    if row.state != REFUSED:  # a refused capture's file is the admin's to add with --force
+        await asyncio.to_thread(partial_path(cfg, row).unlink, True)
     return row
 
 

@@ -181,7 +181,7 @@ def _domain(system: Any, software: Any, security: Any, cs: str) -> dict[str, Any
     evidence = "no SECURITY hive: from Winlogon/Tcpip names"
     if security is not None:
         sid = _key(security, "Policy\\PolPrDmS")
-        raw = _value(sid, "") if sid is not None else None
+        raw = _value(sid, "(Default)") if sid is not None else None  # dissect's default name
         member = bool(raw)
         evidence = "SECURITY\\Policy\\PolPrDmS " + ("set" if member else "empty")
     return {"member": member, "name": name, "evidence": evidence}

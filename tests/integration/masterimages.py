@@ -120,6 +120,14 @@ class WindowsMaster:
     sysprep_inf: bool = True
     computer_name: str = "MASTER"
     domain: str = "LAB"
+    domain_member: bool | None = None  # None: no SECURITY hive; else PolPrDmS set or empty
+
+    def security(self) -> dict[str, Values]:
+        # LSA's primary domain SID (S-1-5-21-1-2-3 when joined), empty in a workgroup
+        sid = "01,04,00,00,00,00,00,05,15,00,00,00,01,00,00,00,02,00,00,00,03,00,00,00"
+        return _dedupe(
+            {"Policy\\PolPrDmS": {"@": f"hex:0:{sid}" if self.domain_member else "hex:0:"}}
+        )
 
     def system(self) -> dict[str, Values]:
         cs = "ControlSet001"
@@ -203,6 +211,9 @@ def make_windows_master(path: Path, master: WindowsMaster, size_mib: int = 24) -
         system, software = work / "SYSTEM", work / "SOFTWARE"
         write_hive(system, master.system())
         write_hive(software, master.software())
+        security = work / "SECURITY"
+        if master.domain_member is not None:
+            write_hive(security, master.security())
         part = work / "part.ntfs"
         with open(part, "wb") as fh:
             fh.truncate(size_mib * 1024 * 1024 - PARTITION_OFFSET)
@@ -220,6 +231,8 @@ def make_windows_master(path: Path, master: WindowsMaster, size_mib: int = 24) -
             config.mkdir(parents=True)
             shutil.copy(system, config / "SYSTEM")
             shutil.copy(software, config / "SOFTWARE")
+            if master.domain_member is not None:
+                shutil.copy(security, config / "SECURITY")
             (mnt / "BOOT.INI").write_bytes(b"[boot loader]\r\ntimeout=0\r\n")
             if master.sysprep_inf:
                 (mnt / "sysprep").mkdir()

@@ -60,3 +60,17 @@ async def test_standalone_nodes_and_disabled_multicast_stream_over_http(tmp_path
             "why": 'distribution = "multicast" but [multicast] enabled = false: streaming over '
             "HTTP; set [multicast] enabled = true to image by multicast",
         }
+
+
+async def test_a_wrong_token_is_refused_with_403_and_recorded(tmp_path):
+    from tests.integration.conftest_boot import boot_server
+
+    async with boot_server(tmp_path) as srv:
+        await boot_token(srv.url, SQL_N1)
+        got = await curl(
+            f"{srv.url}/api/nodes/{SQL_N1}/plan", "-H", "Authorization: Bearer not-the-token"
+        )
+        assert got.status == 403, got.text  # was a 500: a second begin() on the read's session
+        assert "current token" in json.loads(got.body)["error"]
+        auth = [e for e in await srv.events("auth", SQL_N1) if e.detail["path"].endswith("/plan")]
+        assert auth and auth[0].detail["reason"] == "bad or missing token"

@@ -238,3 +238,11 @@ async def test_hostile_segments_are_refused_without_writing(tmp_path: Path) -> N
                 assert answer["offset"] == 0 and "bad segment" in answer["error"], name
         async with http.get(url, params={"size": size}, headers=auth) as r:
             assert (await r.json())["offset"] == 0
+        # cancel: the mark and the partial upload are gone; the next boot is the rollout's
+        partial = list((tmp_path / "state" / "images").glob(".*partial"))
+        assert partial
+        async with http.delete(f"{srv.url}/api/admin/captures/{MAC}", headers=admin) as r:
+            assert r.status == 200 and (await r.json())["state"] == "capturing"
+        assert not any(p.exists() for p in partial)
+        script = (await curl(f"{srv.url}/boot/{MAC}.ipxe")).text
+        assert "nd.mode=discover" in script, script

@@ -204,3 +204,16 @@ def test_a_standalone_image_with_identity_left_is_added_with_warnings(lab, tmp_p
     done = add(lab, "debian-12", dirty)
     assert done.returncode == 0, done.stderr
     assert "BROKEN   machine_id: /etc/machine-id is set" in done.stdout
+
+
+@needs_ntfs
+@pytest.mark.parametrize(("member", "evidence"), [(True, "set"), (False, "empty")])
+def test_domain_membership_is_read_from_the_security_hive(lab, tmp_path, member, evidence):
+    image = make_windows_master(tmp_path / "m.img", WindowsMaster(domain_member=member))
+    assert add(lab, "debian-12", image).returncode == 0
+    domain = show(lab, "debian-12")["facts"]["preflight"]["facts"]["windows"]["domain"]
+    assert domain == {
+        "member": member,
+        "name": "LAB",
+        "evidence": f"SECURITY\\Policy\\PolPrDmS {evidence}",
+    }
