@@ -74,6 +74,12 @@ def retry(name: str, actor: str) -> Action:
         node.stops_rollout = False
         node.release_seq = None
         node.message = ""
+        cluster = batch.cluster_of(node)
+        if cluster is not None and node.hostname == cluster.first_node:
+            # first node alone, again: nobody is released until it has formed the cluster anew
+            cluster.formed_at = None
+            cluster.membership = None
+            batch.dirty.add(cluster.name)
         batch.move(
             node,
             S.REGISTERED,

@@ -198,7 +198,7 @@ class Batch:
         self.dirty.clear()
 
     async def settle_cluster(self, cluster: Cluster) -> None:
-        # only the five columns a decision needs, as plain tuples (a 1,000-node cluster is
+        # only the six columns a decision needs, as plain tuples (a 1,000-node cluster is
         # settled in a few ms); nodes this batch changed count as they are now
         result = await self.session.execute(
             select(

@@ -257,7 +257,7 @@ async def test_500_nodes_render_and_stay_live(browser, tmp_path):
         response = await page.goto(srv.url + "/")
         await expect(page.locator("#live")).to_have_text("live")
         loaded = time.monotonic() - started
-        assert await page.locator("table.nodes tbody tr").count() == 504
+        assert await page.locator("table.nodes tbody tr").count() == 508  # + the 8 demo nodes
         timing = await page.evaluate(
             """() => { const n = performance.getEntriesByType('navigation')[0];
                  return {transfer: n.transferSize, html: n.decodedBodySize,

@@ -186,6 +186,9 @@ async def test_healthy_claim_without_the_first_node_in_its_own_list_is_unhealthy
         # the admin retries the unhealthy first node: re-imaged on its next PXE boot
         async with http.post(f"{srv.url}/api/admin/nodes/n1/retry", headers=ADMIN) as resp:
             assert resp.status == 200 and (await resp.json())["state"] == "registered"
+        # it starts alone again: the gate waits for it to form the cluster anew
+        cluster = await cluster_status(http, srv.url)
+        assert cluster["gate"] == "waiting" and cluster["membership"]["reported_by"] is None
 
 
 async def test_a_first_node_that_timed_out_is_taken_back_by_a_late_healthy_report(
@@ -204,3 +207,22 @@ async def test_a_first_node_that_timed_out_is_taken_back_by_a_late_healthy_repor
         status, body = await n1.health(True)
         assert status == 200 and body["state"] == "joined", body
         assert (await n2.gate(timeout=5))[1]["released"]
+
+
+async def test_retrying_an_unhealthy_first_node_makes_it_form_the_cluster_again(
+    tmp_path: Path,
+) -> None:
+    config = lab_config(tmp_path, 3, kind="pacemaker")
+    tokens = await prepare_nodes(config)
+    async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
+        n1, n2, n3 = (Agent(http, srv.url, mac_of(i), tokens[mac_of(i)]) for i in (1, 2, 3))
+        await asyncio.gather(n1.image(), n2.image(), n3.image())
+        assert (await n1.health(True, **crm_mon(["n1"])))[0] == 200  # formed; n2 released
+        assert (await n1.health(False, message="disk Q: offline"))[1]["state"] == "unhealthy"
+        async with http.post(f"{srv.url}/api/admin/nodes/n1/retry", headers=ADMIN) as resp:
+            assert resp.status == 200
+        await n2.event("starting")
+        await joined(n2, ["n2"])  # would release n3 if the cluster still counted as formed
+        cluster = await cluster_status(http, srv.url)
+        assert cluster["gate"] == "waiting" and cluster["formed_at"] is None
+        assert not (await n3.gate(timeout=0))[1]["released"]
