@@ -23,8 +23,9 @@ import pytest
 from sqlalchemy import select
 
 from netdeploy.config import load_config
-from netdeploy.rollout.service import set_state
-from netdeploy.store import import_config, open_store
+from netdeploy.rollout.inventory import import_config
+from netdeploy.rollout.state import set_state
+from netdeploy.store import open_store
 from netdeploy.store.models import Node
 from tests.conftest import REPO, demo_variant, free_port, run_cli, start_server
 from tests.e2e.diskimage import EFI_BOOT_MARKER, LOCAL_BOOT_MARKER, make_image
@@ -44,7 +45,8 @@ needs_ovmf = pytest.mark.skipif(ovmf_available() is not None, reason=str(ovmf_av
 
 
 def release_in_store(config: Path, state_dir: Path, macs: tuple[str, ...]) -> None:
-    """Import the config and put ``macs`` in ``released``, as the gate leaves a released node."""
+    """Import the config and put ``macs`` in ``starting``: released, with the disk's own boot code
+    put back by the agent (issue 21: a ``released`` node boots the agent once for that)."""
 
     async def run() -> None:
         cfg = load_config(config, state_dir=state_dir)
@@ -53,7 +55,7 @@ def release_in_store(config: Path, state_dir: Path, macs: tuple[str, ...]) -> No
             await import_config(sessions, cfg)
             async with sessions() as session, session.begin():
                 for node in await session.scalars(select(Node).where(Node.mac.in_(macs))):
-                    set_state(session, node, "released", reason="test: released", force=True)
+                    set_state(session, node, "starting", reason="test: released", force=True)
                     node.release_seq = 0
         finally:
             await engine.dispose()
@@ -107,7 +109,7 @@ def test_seabios_boots_the_released_disk_twice(slirp_server, disk: Path, tmp_pat
         lambda n: VM(f"bios-{n}", SQL_N1, tmp_path / f"bios-{n}.log", disk=disk, bootfile=bootfile),
         LOCAL_BOOT_MARKER,
     )
-    assert all("local: released: past release" in t for t in texts)
+    assert all("local: starting: past release" in t for t in texts)
 
 
 @needs_ovmf
