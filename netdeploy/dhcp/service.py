@@ -30,11 +30,12 @@ from netdeploy.dhcp.packet import MalformedPacket
 
 # the boot program for one firmware client (BootService.program_for)
 Decide = Callable[[FirmwareClient], Awaitable[BootChoice]]
-# Machines whose boot decision is being asked at once, and requests of one machine waiting for
-# it: a retransmit storm of one MAC costs one decision, answered to every request. Past these
-# a flood is dropped and counted; PXE clients retransmit (PXE 2.1: after 4, 8, 16 and 32 s).
+# Machines whose boot decision is being asked at once, and requests waiting for those decisions
+# (all machines together, ~1 KiB each): a retransmit storm of one MAC costs one decision,
+# answered to every request. Past these a flood is dropped and counted; PXE clients retransmit
+# (PXE 2.1: after 4, 8, 16 and 32 s).
 MAX_PENDING = 256
-MAX_WAITING_PER_MAC = 64
+MAX_WAITING = 4096
 
 # one request waiting for its machine's decision: what it asked, where to answer
 Waiting = tuple[p.DhcpPacket, pxe.Pending, tuple[str, int], bool, asyncio.DatagramTransport]
@@ -111,6 +112,7 @@ class ProxyDhcpServer:
         self.decide = decide
         self.on_answer = on_answer
         self.pending: dict[str, list[Waiting]] = {}  # MAC -> requests awaiting its decision
+        self.waiting = 0  # requests in ``pending``, all machines together
         self.tasks: set[asyncio.Task[None]] = set()
         self.client_port = client_port
         self.transports: list[asyncio.DatagramTransport] = []
@@ -166,14 +168,12 @@ class ProxyDhcpServer:
             return
         mac = found.client.mac
         waiting = self.pending.get(mac)
-        if waiting is None and len(self.pending) >= MAX_PENDING:
+        if self.waiting >= MAX_WAITING or (waiting is None and len(self.pending) >= MAX_PENDING):
             record.REQUESTS.labels(port_label, "busy").inc()
             return
+        self.waiting += 1
         if waiting is not None:
-            if len(waiting) >= MAX_WAITING_PER_MAC:
-                record.REQUESTS.labels(port_label, "busy").inc()
-            else:
-                waiting.append((request, found, addr, pxe_port, transport))
+            waiting.append((request, found, addr, pxe_port, transport))
             return
         self.pending[mac] = [(request, found, addr, pxe_port, transport)]
         task = asyncio.get_running_loop().create_task(self._decide(found.client))
@@ -187,7 +187,9 @@ class ProxyDhcpServer:
         except Exception as exc:  # the store is down: no answer now; the client retransmits
             log.warning("no boot decision for %s: %s", client.mac, exc)
             choice = None
-        for request, pending, addr, pxe_port, transport in self.pending.pop(client.mac, []):
+        waiting = self.pending.pop(client.mac, [])
+        self.waiting -= len(waiting)
+        for request, pending, addr, pxe_port, transport in waiting:
             if choice is None:
                 record.REQUESTS.labels("pxe" if pxe_port else "dhcp", "undecided").inc()
                 continue
