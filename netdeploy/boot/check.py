@@ -1,15 +1,18 @@
-"""`netdeploy check` for the boot templates: every iPXE and pxelinux template renders for every
-state a node can be in, before any machine asks for one."""
+"""`netdeploy check` (and the running server before a reload): every iPXE and pxelinux template
+renders for every state a node can be in, before any machine asks for one; paths exist; every
+answer file renders and validates; reported hardware has its drivers (:func:`check_config`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
-from netdeploy.answers.check import server_url
+from netdeploy.answers.check import check_answer_files, server_url
 from netdeploy.answers.render import PLACEHOLDER_TOKEN
 from netdeploy.boot import scripts
+from netdeploy.boot.hardware import check_facts
 from netdeploy.boot.plan import BootUrls, NodeFacts, boot_plan
 from netdeploy.config import Config
 from netdeploy.inventory import NodeState
@@ -35,3 +38,25 @@ def check_boot_templates(cfg: Config) -> list[str]:
     except jinja2.UndefinedError as exc:
         lines.append(f"{scripts.templates_dir(bootfiles)}: boot template: {exc}")
     return lines
+
+
+def check_paths(cfg: Config) -> list[str]:
+    problems = []
+    if not cfg.server.bootfiles_dir.is_dir():
+        problems.append(f"server.bootfiles_dir: {cfg.server.bootfiles_dir} is not a directory")
+    for name in sorted({f for n in cfg.nodes for f in cfg.answer_files_for(n)}):
+        if not (cfg.server.templates_dir / name).is_file():
+            problems.append(f"answer template {name!r} not found in {cfg.server.templates_dir}")
+    return problems
+
+
+def check_config(cfg: Config, facts_by_mac: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Everything `netdeploy check` checks beyond loading: paths, boot templates, every answer
+    file, and each node's reported hardware against its profile (the seed's driver rule).
+    The running server runs the same before a reload or an adopt changes anything."""
+    return (
+        check_paths(cfg)
+        + check_boot_templates(cfg)
+        + check_answer_files(cfg)
+        + check_facts(cfg, facts_by_mac or {})
+    )
