@@ -21,9 +21,10 @@ from netdeploy.http import (
     image_routes,
     multicast_routes,
 )
-from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
+from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, RELOADER, json_error
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService
+from netdeploy.reload import Reloader
 
 log = logging.getLogger("netdeploy.http")
 
@@ -83,10 +84,12 @@ def build_app(
     boot: BootService | None = None,
     images: ImageStreams | None = None,
     multicast: MulticastService | None = None,
+    reloader: Reloader | None = None,
 ) -> web.Application:
     """The HTTP adapter over the services the composition root built (server.py).
 
-    ``boot`` and ``images`` default to fresh ones over ``ctx`` (tests build apps alone);
+    ``boot``, ``images`` and ``reloader`` default to fresh ones over ``ctx`` (tests build apps
+    alone);
     without ``multicast`` the multicast routes answer 503.
     """
     app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
@@ -95,6 +98,7 @@ def build_app(
     app[IMAGES] = images or ImageStreams(
         ctx.config.http.max_image_streams, ctx.config.http.image_retry_after
     )
+    app[RELOADER] = reloader or Reloader(ctx)
     if multicast is not None:
         app[MULTICAST] = multicast
     for module in ROUTE_MODULES:
