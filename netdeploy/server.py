@@ -45,7 +45,7 @@ from netdeploy.reload import Reloader, ReloadRefused
 from netdeploy.rollout.engine import RolloutEngine
 from netdeploy.rollout.inventory import import_action
 from netdeploy.rollout.service import start_sweeper
-from netdeploy.store import open_store
+from netdeploy.store import hold_store, open_store
 from netdeploy.tftp import service as tftp
 
 log = logging.getLogger("netdeploy")
@@ -196,6 +196,13 @@ async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
     """Run every service until SIGINT/SIGTERM (or ``stop`` is set)."""
+    with hold_store(cfg.server.state_dir, exclusive=False):  # no CLI writes behind us
+        await _serve(cfg, ports, ready, stop)
+
+
+async def _serve(
+    cfg: Config, ports: Ports, ready: asyncio.Event | None, stop: asyncio.Event | None
+) -> None:
     ctx = await open_context(cfg, ports)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(ctx.close)

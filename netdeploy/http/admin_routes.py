@@ -56,7 +56,7 @@ def admin_cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
     }
 
 
-async def _authorized(request: web.Request) -> web.Response | None:
+async def authorized(request: web.Request) -> web.Response | None:
     """None when the admin token matches; else the 401/403 answer (and an auth event)."""
     ctx = ctx_of(request)
     token = request_token(request)
@@ -80,7 +80,7 @@ async def _authorized(request: web.Request) -> web.Response | None:
     return response
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     text = await request.text()
     if not text.strip():
         return {}
@@ -110,7 +110,7 @@ def _node_name(request: web.Request) -> str:
 
 @routes.get("/api/admin/clusters")
 async def clusters(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     async with ctx_of(request).sessions() as session:
         rows = (await session.scalars(select(Cluster).order_by(Cluster.name))).all()
@@ -128,11 +128,11 @@ async def clusters(request: web.Request) -> web.Response:
 
 @routes.post("/api/admin/nodes/{node}/{action:release|retry|fail}")
 async def node_action(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     ctx, name, what = ctx_of(request), _node_name(request), request.match_info["action"]
     try:
-        body = await _body(request)
+        body = await read_body(request)
         actor = _actor(body)
         if what == "release":
             force = body.get("force", False)
@@ -153,11 +153,11 @@ async def node_action(request: web.Request) -> web.Response:
 
 @routes.post("/api/admin/clusters/{name}/reset")
 async def reset(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     ctx = ctx_of(request)
     try:
-        actor = _actor(await _body(request))
+        actor = _actor(await read_body(request))
         cluster = await rollout.reset_cluster(ctx, request.match_info["name"], actor)
     except RolloutError as exc:
         return error_response(exc)
@@ -185,14 +185,14 @@ def _optional_name(body: dict[str, Any], key: str) -> str | None:
 async def adopt(request: web.Request) -> web.Response:
     """A discovered machine becomes an inventory node: one validated file in the inventory
     directory, then a reload (netdeploy.reload)."""
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     try:
         mac = normalize_mac(request.match_info["node"])
     except BadMac as exc:
         return json_error(400, str(exc))
     try:
-        body = await _body(request)
+        body = await read_body(request)
         actor = _actor(body)
         hostname = body.get("hostname")
         if not isinstance(hostname, str) or not hostname:
@@ -215,10 +215,10 @@ async def adopt(request: web.Request) -> web.Response:
 @routes.post("/api/admin/reload")
 async def reload(request: web.Request) -> web.Response:
     """Re-read the config (edited by hand); apply it in one transaction or change nothing."""
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     try:
-        actor = _actor(await _body(request))
+        actor = _actor(await read_body(request))
         result = await reloader_of(request).reload(actor)
     except RolloutError as exc:
         return error_response(exc)

@@ -18,6 +18,7 @@ from netdeploy.http import (
     boot_routes,
     dashboard,
     events_routes,
+    image_admin_routes,
     image_routes,
     multicast_routes,
 )
@@ -39,6 +40,7 @@ ROUTE_MODULES = [
     events_routes,
     multicast_routes,
     image_routes,
+    image_admin_routes,
 ]
 
 
