@@ -50,6 +50,9 @@ class VM:
     # False: no option ROM on the NIC (``romfile=``), so the firmware's own PXE client boots
     # instead of QEMU's iPXE (under UEFI only: QEMU's only BIOS PXE ROMs are iPXE)
     nic_rom: bool = True
+    # the disk's controller: "virtio" (virtio-blk, PCI 1af4:1001) or "ahci" (ICH9 AHCI,
+    # 8086:2922): the agent reports each as a different storage controller (issue 18)
+    storage: str = "virtio"
     lines: list[tuple[float, str]] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
@@ -90,7 +93,16 @@ class VM:
             ]
         else:
             cmd += ["-boot", "order=nc", "-device", nic]
-        if self.disk:
+        if self.disk and self.storage == "ahci":
+            cmd += [
+                "-device",
+                "ahci,id=ahci0",
+                "-drive",
+                f"if=none,id=d0,file={self.disk},format=raw",
+                "-device",
+                "ide-hd,drive=d0,bus=ahci0.0",
+            ]
+        elif self.disk:
             cmd += ["-drive", f"file={self.disk},format=raw,if=virtio"]
         return cmd
 
