@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from netdeploy import eventlog
 from netdeploy.boot.check import check_config
-from netdeploy.config import Config, ConfigError, load_config
+from netdeploy.config import Config, ConfigError, NodeConfig, load_config
 from netdeploy.context import Context
 from netdeploy.inventory import NodeState
 from netdeploy.rollout.inventory import ImportResult, import_action
@@ -200,6 +201,11 @@ class Reloader:
         """Write a validated ``[[nodes]]`` entry for a discovered machine and reload."""
         if (cluster is None) == (image is None):
             raise ReloadRefused(400, "give a cluster or an image (one of them)")
+        try:  # before the host name goes into a file name: "../x" must never get that far
+            NodeConfig(mac=mac, hostname=hostname, cluster=cluster, image=image, hardware=hardware)
+        except ValidationError as exc:
+            problems = [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+            raise ReloadRefused(400, "; ".join(problems)) from None
         async with self.lock:
             try:
                 result = await self._adopt(mac, hostname, cluster, image, hardware, actor)
@@ -245,6 +251,9 @@ class Reloader:
         try:
             await self._validated((temporary,))
             os.replace(temporary, target)  # atomic: the next reader sees all of it or nothing
+        except ReloadRefused as exc:  # name the file as it would be, not its temporary name
+            exc.problems = [p.replace(str(temporary), str(target)) for p in exc.problems]
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()

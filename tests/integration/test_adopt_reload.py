@@ -129,6 +129,14 @@ async def test_adopt_refuses_a_machine_whose_controller_has_no_driver_and_change
         assert any("8086:2922" in p and "qemu-virtio" in p for p in refused["problems"])
         assert not (tmp_path / "nodes.d" / "sql-n4.toml").exists()
         assert list((tmp_path / "nodes.d").iterdir()) == []  # no temporary left behind either
+        hostile = {"hostname": "../../evil", "cluster": "sqlclu"}
+        async with http.post(
+            f"{srv.url}/api/admin/nodes/{UNKNOWN}/adopt", json=hostile, headers=admin
+        ) as resp:
+            assert resp.status == 400 and "not a host name" in (await resp.json())["error"]
+        assert not list(tmp_path.rglob("*evil*"))
+        async with http.post(f"{srv.url}/api/admin/nodes/{UNKNOWN}/adopt", json=body) as resp:
+            assert resp.status == 401  # the admin token, always
         assert srv.ctx.config.node_by_mac(UNKNOWN) is None
         async with srv.ctx.sessions() as session:
             assert (await session.get(Node, UNKNOWN)).state == "discovered"
