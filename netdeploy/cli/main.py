@@ -17,10 +17,11 @@ from netdeploy.answers.check import find_node, render_checked, server_url
 from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem
 from netdeploy.answers.validate import InvalidAnswerFile
 from netdeploy.boot.check import check_config
+from netdeploy.boot.hardware import verdict
 from netdeploy.cli import admin, images, inventory, media, receive
 from netdeploy.cli import nodes as node_list
 from netdeploy.cli.common import CommandError, add_config_options, config_from_args
-from netdeploy.config import Config, ConfigError
+from netdeploy.config import AUTO_HARDWARE, Config, ConfigError
 from netdeploy.context import ServiceError
 from netdeploy.media.build import media_status
 from netdeploy.store import StoreError
@@ -128,6 +129,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     node = find_node(cfg, args.node)
     if node is None:
         raise CommandError(f"no node {args.node!r} in {cfg.source}; give a MAC or a host name")
+    if node.hardware == AUTO_HARDWARE:  # as served: with the profile its facts matched
+        stored = asyncio.run(node_list.stored_facts(cfg)).get(node.mac)
+        profile = verdict(cfg, node, dict(stored.facts) if stored else None).profile
+        node = node.model_copy(update={"hardware": profile})
     files = cfg.answer_files_for(node)
     if args.file not in files:
         listed = ", ".join(files) or "none"
