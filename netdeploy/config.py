@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,6 +37,10 @@ _RELEASE = re.compile(r"^(sequential|manual|waves:([1-9][0-9]*))$")
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 Distribution = Literal["unicast", "multicast"]
+_PCI_RULE = re.compile(
+    r"^([0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}|PCI\\VEN_[0-9A-Fa-f]{4}&DEV_[0-9A-Fa-f]{4}\S*)$"
+)
+AUTO_HARDWARE = "auto"  # hardware = "auto": the profile whose match rules fit the reported facts
 
 
 class _Section(BaseModel):
@@ -181,9 +186,34 @@ class MassStorageDriver(_Section):
     disk_tag: str = ""
 
 
+class HardwareMatch(_Section):
+    """``[hardware.NAME.match]``: which reported machines this profile is for (issue 18).
+
+    Every rule given must hold: ``product`` lists SMBIOS product names (any one, exact, case
+    ignored); ``pci`` lists storage-controller PCI IDs (``"1af4:1001"`` or
+    ``"PCI\\VEN_1AF4&DEV_1001"``), any one of which the machine must report.
+    """
+
+    product: list[str] = []
+    pci: list[str] = []
+
+    @field_validator("pci")
+    @classmethod
+    def _pci(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _PCI_RULE.match(item):
+                raise ValueError(
+                    f"{item!r} is not a PCI ID; write it as vvvv:dddd (e.g. 1af4:1001) or "
+                    "PCI\\VEN_1AF4&DEV_1001"
+                )
+        return value
+
+
 class HardwareProfile(_Section):
     description: str = ""
     mass_storage: list[MassStorageDriver] = []
+    # with hardware = "auto" a node gets the first profile (in config order) whose rules match
+    match: HardwareMatch | None = None
     # the disk the agent writes the image to; "auto": the first of vd*, sd*, nvme*n*
     disk: Annotated[str, Field(pattern=r"^(auto|/dev/[A-Za-z0-9/_-]+)$")] = "auto"
 
@@ -283,6 +313,9 @@ class NodeConfig(_Section):
 
 
 class Config(_Section):
+    # inventory files (``[[nodes]]`` only), globs relative to this file: e.g. ["nodes.d/*.toml"];
+    # `netdeploy adopt` writes into the directory of the first one
+    include: list[str] = []
     server: ServerConfig = ServerConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
@@ -295,6 +328,9 @@ class Config(_Section):
     clusters: dict[str, ClusterConfig] = {}
     nodes: list[NodeConfig] = []
     source: Path | None = Field(default=None, exclude=True)
+    included: tuple[Path, ...] = Field(default=(), exclude=True)  # the files include found
+    # command-line replacements of [server] keys, kept so a reload reads the config the same way
+    overrides: dict[str, Any] = Field(default={}, exclude=True)
 
     def node_by_mac(self, mac: str) -> NodeConfig | None:
         return next((n for n in self.nodes if n.mac == mac), None)
@@ -380,7 +416,37 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             server["images_dir"] = str(Path(server["state_dir"]) / "images")
 
 
-def _pydantic_problems(exc: ValidationError, file: str, source: str) -> list[Problem]:
+@dataclass(frozen=True)
+class _Source:
+    file: str
+    text: str
+
+
+class _Locator:
+    """Maps a location in the merged config to the file and line that set it: ``nodes`` past
+    the main file's own come from included files, in the order they were read."""
+
+    def __init__(self, main: _Source) -> None:
+        self.main = main
+        self.main_nodes = 0
+        self.included: list[tuple[_Source, int]] = []  # (file, how many nodes it holds)
+
+    def locate(self, loc: tuple[str | int, ...]) -> tuple[str, str, tuple[str | int, ...]]:
+        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+            index = loc[1] - self.main_nodes
+            if index >= 0:
+                for source, count in self.included:
+                    if index < count:
+                        return source.file, source.text, ("nodes", index, *loc[2:])
+                    index -= count
+        return self.main.file, self.main.text, loc
+
+    def problem(self, loc: tuple[str | int, ...], message: str) -> Problem:
+        file, text, local = self.locate(loc)
+        return Problem(file, line_of(text, local), _dotted(local), message)
+
+
+def _pydantic_problems(exc: ValidationError, where: _Locator) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
@@ -389,15 +455,15 @@ def _pydantic_problems(exc: ValidationError, file: str, source: str) -> list[Pro
             message = "unknown key (check its spelling; see README 'Config reference')"
         elif err["type"] == "missing":
             message = "required key is missing"
-        problems.append(Problem(file, line_of(source, loc), _dotted(loc), message))
+        problems.append(where.problem(loc, message))
     return problems
 
 
-def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
+def _cross_check(cfg: Config, where: _Locator) -> list[Problem]:
     problems: list[Problem] = []
 
     def add(loc: tuple[str | int, ...], message: str) -> None:
-        problems.append(Problem(file, line_of(source, loc), _dotted(loc), message))
+        problems.append(where.problem(loc, message))
 
     seen_mac: dict[str, int] = {}
     seen_host: dict[str, int] = {}
@@ -418,11 +484,18 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
                 f"unknown cluster {node.cluster!r}; "
                 f"defined: {', '.join(sorted(cfg.clusters)) or 'none'}",
             )
-        if node.hardware is not None and node.hardware not in cfg.hardware:
+        if node.hardware == AUTO_HARDWARE:
+            if not any(p.match for p in cfg.hardware.values()):
+                add(
+                    ("nodes", i, "hardware"),
+                    'hardware = "auto" needs a profile with match rules: add '
+                    "[hardware.NAME.match] with product = [...] or pci = [...]",
+                )
+        elif node.hardware is not None and node.hardware not in cfg.hardware:
             add(
                 ("nodes", i, "hardware"),
                 f"unknown hardware profile {node.hardware!r}; "
-                f"defined: {', '.join(sorted(cfg.hardware)) or 'none'}",
+                f'defined: {", ".join(sorted(cfg.hardware)) or "none"} (or "auto")',
             )
         if node.image is not None and node.image not in cfg.images:
             add(
@@ -495,13 +568,8 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
     return problems
 
 
-def load_config(path: Path | str | None = None, **server_overrides: Any) -> Config:
-    """Read, validate and cross-check a config file; raise :class:`ConfigError` on any problem.
-
-    ``server_overrides`` (from the command line) replace keys of ``[server]`` before validation,
-    so they are checked exactly like values from the file.
-    """
-    path = Path(path) if path else DEFAULT_CONFIG
+def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """The text and the parsed table of one TOML file, or :class:`ConfigError` with its line."""
     file = str(path)
     try:
         source = path.read_text(encoding="utf-8")
@@ -510,12 +578,80 @@ def load_config(path: Path | str | None = None, **server_overrides: Any) -> Conf
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(file, None, "", f"cannot read: {exc}")]) from None
     try:
-        data = tomllib.loads(source)
+        return source, tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError([Problem(file, line, "", f"not valid TOML: {message}")]) from None
+
+
+def include_files(base: Path, patterns: list[str]) -> list[Path]:
+    """The files ``include`` names: each glob relative to ``base``, sorted, each file once."""
+    found: list[Path] = []
+    for pattern in patterns:
+        for path in sorted(base.glob(pattern)):
+            if path.is_file() and path.resolve() not in found:
+                found.append(path.resolve())
+    return found
+
+
+def _merge_includes(
+    data: dict[str, Any], main: _Source, base: Path, extra: Sequence[Path]
+) -> tuple[_Locator, list[Path]]:
+    """Append the ``[[nodes]]`` of every included file to ``data["nodes"]``."""
+    where = _Locator(main)
+    patterns = data.get("include", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(
+            [where.problem(("include",), 'must be a list of globs, e.g. ["nodes.d/*.toml"]')]
+        )
+    nodes = data.setdefault("nodes", [])
+    if not isinstance(nodes, list):
+        return where, []  # reported by validation: nodes must be [[nodes]]
+    where.main_nodes = len(nodes)
+    files = include_files(base, patterns)
+    files += [p.resolve() for p in extra if p.resolve() not in files]
+    problems: list[Problem] = []
+    for path in files:
+        text, table = _read_toml(path)
+        source = _Source(str(path), text)
+        others = sorted(set(table) - {"nodes"})
+        if others:
+            problems.append(
+                Problem(
+                    source.file,
+                    line_of(text, (others[0],)),
+                    others[0],
+                    "an included file holds [[nodes]] only; put this in the main config",
+                )
+            )
+            continue
+        included = table.get("nodes", [])
+        if not isinstance(included, list):
+            problems.append(Problem(source.file, 1, "nodes", "must be [[nodes]] tables"))
+            continue
+        nodes.extend(included)
+        where.included.append((source, len(included)))
+    if problems:
+        raise ConfigError(problems)
+    return where, files
+
+
+def load_config(
+    path: Path | str | None = None, *, extra_includes: Sequence[Path] = (), **server_overrides: Any
+) -> Config:
+    """Read, validate and cross-check a config file and the inventory files it includes; raise
+    :class:`ConfigError` on any problem.
+
+    ``server_overrides`` (from the command line) replace keys of ``[server]`` before validation,
+    so they are checked exactly like values from the file. ``extra_includes`` are read as if
+    ``include`` named them (`netdeploy adopt` validates a new inventory file before it is put
+    where ``include`` finds it).
+    """
+    path = Path(path) if path else DEFAULT_CONFIG
+    file = str(path)
+    source, data = _read_toml(path)
     overrides = {k: v for k, v in server_overrides.items() if v is not None}
     if overrides:
         data.setdefault("server", {}).update(
@@ -527,10 +663,13 @@ def load_config(path: Path | str | None = None, **server_overrides: Any) -> Conf
         )
     data.setdefault("server", {})
     _resolve_paths(data, path.resolve().parent)
+    where, included = _merge_includes(
+        data, _Source(file, source), path.resolve().parent, extra_includes
+    )
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems = _pydantic_problems(exc, file, source)
+        problems = _pydantic_problems(exc, where)
         # a bad value given on the command line is reported as such, not as a config line
         flags = {
             f"server.{key}": "--" + key.replace("_", "-").replace("database", "db")
@@ -541,7 +680,13 @@ def load_config(path: Path | str | None = None, **server_overrides: Any) -> Conf
             for p in problems
         ]
         raise ConfigError(problems) from None
-    problems = _cross_check(cfg, file, source)
+    problems = _cross_check(cfg, where)
     if problems:
         raise ConfigError(problems)
-    return cfg.model_copy(update={"source": path.resolve()})
+    return cfg.model_copy(
+        update={
+            "source": path.resolve(),
+            "included": tuple(included),
+            "overrides": dict(server_overrides),
+        }
+    )

@@ -63,11 +63,36 @@ class RolloutWriter(Protocol):
     async def stop(self) -> None: ...
 
 
+class LiveConfig:
+    """The running server's validated config: one handle, swapped whole on reload.
+
+    The config is the source of truth (DESIGN); `netdeploy reload`, SIGHUP and `netdeploy
+    adopt` make the running server re-read it. Readers take ``ctx.config`` once per request
+    and use that object throughout, so a request never mixes two configs; the reloader
+    (netdeploy.reload) is the only caller of :meth:`swap`.
+    """
+
+    __slots__ = ("_current",)
+
+    def __init__(self, cfg: Config) -> None:
+        self._current = cfg
+
+    @property
+    def current(self) -> Config:
+        return self._current
+
+    def swap(self, cfg: Config) -> Config:
+        """Make ``cfg`` current; returns the one it replaces."""
+        old, self._current = self._current, cfg
+        return old
+
+
 @dataclass(frozen=True)
 class Context:
-    """Built once by ``server.open_context``; never mutated, never a bag of services."""
+    """Built once by ``server.open_context``; never mutated, never a bag of services. Only
+    the config behind ``live`` changes, and only as a whole (:class:`LiveConfig`)."""
 
-    config: Config
+    live: LiveConfig
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     bus: EventBus
@@ -75,6 +100,11 @@ class Context:
     public_url: str
     admin_token: str
     rollout: RolloutWriter
+
+    @property
+    def config(self) -> Config:
+        """The config in force now (a reload swaps it whole)."""
+        return self.live.current
 
     async def close(self) -> None:
         await self.rollout.stop()

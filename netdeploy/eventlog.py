@@ -154,6 +154,16 @@ def config_change(
     return Event(kind="config", mac=mac, cluster=cluster, from_state=from_state, detail=detail)
 
 
+def facts_report(mac: str, cluster: str | None, summary: str, **detail: Any) -> Event:
+    """The agent reported what it found on the machine (``summary`` in the admin's words)."""
+    return Event(kind="facts", mac=mac, cluster=cluster, detail={"message": summary, **detail})
+
+
+def reload(detail: dict[str, Any]) -> Event:
+    """The running server re-read its config (reload, SIGHUP, adopt): applied or refused."""
+    return Event(kind="config", detail=detail)
+
+
 # ---------------------------------------------------------------------------- reading rows
 
 

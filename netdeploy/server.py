@@ -3,8 +3,8 @@ down in reverse (smee's ``cmd/smee/main.go`` is the model: reading this file tel
 depends on what).
 
     store  ─► event bus ─► rollout writer ─► config import (through the writer) ─► Context
-    Context ─► boot service ─► event listener, HTTP (boot, images, multicast), TFTP (boot),
-               rollout sweeper, admin-url file, multicast sessions, ProxyDHCP (boot)
+    Context ─► boot service, reloader ─► event listener, HTTP (boot, images, multicast),
+               TFTP (boot), rollout sweeper, admin-url file, multicast sessions, ProxyDHCP (boot)
 
 Each protocol adapter gets the narrow piece it needs (TFTP a resolver over the boot service,
 ProxyDHCP the boot service's ``program_for``), never a bag of services.
@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -34,16 +35,17 @@ from netdeploy.addresses import (
 )
 from netdeploy.boot.service import BootService
 from netdeploy.config import Config
-from netdeploy.context import Context, Ports, ServiceError
+from netdeploy.context import Context, LiveConfig, Ports, ServiceError
 from netdeploy.dhcp import service as dhcp
 from netdeploy.events import EventBus
 from netdeploy.http.app import build_app
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService, start_multicast
+from netdeploy.reload import Reloader, ReloadRefused
 from netdeploy.rollout.engine import RolloutEngine
 from netdeploy.rollout.inventory import import_action
 from netdeploy.rollout.service import start_sweeper
-from netdeploy.store import open_store
+from netdeploy.store import hold_store, open_store
 from netdeploy.tftp import service as tftp
 
 log = logging.getLogger("netdeploy")
@@ -91,7 +93,7 @@ async def open_context(
             "generated the admin token %s (kept in %s)", token, cfg.server.state_dir / "admin-token"
         )
     public = cfg.server.public_url or default_public_url(cfg.server.bind, ports.http)
-    return Context(cfg, engine, sessions, bus, ports, public, token, rollout)
+    return Context(LiveConfig(cfg), engine, sessions, bus, ports, public, token, rollout)
 
 
 def sd_notify(message: str) -> None:
@@ -142,14 +144,16 @@ def write_admin_url(ctx: Context) -> Path:
     return path
 
 
-async def run(ctx: Context, stack: AsyncExitStack) -> None:
-    """Build and start every service over ``ctx``; ``stack`` stops them in reverse order."""
+async def run(ctx: Context, stack: AsyncExitStack) -> Reloader:
+    """Build and start every service over ``ctx``; ``stack`` stops them in reverse order.
+    Returns the reloader (SIGHUP, `netdeploy reload` and `adopt` re-read the config)."""
     boot = BootService(ctx)
+    reloader = Reloader(ctx)
     # other writers' events first, so we hear them before agents can reach us
     stack.push_async_callback(await fanout.start(ctx))
     images = ImageStreams(ctx.config.http.max_image_streams, ctx.config.http.image_retry_after)
     multicast = MulticastService(ctx)
-    app = build_app(ctx, boot=boot, images=images, multicast=multicast)
+    app = build_app(ctx, boot=boot, images=images, multicast=multicast, reloader=reloader)
     stack.push_async_callback((await start_http(ctx, app)).cleanup)
     stack.push_async_callback(await tftp.start(ctx, boot))
     stack.push_async_callback(await start_sweeper(ctx))
@@ -158,20 +162,57 @@ async def run(ctx: Context, stack: AsyncExitStack) -> None:
     proxy = await dhcp.start(ctx, boot)
     if proxy is not None:
         stack.push_async_callback(proxy.stop)
+    return reloader
+
+
+def reload_on_sighup(reloader: Reloader) -> Callable[[], None]:
+    """SIGHUP re-reads the config like `netdeploy reload`; the outcome goes to the log (and
+    the event log), since a signal has no one to answer."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            result = await reloader.reload("SIGHUP")
+        except ReloadRefused as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            for line in exc.problems:
+                log.error("  %s", line)
+            return
+        except Exception:
+            log.exception("SIGHUP: config reload failed; nothing changed")
+            return
+        changes = result.added + result.updated + result.removed
+        log.info("SIGHUP: config reloaded: %s", "; ".join(changes) or "no changes")
+
+    def handler() -> None:
+        task = asyncio.get_running_loop().create_task(reload(), name="reload-sighup")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return handler
 
 
 async def serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
     """Run every service until SIGINT/SIGTERM (or ``stop`` is set)."""
+    with hold_store(cfg.server.state_dir, exclusive=False):  # no CLI writes behind us
+        await _serve(cfg, ports, ready, stop)
+
+
+async def _serve(
+    cfg: Config, ports: Ports, ready: asyncio.Event | None, stop: asyncio.Event | None
+) -> None:
     ctx = await open_context(cfg, ports)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(ctx.close)
-        await run(ctx, stack)
+        reloader = await run(ctx, stack)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_on_sighup(reloader))
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
         sd_notify("READY=1")
         if ready:
             ready.set()

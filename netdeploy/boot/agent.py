@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from netdeploy import eventlog
 from netdeploy.boot.plan import BootAction, BootUrls, boot_plan
-from netdeploy.boot.service import facts_of
+from netdeploy.boot.service import facts_of, hardware_of
 from netdeploy.config import Config, NodeConfig
 from netdeploy.context import Context, Refusal
 from netdeploy.store.models import Capture, Cluster, Image, Node
@@ -114,7 +114,11 @@ async def agent_plan(
         raise PlanRefused(
             403, "this plan needs the node's current token (Authorization: Bearer, from nd.token=)"
         )
-    decision = boot_plan(facts_of(node, mac, cluster, capture), BootUrls(ctx.public_url))
+    cfg = ctx.config  # one config for the whole plan, even if a reload swaps it meanwhile
+    hardware = await hardware_of(ctx, mac)
+    decision = boot_plan(
+        facts_of(node, mac, cluster, capture, hardware.refusal), BootUrls(ctx.public_url)
+    )
     body: dict[str, Any] = {
         "mac": mac,
         "hostname": node.hostname,
@@ -126,18 +130,20 @@ async def agent_plan(
         "inject": [],
         "distribution": {"mode": "unicast"},
         "capture": None,
+        "hardware": hardware.profile,
     }
-    cfg = ctx.config
     node_cfg = cfg.node_by_mac(mac)
     if node_cfg is not None:
-        if node_cfg.hardware:
-            body["disk"] = cfg.hardware[node_cfg.hardware].disk
+        if hardware.profile in cfg.hardware:
+            body["disk"] = cfg.hardware[hardware.profile].disk
         body["inject"] = [t.model_dump() for t in cfg.inject_for(node_cfg)]
     if decision.action == BootAction.CAPTURE and capture is not None:
         body["capture"] = {  # netdeploy.http.capture_routes
             "image": capture.image,
             "url": f"{ctx.public_url}/api/nodes/{mac}/capture",
         }
+    if decision.refused:  # the agent reports it failed, with the PCI ID; the disk is untouched
+        body.update(mode="error", why=decision.why, missing_drivers=list(hardware.missing))
     if decision.action == BootAction.IMAGE:
         ref, problem = image_plan(ctx.public_url, node, image)
         if ref is None:

@@ -24,6 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from netdeploy import eventlog
 from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem, render_answer
 from netdeploy.answers.validate import validate
+from netdeploy.boot.service import hardware_of
+from netdeploy.config import AUTO_HARDWARE
 from netdeploy.context import Context
 from netdeploy.inventory import NodeState
 from netdeploy.store.models import Event, Node, SecretFetch
@@ -113,6 +115,9 @@ async def serve_node_file(
         return FileAnswer.error(
             404, f"{name!r} is not a file of {node_cfg.hostname}; its files: {listed}"
         )
+    if node_cfg.hardware == AUTO_HARDWARE:  # render with the profile its facts matched
+        profile = (await hardware_of(ctx, mac)).profile
+        node_cfg = node_cfg.model_copy(update={"hardware": profile})
     try:
         rendered = render_answer(
             cfg, node_cfg, name, server_url=ctx.public_url, token=token or PLACEHOLDER_TOKEN

@@ -14,6 +14,10 @@ marked for capture (any state)            capture agent (``nd.mode=capture``)
 capture finished (done/failed/refused)    local disk, until the admin clears it
 ========================================  ============================================
 
+A node to be imaged whose reported storage controller has no driver in its hardware profile
+(netdeploy.boot.hardware, the seed's [SysprepMassStorage] rule) is not imaged: its agent is
+told why (the plan's mode ``error``, naming the PCI ID) and reports it as failed.
+
 An imaged or held machine is never sent to its local disk: until its cluster releases it, a reboot
 brings it back to the agent, which waits on the gate (a held machine that reboots stays held).
 A failed node is not re-imaged behind the admin's back either: its agent reports and waits until
@@ -84,6 +88,8 @@ class NodeFacts:
     gate: str | None = None  # the cluster's gate (waiting, formed, releasing, ...)
     image: str | None = None
     capture: tuple[str, str] | None = None  # (state, image) when the admin marked it
+    # why its reported hardware must not be imaged (netdeploy.boot.hardware), or ""
+    hardware_refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ class BootPlan:
     args: tuple[tuple[str, str], ...] = ()  # kernel arguments except the token, in order
     kernel: str | None = None  # HTTP URL of the agent kernel (None for LOCAL)
     initrd: str | None = None
+    refused: bool = False  # the node would be imaged, but its hardware is refused (``why``)
 
     @property
     def boots_agent(self) -> bool:
@@ -146,6 +153,8 @@ def _why(node: NodeFacts, action: BootAction) -> str:
         return "failed: agent reports and waits for the admin to retry (never re-imaged alone)"
     if _BY_STATE[state] == BootAction.IMAGE and node.image is None:
         return f"{state}: no image configured; agent waits (add an image to the config)"
+    if _BY_STATE[state] == BootAction.IMAGE and node.hardware_refusal:
+        return f"{state}: refused to image: {node.hardware_refusal}"
     if action == BootAction.IMAGE:
         return f"{state}: imaging agent writes image {node.image}"
     if state == NodeState.RELEASED:
@@ -172,8 +181,12 @@ def boot_plan(node: NodeFacts, urls: BootUrls) -> BootPlan:
     action = BootAction.DISCOVER if node.state is None else _BY_STATE[node.state]
     if action == BootAction.IMAGE and node.image is None:
         action = BootAction.WAIT  # nothing to write; never guess an image
+    refused = action == BootAction.IMAGE and bool(node.hardware_refusal)
+    if refused:
+        action = BootAction.WAIT  # the seed's rule: no driver for a storage controller
     if node.capture is not None and node.capture[0] in _BY_CAPTURE:
         action = _BY_CAPTURE[node.capture[0]]  # the admin's capture outranks the rollout
+        refused = False  # a capture reads the disk, it writes nothing
         why = _capture_why(node, action)
     else:
         why = _why(node, action)
@@ -203,4 +216,5 @@ def boot_plan(node: NodeFacts, urls: BootUrls) -> BootPlan:
         tuple(args),
         urls.kernel,
         urls.initrd,
+        refused,
     )

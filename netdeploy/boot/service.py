@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import select
 
 from netdeploy import eventlog
+from netdeploy.boot.hardware import HardwareVerdict, verdict
 from netdeploy.boot.plan import BootPlan, BootUrls, NodeFacts, boot_plan
 from netdeploy.boot.programs import BootChoice, FirmwareClient, boot_program
 from netdeploy.context import Context
@@ -33,7 +35,7 @@ from netdeploy.inventory import NodeState
 from netdeploy.rollout import booting
 from netdeploy.rollout.errors import Unavailable
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Capture, Cluster, Node
+from netdeploy.store.models import Capture, Cluster, MachineFacts, Node
 
 log = logging.getLogger("netdeploy.boot")
 
@@ -51,7 +53,11 @@ class BootAnswer:
 
 
 def facts_of(
-    node: Node | NodeRow | None, mac: str, cluster: Cluster | None, capture: Capture | None = None
+    node: Node | NodeRow | None,
+    mac: str,
+    cluster: Cluster | None,
+    capture: Capture | None = None,
+    hardware_refusal: str = "",
 ) -> NodeFacts:
     marked = (capture.state, capture.image) if capture is not None else None
     if node is None:
@@ -64,7 +70,21 @@ def facts_of(
         gate=cluster.gate if cluster else None,
         image=node.image,
         capture=marked,
+        hardware_refusal=hardware_refusal,
     )
+
+
+async def machine_facts(ctx: Context, mac: str) -> dict[str, Any] | None:
+    """What the agent last reported about ``mac``'s hardware, or None."""
+    async with ctx.sessions() as session:
+        row = await session.get(MachineFacts, mac)
+    return dict(row.facts) if row is not None else None
+
+
+async def hardware_of(ctx: Context, mac: str) -> HardwareVerdict:
+    """The node's hardware profile matched to its reported facts, and any refusal."""
+    cfg = ctx.config
+    return verdict(cfg, cfg.node_by_mac(mac), await machine_facts(ctx, mac))
 
 
 class BootService:
@@ -81,10 +101,12 @@ class BootService:
         on the kernel command line only.
         """
 
+        refusal = (await hardware_of(self.ctx, mac)).refusal
+
         def decide(
             node: NodeRow | None, cluster: Cluster | None, capture: Capture | None
         ) -> BootPlan:
-            return boot_plan(facts_of(node, mac, cluster, capture), self.urls)
+            return boot_plan(facts_of(node, mac, cluster, capture, refusal), self.urls)
 
         action = booting.boot_request(mac, decide, via=via, path=path, ip=ip)
         try:
@@ -101,7 +123,8 @@ class BootService:
             node = await session.get(Node, mac)
             cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
             capture = await session.get(Capture, mac)
-        return boot_plan(facts_of(node, mac, cluster, capture), self.urls)
+        refusal = (await hardware_of(self.ctx, mac)).refusal if node is not None else ""
+        return boot_plan(facts_of(node, mac, cluster, capture, refusal), self.urls)
 
     async def program_for(self, client: FirmwareClient) -> BootChoice:
         """The boot program for a PXE firmware (ProxyDHCP), from the MAC's boot plan."""

@@ -73,11 +73,14 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
+        problems: list[str] = []
         try:
-            message = json.load(exc).get("error", exc.reason)
+            answer = json.load(exc)
+            message = answer.get("error", exc.reason)
+            problems = [str(p) for p in answer.get("problems") or []]
         except ValueError:
             message = exc.reason
-        raise CommandError(f"{message} (HTTP {exc.code} from {url})") from None
+        raise CommandError(f"{message} (HTTP {exc.code} from {url})", problems) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CommandError(
@@ -85,7 +88,31 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
         ) from None
 
 
-def _actor() -> str:
+def server_given(args: argparse.Namespace, cfg: Config) -> bool:
+    """Is a running server named (--url, $NETDEPLOY_URL) or announced (its admin-url file)?"""
+    announced = (cfg.server.state_dir / ADMIN_URL_FILE).exists()
+    return bool(args.url or os.environ.get("NETDEPLOY_URL") or announced)
+
+
+def ask_server(
+    args: argparse.Namespace, method: str, path: str, body: dict | None = None
+) -> Any | None:
+    """The running server's answer, or None when no server runs: none is named or announced,
+    or the announced one is gone (a stale admin-url file). A named server that does not
+    answer, and every refusal, is a :class:`CommandError`."""
+    cfg = config_from_args(args)
+    if not server_given(args, cfg):
+        return None
+    try:
+        return call(args, method, path, body)
+    except CommandError as exc:
+        named = args.url or os.environ.get("NETDEPLOY_URL")
+        if "cannot reach netdeploy" in str(exc) and not named:
+            return None
+        raise
+
+
+def actor() -> str:
     try:
         return f"{getpass.getuser()}@cli"
     except (KeyError, OSError):
@@ -104,20 +131,20 @@ def cmd_release(args: argparse.Namespace) -> int:
         args,
         "POST",
         f"/api/admin/nodes/{args.node}/release",
-        {"force": args.force, "actor": _actor()},
+        {"force": args.force, "actor": actor()},
     )
     _print_node(node, "released")
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    node = call(args, "POST", f"/api/admin/nodes/{args.node}/retry", {"actor": _actor()})
+    node = call(args, "POST", f"/api/admin/nodes/{args.node}/retry", {"actor": actor()})
     _print_node(node, "will be re-imaged on its next PXE boot")
     return 0
 
 
 def cmd_fail(args: argparse.Namespace) -> int:
-    body = {"actor": _actor(), "reason": args.reason}
+    body = {"actor": actor(), "reason": args.reason}
     node = call(args, "POST", f"/api/admin/nodes/{args.node}/fail", body)
     _print_node(node, "given up")
     return 0
@@ -129,7 +156,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
             f"reset puts every node of {args.cluster} back to registered: each is re-imaged on "
             "its next PXE boot. Add --yes to confirm"
         )
-    cluster = call(args, "POST", f"/api/admin/clusters/{args.cluster}/reset", {"actor": _actor()})
+    cluster = call(args, "POST", f"/api/admin/clusters/{args.cluster}/reset", {"actor": actor()})
     print(f"cluster {cluster['name']}: rollout {cluster['rollout']}, gate {cluster['gate']}")
     return 0
 

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from netdeploy.cli.admin import _actor, call, client_options
+from netdeploy.cli.admin import actor, call, client_options
 from netdeploy.cli.common import CommandError
 from netdeploy.inventory import BadMac, normalize_mac
 
@@ -67,12 +67,12 @@ def run_capture(args: argparse.Namespace) -> int:
     if args.cancel:
         from urllib.parse import quote
 
-        c = call(args, "DELETE", f"/api/admin/captures/{mac}?actor={quote(_actor())}")
+        c = call(args, "DELETE", f"/api/admin/captures/{mac}?actor={quote(actor())}")
         print(f"{mac}: capture into {c['image']} cancelled (was {c['state']})")
         return 0
     if not args.name:
         raise CommandError("which image? netdeploy image capture NAME --node MAC")
-    body = {"image": args.name, "node": mac, "actor": _actor()}
+    body = {"image": args.name, "node": mac, "actor": actor()}
     if args.force:
         body["force"] = args.force
     c = call(args, "POST", "/api/admin/captures", body)

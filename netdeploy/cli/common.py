@@ -10,7 +10,13 @@ from netdeploy.config import DEFAULT_CONFIG, Config, load_config
 
 
 class CommandError(Exception):
-    """A command failed in a way the user can fix; the message says how. Exit status 1."""
+    """A command failed in a way the user can fix; the message says how. Exit status 1.
+    ``problems`` (the server's, e.g. a config that does not validate) are printed first,
+    one line each."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 def add_config_options(parser: argparse.ArgumentParser, *, server: bool = False) -> None:

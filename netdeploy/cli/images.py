@@ -1,4 +1,10 @@
-"""`netdeploy image add|list|verify|rm`: thin argparse handlers over :mod:`.actions`."""
+"""`netdeploy image add|list|verify|rm`: thin argparse handlers over :mod:`.actions`.
+
+The running server owns the store (DESIGN): while one runs, `list` asks its API and `add`,
+`verify` and `rm` ask it to do the work (``/api/admin/images/...``). Without a server, `list`
+reads the store as it is (no config import, nothing written) and the writing commands work on
+the store themselves, holding its lock, so they refuse while another process holds it.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +21,15 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from netdeploy.cli.admin import ask_server, client_options
 from netdeploy.cli.capture import add_capture_options, run_capture
-from netdeploy.cli.common import CommandError, add_config_options, config_from_args
+from netdeploy.cli.common import CommandError, config_from_args
+from netdeploy.cli.nodes import read_stored
 from netdeploy.config import Config
-from netdeploy.events import EventBus
 from netdeploy.images import actions, catalog, show_text
 from netdeploy.images.actions import AddRequest, CatalogError, ProgressFactory
 from netdeploy.rollout.inventory import import_config
-from netdeploy.store import open_store
+from netdeploy.store import hold_store, open_store
 from netdeploy.store.models import Image
 
 T = TypeVar("T")
@@ -85,7 +92,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--delete-file", action="store_true", help="also delete its file from the images dir"
     )
     for p in (add, listing, verify, show, rm):
-        add_config_options(p)
+        client_options(p)
     add_capture_options(sub)
 
 
@@ -121,14 +128,24 @@ def progress_bars(quiet: bool) -> Iterator[ProgressFactory]:
         yield factory
 
 
-async def _with_store(cfg: Config, work: Callable[[async_sessionmaker], Awaitable[T]]) -> T:
-
+async def _open_and(cfg: Config, work: Callable[[async_sessionmaker], Awaitable[T]]) -> T:
     engine, sessions = await open_store(cfg.database_url)
     try:
         await import_config(sessions, cfg)  # rows for every declared image exist
         return await work(sessions)
     finally:
         await engine.dispose()
+
+
+def _with_store(cfg: Config, work: Callable[[async_sessionmaker], Awaitable[T]]) -> T:
+    """Run ``work`` on the store without a server: only while no other process holds it."""
+    with hold_store(cfg.server.state_dir, exclusive=True):
+        return asyncio.run(_open_and(cfg, work))
+
+
+def _long(args: argparse.Namespace) -> argparse.Namespace:
+    """Hashing a large image on the server takes a while: wait for it (a day at most)."""
+    return argparse.Namespace(**{**vars(args), "timeout": max(args.timeout, 86400.0)})
 
 
 def _mib(n: int | None) -> str:
@@ -150,41 +167,67 @@ def cmd_add(cfg: Config, args: argparse.Namespace) -> int:
     )
     actions.declared(cfg, req.name)  # fail fast, before the store is opened
     actions.check_source(req.source)
-    with progress_bars(args.quiet) as bars:
-        row, _event = asyncio.run(_with_store(cfg, lambda s: actions.add_image(cfg, s, req, bars)))
-    facts = row.facts or {}
-    configured = cfg.images[row.name].hardware
+    body = {
+        "path": str(req.source.resolve()),
+        "hardware": req.hardware,
+        "compress": req.compress,
+        "sysprep": req.sysprep,
+        "without_cluster_service": req.without_cluster_service,
+        "no_shared_storage": req.no_shared_storage,
+        "force": req.force,
+        "force_reason": req.force_reason,
+        "actor": req.actor,
+    }
+    image = ask_server(_long(args), "POST", f"/api/admin/images/{req.name}/add", body)
+    if image is None:
+        with progress_bars(args.quiet) as bars:
+            row, _event = _with_store(cfg, lambda s: actions.add_image(cfg, s, req, bars))
+        image = catalog.image_json(row)
+    facts = image["facts"] or {}
+    configured = cfg.images[image["name"]].hardware
     print(
-        f"added image {row.name!r}: {_mib(row.size)} {row.format}, sha256 {row.sha256}, "
-        f"{facts.get('placed')} at {row.path}; served as /images/{row.name}"
+        f"added image {image['name']!r}: {_mib(image['size'])} {image['format']}, sha256 "
+        f"{image['sha256']}, {facts.get('placed')} at {image['path']}; served as "
+        f"/images/{image['name']}"
     )
     for line in show_text.preflight_lines(facts.get("preflight") or {}):
         print(line)
     if req.hardware and configured and set(req.hardware) != set(configured):
         print(
-            f"note: [images.{row.name}].hardware is {', '.join(configured)} but the capture was "
-            f"verified on {', '.join(req.hardware)}"
+            f"note: [images.{image['name']}].hardware is {', '.join(configured)} but the "
+            f"capture was verified on {', '.join(req.hardware)}"
         )
     return 0
 
 
-async def _list(cfg: Config, sessions: async_sessionmaker) -> list[dict[str, Any]]:
-    async with sessions() as session:
-        rows = [r for r in (await session.scalars(select(Image))).all() if r.name in cfg.images]
-    bus = EventBus()  # nobody listens in the CLI; the event rows are the record
-    for row in rows:
-        if row.status != catalog.OK:
-            continue
-        try:
-            (await asyncio.to_thread(catalog.open_checked, row)).close()
-        except catalog.NotServable as problem:  # same rule as serving: a changed file is bad
-            await catalog.mark_not_servable(sessions, bus, problem, row)
-            row.status, row.status_detail = problem.status, problem.reason
+async def _list(cfg: Config) -> list[dict[str, Any]]:
+    """The catalog as the store holds it, read only: the declared images, each file checked
+    by the same rule as serving (a problem is shown, not recorded: only the server writes)."""
+    stored = {r.name: Image(**r._mapping) for r in await read_stored(cfg, select(Image))}
+    rows = []
+    for name, image in cfg.images.items():
+        row = stored.get(name) or Image(
+            name=name,
+            path=str(cfg.image_path(name)),
+            format=image.format,
+            description=image.description,
+            hardware=list(image.hardware),
+            status="unhashed",
+            status_detail="not in the store yet: `netdeploy serve` imports the config",
+            facts={},
+        )
+        if row.status == catalog.OK:
+            try:
+                (await asyncio.to_thread(catalog.open_checked, row)).close()
+            except catalog.NotServable as problem:  # same rule as serving: a changed file
+                row.status, row.status_detail = problem.status, problem.reason
+        rows.append(row)
     return [catalog.image_json(r) for r in sorted(rows, key=lambda r: r.name)]
 
 
 def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
-    images = asyncio.run(_with_store(cfg, lambda s: _list(cfg, s)))
+    answer = ask_server(args, "GET", "/api/images")
+    images = answer["images"] if answer is not None else asyncio.run(_list(cfg))
     if args.json:
         print(json.dumps(images, indent=2))
         return 0
@@ -222,9 +265,29 @@ async def _verify(
     return [await actions.verify_image(cfg, sessions, n, bars) for n in names]
 
 
+def _verify_on_server(args: argparse.Namespace) -> list[actions.Verdict] | None:
+    names = args.names
+    if not names:
+        listed = ask_server(args, "GET", "/api/images")
+        if listed is None:
+            return None
+        names = sorted(i["name"] for i in listed["images"] if i["sha256"])
+        if not names:
+            raise CommandError("no image has been added yet; netdeploy image add NAME PATH")
+    verdicts = []
+    for name in names:
+        answer = ask_server(_long(args), "POST", f"/api/admin/images/{name}/verify", {})
+        if answer is None:
+            return None
+        verdicts.append(actions.Verdict(answer["name"], answer["status"], answer["message"]))
+    return verdicts
+
+
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
-    with progress_bars(args.quiet) as bars:
-        verdicts = asyncio.run(_with_store(cfg, lambda s: _verify(cfg, s, args.names, bars)))
+    verdicts = _verify_on_server(args)
+    if verdicts is None:
+        with progress_bars(args.quiet) as bars:
+            verdicts = _with_store(cfg, lambda s: _verify(cfg, s, args.names, bars))
     for v in verdicts:
         out = sys.stdout if v.status == catalog.OK else sys.stderr
         print(f"{v.name}: {v.status}: {v.message}", file=out)
@@ -232,11 +295,13 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(cfg: Config, args: argparse.Namespace) -> int:
-    message = asyncio.run(
-        _with_store(
-            cfg,
-            lambda s: actions.remove_image(cfg, s, args.name, delete_file=args.delete_file),
-        )
+    path = f"/api/admin/images/{args.name}/rm"
+    answer = ask_server(args, "POST", path, {"delete_file": args.delete_file})
+    if answer is not None:
+        print(answer["message"])
+        return 0
+    message = _with_store(
+        cfg, lambda s: actions.remove_image(cfg, s, args.name, delete_file=args.delete_file)
     )
     print(message)
     return 0
@@ -249,16 +314,13 @@ def _actor() -> str:
         return "cli"
 
 
-async def _show(cfg: Config, sessions: async_sessionmaker, name: str) -> dict[str, Any]:
-    actions.declared(cfg, name)
-    listed = {i["name"]: i for i in await _list(cfg, sessions)}
-    if name not in listed:
-        raise CatalogError(f"image {name!r} is not in the store; run netdeploy check")
-    return listed[name]
-
-
 def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
-    image = asyncio.run(_with_store(cfg, lambda s: _show(cfg, s, args.name)))
+    actions.declared(cfg, args.name)
+    answer = ask_server(args, "GET", "/api/images")  # read only, as `image list`
+    images = answer["images"] if answer is not None else asyncio.run(_list(cfg))
+    image = next((i for i in images if i["name"] == args.name), None)
+    if image is None:
+        raise CatalogError(f"image {args.name!r} is not in the catalog; run netdeploy check")
     if args.json:
         print(json.dumps(image, indent=2))
         return 0

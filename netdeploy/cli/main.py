@@ -13,14 +13,15 @@ from collections.abc import Callable
 
 import netdeploy
 from netdeploy.addresses import choose_ports
-from netdeploy.answers.check import check_answer_files, find_node, render_checked, server_url
+from netdeploy.answers.check import find_node, render_checked, server_url
 from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem
 from netdeploy.answers.validate import InvalidAnswerFile
-from netdeploy.boot.check import check_boot_templates
-from netdeploy.cli import admin, images, media, receive
+from netdeploy.boot.check import check_config
+from netdeploy.boot.hardware import verdict
+from netdeploy.cli import admin, images, inventory, media, receive
 from netdeploy.cli import nodes as node_list
 from netdeploy.cli.common import CommandError, add_config_options, config_from_args
-from netdeploy.config import Config, ConfigError
+from netdeploy.config import AUTO_HARDWARE, Config, ConfigError
 from netdeploy.context import ServiceError
 from netdeploy.media.build import media_status
 from netdeploy.store import StoreError
@@ -51,33 +52,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- check
 
-# Extra checks run by `netdeploy check`: each takes the config and returns problem lines.
-CHECKS: list[Callable[[Config], list[str]]] = []
 
-
-def _check_paths(cfg: Config) -> list[str]:
-    problems = []
-    if not cfg.server.bootfiles_dir.is_dir():
-        problems.append(f"server.bootfiles_dir: {cfg.server.bootfiles_dir} is not a directory")
-    for name in sorted({f for n in cfg.nodes for f in cfg.answer_files_for(n)}):
-        if not (cfg.server.templates_dir / name).is_file():
-            problems.append(f"answer template {name!r} not found in {cfg.server.templates_dir}")
-    return problems
-
-
-CHECKS.append(_check_paths)
-
-
-def _check_templates(cfg: Config) -> list[str]:
-    return check_boot_templates(cfg) + check_answer_files(cfg)
-
-
-CHECKS.append(_check_templates)
+def reported_facts(args: argparse.Namespace, cfg: Config) -> dict[str, dict]:
+    """The hardware facts machines reported: from the running server, else read from the
+    store as it is (nothing written); {} when neither has any."""
+    rows = node_list.from_server(args, facts=True)
+    if rows is not None:
+        return {n["mac"]: n["facts"] for n in rows if n.get("facts")}
+    found = asyncio.run(node_list.stored_facts(cfg))
+    return {mac: dict(row.facts) for mac, row in found.items()}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    problems = [line for check in CHECKS for line in check(cfg)]
+    problems = check_config(cfg, reported_facts(args, cfg))
     if problems:
         for line in problems:
             print(f"{cfg.source}: {line}", file=sys.stderr)
@@ -101,9 +89,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    nodes = node_list.nodes(args, config_from_args(args))
+    nodes = node_list.nodes(args, config_from_args(args), facts=args.facts)
     if args.json:
         node_list.print_json(nodes)
+        return 0
+    if args.facts:
+        for n in nodes:
+            print(f"{n['mac']}  {n['hostname'] or '-'}  {n['state']}")
+            for line in node_list.facts_rows(n):
+                print(f"    {line}")
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -135,6 +129,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     node = find_node(cfg, args.node)
     if node is None:
         raise CommandError(f"no node {args.node!r} in {cfg.source}; give a MAC or a host name")
+    if node.hardware == AUTO_HARDWARE:  # as served: with the profile its facts matched
+        stored = asyncio.run(node_list.stored_facts(cfg)).get(node.mac)
+        profile = verdict(cfg, node, dict(stored.facts) if stored else None).profile
+        node = node.model_copy(update={"hardware": profile})
     files = cfg.answer_files_for(node)
     if args.file not in files:
         listed = ", ".join(files) or "none"
@@ -169,9 +167,9 @@ COMMANDS: list[Command] = [
     ),
     (
         "check",
-        "validate the config and templates; exit 1 with one line per problem",
+        "validate the config, templates and reported hardware; exit 1 with one line per problem",
         cmd_check,
-        add_config_options,
+        admin.client_options,
     ),
     (
         "render",
@@ -195,6 +193,11 @@ COMMANDS: list[Command] = [
         lambda p: (
             admin.client_options(p),
             p.add_argument("--json", action="store_true", help="print JSON instead of a table"),
+            p.add_argument(
+                "--facts",
+                action="store_true",
+                help="show each machine's reported hardware (SMBIOS, storage PCI IDs, disks, NICs)",
+            ),
         ),
     ),
     (
@@ -218,6 +221,8 @@ COMMANDS: list[Command] = [
     # rollout admin commands (clusters, release, retry, fail, reset) call the running
     # server's admin API
     *admin.COMMANDS,
+    # inventory changes (adopt, reload) are made by the running server
+    *inventory.COMMANDS,
 ]
 
 
@@ -244,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 1
     except (CommandError, StoreError) as exc:
+        for line in getattr(exc, "problems", []):
+            print(line, file=sys.stderr)
         print(f"netdeploy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,6 +7,11 @@
 | ``POST /api/admin/nodes/{node}/retry`` | ``{"actor": str}`` | the node |
 | ``POST /api/admin/nodes/{node}/fail`` | ``{"reason": str, "actor": str}`` | the node |
 | ``POST /api/admin/clusters/{name}/reset`` | ``{"actor": str}`` | the cluster |
+| ``POST /api/admin/nodes/{mac}/adopt`` | ``{"hostname", "cluster"|"image", "hardware"?}`` | diff |
+| ``POST /api/admin/reload`` | ``{"actor": str}`` | what changed |
+
+Adopt and reload validate the whole config as `netdeploy check` does and change nothing when it
+fails: 422 with ``{"error", "problems": [...]}`` (netdeploy.reload).
 
 ``{node}`` is a MAC (any notation) or a host name. Refusals: 401 no token, 403 wrong token,
 400 bad body, 404 unknown node/cluster, 409 not allowed now; ``{"error": "..."}``.
@@ -23,8 +28,9 @@ from sqlalchemy import select
 
 from netdeploy.http.agent_routes import error_response
 from netdeploy.http.api import cluster_json, node_json
-from netdeploy.http.common import ctx_of, json_error, request_token
+from netdeploy.http.common import ctx_of, json_error, reloader_of, request_token
 from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.reload import ReloadRefused
 from netdeploy.rollout import actions
 from netdeploy.rollout import service as rollout
 from netdeploy.rollout.errors import BadReport, Forbidden, RolloutError
@@ -50,7 +56,7 @@ def admin_cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
     }
 
 
-async def _authorized(request: web.Request) -> web.Response | None:
+async def authorized(request: web.Request) -> web.Response | None:
     """None when the admin token matches; else the 401/403 answer (and an auth event)."""
     ctx = ctx_of(request)
     token = request_token(request)
@@ -74,7 +80,7 @@ async def _authorized(request: web.Request) -> web.Response | None:
     return response
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     text = await request.text()
     if not text.strip():
         return {}
@@ -104,7 +110,7 @@ def _node_name(request: web.Request) -> str:
 
 @routes.get("/api/admin/clusters")
 async def clusters(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     async with ctx_of(request).sessions() as session:
         rows = (await session.scalars(select(Cluster).order_by(Cluster.name))).all()
@@ -122,11 +128,11 @@ async def clusters(request: web.Request) -> web.Response:
 
 @routes.post("/api/admin/nodes/{node}/{action:release|retry|fail}")
 async def node_action(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     ctx, name, what = ctx_of(request), _node_name(request), request.match_info["action"]
     try:
-        body = await _body(request)
+        body = await read_body(request)
         actor = _actor(body)
         if what == "release":
             force = body.get("force", False)
@@ -147,11 +153,11 @@ async def node_action(request: web.Request) -> web.Response:
 
 @routes.post("/api/admin/clusters/{name}/reset")
 async def reset(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
+    if (refused := await authorized(request)) is not None:
         return refused
     ctx = ctx_of(request)
     try:
-        actor = _actor(await _body(request))
+        actor = _actor(await read_body(request))
         cluster = await rollout.reset_cluster(ctx, request.match_info["name"], actor)
     except RolloutError as exc:
         return error_response(exc)
@@ -162,6 +168,63 @@ async def reset(request: web.Request) -> web.Response:
             )
         ).all()
     return web.json_response(admin_cluster_json(cluster, list(nodes)))
+
+
+def _refused(exc: ReloadRefused) -> web.Response:
+    return json_error(exc.status, str(exc), problems=exc.problems)
+
+
+def _optional_name(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 128):
+        raise BadReport(f"{key} must be a name (a string)")
+    return value
+
+
+@routes.post("/api/admin/nodes/{node}/adopt")
+async def adopt(request: web.Request) -> web.Response:
+    """A discovered machine becomes an inventory node: one validated file in the inventory
+    directory, then a reload (netdeploy.reload)."""
+    if (refused := await authorized(request)) is not None:
+        return refused
+    try:
+        mac = normalize_mac(request.match_info["node"])
+    except BadMac as exc:
+        return json_error(400, str(exc))
+    try:
+        body = await read_body(request)
+        actor = _actor(body)
+        hostname = body.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            raise BadReport('hostname is required: {"hostname": "node3", "cluster": "..."}')
+        result = await reloader_of(request).adopt(
+            mac,
+            hostname,
+            cluster=_optional_name(body, "cluster"),
+            image=_optional_name(body, "image"),
+            hardware=_optional_name(body, "hardware"),
+            actor=actor,
+        )
+    except RolloutError as exc:
+        return error_response(exc)
+    except ReloadRefused as exc:
+        return _refused(exc)
+    return web.json_response(result.json())
+
+
+@routes.post("/api/admin/reload")
+async def reload(request: web.Request) -> web.Response:
+    """Re-read the config (edited by hand); apply it in one transaction or change nothing."""
+    if (refused := await authorized(request)) is not None:
+        return refused
+    try:
+        actor = _actor(await read_body(request))
+        result = await reloader_of(request).reload(actor)
+    except RolloutError as exc:
+        return error_response(exc)
+    except ReloadRefused as exc:
+        return _refused(exc)
+    return web.json_response(result.json())
 
 
 def setup(app: web.Application) -> None:

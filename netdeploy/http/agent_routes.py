@@ -8,6 +8,7 @@ for wget/iPXE). Handlers only parse and render; the rollout writer decides.
 | ``POST /api/nodes/{mac}/events`` | ``{"state", "progress"?, "message"?}`` | 200 node view |
 | ``GET /api/nodes/{mac}/gate?timeout=S[&seen=ST]`` | none | 200 released, changed, or after S |
 | ``POST /api/nodes/{mac}/health`` | ``{"healthy", "message"?}`` | 200 node view |
+| ``POST /api/nodes/{mac}/facts`` | hardware facts (netdeploy.rollout.facts) | 200 facts kept |
 
 Refusals: 400 malformed body / MAC / timeout, 403 token, 404 unknown MAC, 409 wrong state,
 503 stopping. Each is ``{"error": "..."}`` and an event row; the node's state is unchanged.
@@ -104,6 +105,18 @@ async def _agent_call(
 @routes.post("/api/nodes/{mac}/events")
 async def post_event(request: web.Request) -> web.Response:
     return await _agent_call(request, "events", parse_report, actions.agent_report)
+
+
+@routes.post("/api/nodes/{mac}/facts")
+async def post_facts(request: web.Request) -> web.Response:
+    """The agent's hardware facts (netdeploy.rollout.facts); answers what was kept."""
+    mac = await _mac_or_refuse(request, "facts")
+    body = await _json_body(request)
+    action = actions.facts_report(mac, request_token(request), body, request.remote)
+    try:
+        return web.json_response(await ctx_of(request).rollout.run(action, [mac]))
+    except RolloutError as exc:
+        return error_response(exc)
 
 
 @routes.post("/api/nodes/{mac}/health")

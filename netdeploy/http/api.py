@@ -9,9 +9,10 @@ from aiohttp import web
 from sqlalchemy import select
 
 import netdeploy
+from netdeploy.context import Context
 from netdeploy.http.common import ctx_of, mac_param
 from netdeploy.rollout.membership import membership_json
-from netdeploy.store.models import Cluster, Node
+from netdeploy.store.models import Cluster, MachineFacts, Node
 
 routes = web.RouteTableDef()
 
@@ -30,6 +31,18 @@ def node_json(node: Node) -> dict[str, Any]:
         "last_seen": node.last_seen.isoformat() if node.last_seen else None,
         "last_ip": node.last_ip,
     }
+
+
+def facts_json(row: MachineFacts | None) -> dict[str, Any] | None:
+    """The machine's last hardware report (netdeploy.rollout.facts), or None."""
+    if row is None:
+        return None
+    return {**row.facts, "reported_at": row.reported_at.isoformat(), "ip": row.ip}
+
+
+async def facts_by_mac(ctx: Context) -> dict[str, MachineFacts]:
+    async with ctx.sessions() as session:
+        return {row.mac: row for row in (await session.scalars(select(MachineFacts))).all()}
 
 
 def cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
@@ -65,19 +78,28 @@ async def metrics(_request: web.Request) -> web.Response:
 
 @routes.get("/api/nodes")
 async def list_nodes(request: web.Request) -> web.Response:
-    async with ctx_of(request).sessions() as session:
+    """Every node; ``?facts=1`` adds each one's reported hardware (``facts``)."""
+    ctx = ctx_of(request)
+    async with ctx.sessions() as session:
         nodes = (await session.scalars(select(Node).order_by(Node.cluster, Node.hostname))).all()
-    return web.json_response({"nodes": [node_json(n) for n in nodes]})
+    rows = [node_json(n) for n in nodes]
+    if request.query.get("facts") in ("1", "true", "yes"):
+        facts = await facts_by_mac(ctx)
+        for row in rows:
+            row["facts"] = facts_json(facts.get(row["mac"]))
+    return web.json_response({"nodes": rows})
 
 
 @routes.get("/api/nodes/{mac}")
 async def get_node(request: web.Request) -> web.Response:
+    """One node with its reported hardware (``facts``, null until its agent reports)."""
     mac = mac_param(request)
     async with ctx_of(request).sessions() as session:
         node = await session.get(Node, mac)
+        facts = await session.get(MachineFacts, mac)
     if node is None:
         raise web.HTTPNotFound(text=f"no node with MAC {mac}")
-    return web.json_response(node_json(node))
+    return web.json_response({**node_json(node), "facts": facts_json(facts)})
 
 
 @routes.get("/api/clusters")

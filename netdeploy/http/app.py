@@ -19,14 +19,16 @@ from netdeploy.http import (
     capture_routes,
     dashboard,
     events_routes,
+    image_admin_routes,
     image_routes,
     multicast_routes,
     outage,
     sparse_routes,
 )
-from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
+from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, RELOADER, json_error
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService
+from netdeploy.reload import Reloader
 
 log = logging.getLogger("netdeploy.http")
 
@@ -43,6 +45,7 @@ ROUTE_MODULES = [
     image_routes,
     capture_routes,
     sparse_routes,
+    image_admin_routes,
 ]
 
 
@@ -88,10 +91,12 @@ def build_app(
     boot: BootService | None = None,
     images: ImageStreams | None = None,
     multicast: MulticastService | None = None,
+    reloader: Reloader | None = None,
 ) -> web.Application:
     """The HTTP adapter over the services the composition root built (server.py).
 
-    ``boot`` and ``images`` default to fresh ones over ``ctx`` (tests build apps alone);
+    ``boot``, ``images`` and ``reloader`` default to fresh ones over ``ctx`` (tests build apps
+    alone);
     without ``multicast`` the multicast routes answer 503.
     """
     app = web.Application(
@@ -102,6 +107,7 @@ def build_app(
     app[IMAGES] = images or ImageStreams(
         ctx.config.http.max_image_streams, ctx.config.http.image_retry_after
     )
+    app[RELOADER] = reloader or Reloader(ctx)
     if multicast is not None:
         app[MULTICAST] = multicast
     for module in ROUTE_MODULES:

@@ -13,11 +13,13 @@ from netdeploy.context import Context
 from netdeploy.images.streams import ImageStreams
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import MulticastService
+from netdeploy.reload import Reloader
 
 CTX = web.AppKey("ctx", Context)
 BOOT = web.AppKey("boot", BootService)
 IMAGES = web.AppKey("images", ImageStreams)
 MULTICAST = web.AppKey("multicast", MulticastService)
+RELOADER = web.AppKey("reloader", Reloader)
 
 
 def ctx_of(request: web.Request) -> Context:
@@ -26,6 +28,10 @@ def ctx_of(request: web.Request) -> Context:
 
 def boot_of(request: web.Request) -> BootService:
     return request.app[BOOT]
+
+
+def reloader_of(request: web.Request) -> Reloader:
+    return request.app[RELOADER]
 
 
 def multicast_of(request: web.Request) -> MulticastService | None:

@@ -21,11 +21,13 @@ from aiohttp import web
 
 from netdeploy.http import session as auth
 from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
-from netdeploy.http.common import ctx_of, multicast_of
+from netdeploy.http.api import facts_by_mac, facts_json
+from netdeploy.http.common import ctx_of, multicast_of, reloader_of
 from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
 from netdeploy.http.multicast_view import multicast_view
 from netdeploy.images import capture
 from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.reload import ReloadRefused
 from netdeploy.rollout import service as rollout
 from netdeploy.rollout.errors import RolloutError
 from netdeploy.store.models import Cluster, Node
@@ -133,12 +135,19 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         # the section polls /api/multicast/sessions only while a session is under way
         "multicast": {"available": multicast.available, "active": bool(multicast.sessions)},
     }
+    cfg = ctx.config
     response = render(
         "dashboard.html",
         view=view,
         multicast=multicast,
         session=session,
         page_data=script_json(page_data),
+        facts={mac: facts_json(row) for mac, row in (await facts_by_mac(ctx)).items()},
+        inventory={
+            "clusters": sorted(cfg.clusters),
+            "images": sorted(cfg.images),
+            "profiles": list(cfg.hardware),
+        },
     )
     response.enable_compression()
     return response
@@ -204,9 +213,11 @@ def _foreign_origin(request: web.Request) -> str | None:
 @routes.post("/actions/{action}")
 async def action(request: web.Request) -> web.Response:
     name = request.match_info["action"]
-    if name not in ("release", "retry", "fail", "reset", "capture"):
+    if name not in ("release", "retry", "fail", "reset", "capture", "adopt"):
         return _answer(
-            request, 404, f"no action {name!r}; use release, retry, fail, reset or capture"
+            request,
+            404,
+            f"no action {name!r}; use release, retry, fail, reset, capture or adopt",
         )
     session = auth.session_of(request)
     if session is None:
@@ -225,6 +236,8 @@ async def action(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     if name == "capture":
         return await _capture(request, form, actor)
+    if name == "adopt":
+        return await _adopt(request, form, actor)
     if name == "reset":
         cluster = str(form.get("cluster", "")).strip()
         async with ctx.sessions() as db:
@@ -269,6 +282,31 @@ async def _capture(request: web.Request, form: Any, actor: str) -> web.Response:
         return _answer(request, exc.status, f"{exc}; nothing was changed")
     log.info("dashboard: capture of %s into %s by %s", mac, image, request.remote)
     return _answer(request, 200, f"{mac} marked for capture into {image}: PXE-boot it now")
+
+
+async def _adopt(request: web.Request, form: Any, actor: str) -> web.Response:
+    """The adopt form: the same validated write and reload as `netdeploy adopt`."""
+
+    def field(key: str) -> str | None:
+        return str(form.get(key, "")).strip() or None
+
+    try:
+        mac = normalize_mac(str(form.get("mac", "")))
+    except BadMac as exc:
+        return _answer(request, 400, f"{exc}; nothing was changed")
+    hostname = field("hostname") or ""
+    cluster, image = field("cluster"), field("image")
+    if cluster:
+        image = None  # a cluster node takes its cluster's image
+    try:
+        result = await reloader_of(request).adopt(
+            mac, hostname, cluster=cluster, image=image, hardware=field("hardware"), actor=actor
+        )
+    except ReloadRefused as exc:
+        problems = "; ".join(exc.problems)
+        return _answer(request, exc.status, f"{exc}" + (f": {problems}" if problems else ""))
+    log.info("dashboard: adopted %s as %s by %s", mac, hostname, request.remote)
+    return _answer(request, 200, f"adopted {mac} as {hostname} ({result.file})")
 
 
 async def _run(request: web.Request, change: Awaitable[Any], what: str) -> web.Response:

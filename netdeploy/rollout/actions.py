@@ -18,6 +18,7 @@ from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.engine import Action, Batch, LiveEvent, gate_view
 from netdeploy.rollout.errors import BadReport, Forbidden, NotFound, Refused
+from netdeploy.rollout.facts import parse_facts, summary
 from netdeploy.rollout.machine import (
     RELEASED_STATES,
     IllegalTransition,
@@ -27,7 +28,7 @@ from netdeploy.rollout.machine import (
 from netdeploy.rollout.membership import Member, membership_record
 from netdeploy.rollout.reports import AgentReport, HealthReport
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster, Node, SecretFetch
+from netdeploy.store.models import Cluster, MachineFacts, Node, SecretFetch
 from netdeploy.tokens import token_digest, token_matches
 
 # ---------------------------------------------------------------- results
@@ -197,6 +198,25 @@ def agent_report(
         elif report.state == S.IMAGED:
             _after_imaged(batch, node, cluster)
         return NodeOutcome(node, cluster, changed=True)
+
+    return action
+
+
+def facts_report(mac: str, token: str | None, body: Any, ip: str | None) -> Action:
+    """An agent reports the machine's hardware (netdeploy.rollout.facts): kept per MAC,
+    replacing the last report, with one ``facts`` event row."""
+
+    async def action(batch: Batch) -> dict[str, Any]:
+        node = await _agent_node(batch, mac, token, "facts", ip)
+        try:
+            facts = parse_facts(body) if not isinstance(body, BadReport) else None
+        except BadReport as exc:
+            raise _refuse(batch, node, mac, "facts", exc, ip) from None
+        if facts is None:
+            raise _refuse(batch, node, mac, "facts", body, ip)
+        await batch.session.merge(MachineFacts(mac=mac, facts=facts, reported_at=batch.now, ip=ip))
+        batch.record(eventlog.facts_report(mac, node.cluster, summary(facts), ip=ip))
+        return {"mac": mac, "facts": facts}
 
     return action
 

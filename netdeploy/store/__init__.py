@@ -1,6 +1,13 @@
 """Persistence: SQLAlchemy models, sessions, migrations and config import."""
 
-from netdeploy.store.db import StoreError, create_engine, migrate, open_store
+from netdeploy.store.db import (
+    StoreError,
+    StoreHeld,
+    create_engine,
+    hold_store,
+    migrate,
+    open_store,
+)
 from netdeploy.store.models import Base, Cluster, Event, HardwareProfile, Image, Node, utcnow
 
 __all__ = [
@@ -11,7 +18,9 @@ __all__ = [
     "Image",
     "Node",
     "StoreError",
+    "StoreHeld",
     "create_engine",
+    "hold_store",
     "migrate",
     "open_store",
     "utcnow",

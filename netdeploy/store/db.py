@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -121,3 +125,35 @@ async def open_store(url: str) -> tuple[AsyncEngine, async_sessionmaker]:
     engine = create_engine(url)
     await migrate(engine)
     return engine, async_sessionmaker(engine, expire_on_commit=False)
+
+
+# A running `netdeploy serve` holds this lock (shared: several servers may share a state dir
+# and a PostgreSQL) for as long as it runs. A command that would write the store without a
+# server takes it exclusively, so it refuses while any server holds the store (DESIGN: the
+# running server owns the store; nothing writes behind it).
+STORE_LOCK_FILE = "store.lock"
+
+
+class StoreHeld(StoreError):
+    """Another process (a running server) holds the store."""
+
+
+@contextlib.contextmanager
+def hold_store(state_dir: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the store lock of ``state_dir`` (shared for a server, exclusive for a writer
+    without one) or raise :class:`StoreHeld` at once; released when the block ends."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / STORE_LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreHeld(
+            f"a running netdeploy server holds the store ({path}): it owns it, so this command "
+            "goes through it; pass --url if it is not found, or stop it first"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

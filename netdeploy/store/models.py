@@ -179,3 +179,16 @@ class Capture(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MachineFacts(Base):
+    """What the agent found on one machine (issue 18): SMBIOS, firmware, CPUs, memory, disks,
+    NICs and the PCI IDs of its storage controllers. Replaced by each report; kept apart from
+    ``nodes`` so the rollout writer's per-batch node reads stay small."""
+
+    __tablename__ = "node_facts"
+
+    mac: Mapped[str] = mapped_column(String(17), primary_key=True)
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ip: Mapped[str | None] = mapped_column(String(45))

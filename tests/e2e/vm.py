@@ -54,6 +54,9 @@ class VM:
     # before the EFI shell (which otherwise waits at its prompt for good)
     disk_bootindex: int | None = None
     extra: tuple[str, ...] = ()  # more QEMU arguments (e.g. -fw_cfg for OVMF)
+    # the disk's controller: "virtio" (virtio-blk, PCI 1af4:1001) or "ahci" (ICH9 AHCI,
+    # 8086:2922): the agent reports each as a different storage controller (issue 18)
+    storage: str = "virtio"
     lines: list[tuple[float, str]] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
@@ -97,7 +100,16 @@ class VM:
             ]
         else:
             cmd += ["-boot", "order=nc", "-device", nic]
-        if self.disk and (self.uefi or self.disk_bootindex is not None):
+        if self.disk and self.storage == "ahci":
+            cmd += [
+                "-device",
+                "ahci,id=ahci0",
+                "-drive",
+                f"if=none,id=d0,file={self.disk},format=raw",
+                "-device",
+                "ide-hd,drive=d0,bus=ahci0.0",
+            ]
+        elif self.disk and (self.uefi or self.disk_bootindex is not None):
             # under OVMF the disk is the next boot entry after the NIC, before the EFI shell
             # (which otherwise waits at its prompt for good)
             index = 2 if self.disk_bootindex is None else self.disk_bootindex

@@ -97,12 +97,10 @@ class Server:
     def disable_multicast(self) -> None:
         """As if the config said ``[multicast] enabled = false``: plans and joins say unicast.
 
-        The context is frozen in a real server (a config change is a restart); this test swaps
-        the config of the running one in place to compare both answers on one image."""
+        A reload refuses a [multicast] change (it needs a restart); this test swaps the live
+        config of the running server in place to compare both answers on one image."""
         off = MulticastConfig(**{**self.ctx.config.multicast.model_dump(), "enabled": False})
-        object.__setattr__(
-            self.ctx, "config", self.ctx.config.model_copy(update={"multicast": off})
-        )
+        self.ctx.live.swap(self.ctx.config.model_copy(update={"multicast": off}))
         self.service.cfg = off
 
 

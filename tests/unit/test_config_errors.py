@@ -257,3 +257,35 @@ def test_overrides_are_validated_and_blamed_on_the_command_line():
     assert str(caught.value) == (
         "command line: --http-port: Input should be greater than or equal to 1"
     )
+
+
+def test_an_included_inventory_file_adds_nodes_and_its_errors_name_that_file(
+    tmp_path: Path,
+) -> None:
+    main = write(tmp_path, DEMO)  # the demo includes nodes.d/*.toml
+    (tmp_path / "nodes.d").mkdir()
+    good = tmp_path / "nodes.d" / "sql-n4.toml"
+    good.write_text(
+        '[[nodes]]\nmac = "52:54:00:00:10:04"\nhostname = "sql-n4"\ncluster = "sqlclu"\n'
+    )
+    cfg = load_config(main)
+    assert cfg.node_by_hostname("sql-n4") is not None and cfg.included == (good.resolve(),)
+    bad = tmp_path / "nodes.d" / "sql-n5.toml"
+    bad.write_text(
+        '# adopted\n[[nodes]]\nmac = "52:54:00:00:10:05"\nhostname = "sql-n5"\ncluster = "nope"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    (problem,) = caught.value.problems
+    assert problem.file == str(bad.resolve()) and problem.line == 5
+    assert problem.key == "nodes[0].cluster" and "unknown cluster 'nope'" in problem.message
+
+
+def test_an_included_file_holds_nodes_only(tmp_path: Path) -> None:
+    main = write(tmp_path, DEMO)  # the demo includes nodes.d/*.toml
+    (tmp_path / "nodes.d").mkdir()
+    (tmp_path / "nodes.d" / "x.toml").write_text('[server]\nbind = "::"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    (problem,) = caught.value.problems
+    assert problem.line == 1 and "holds [[nodes]] only" in problem.message
