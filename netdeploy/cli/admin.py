@@ -131,6 +131,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         )
     cluster = call(args, "POST", f"/api/admin/clusters/{args.cluster}/reset", {"actor": _actor()})
     print(f"cluster {cluster['name']}: rollout {cluster['rollout']}, gate {cluster['gate']}")
+    if cluster.get("alarm"):
+        print(f"ALARM: {cluster['alarm']}")
     return 0
 
 
@@ -150,6 +152,8 @@ def cmd_clusters(args: argparse.Namespace) -> int:
             f"first node {cluster['first_node']}"
         )
         console.print(f"  {cluster['gate_detail']}", highlight=False)
+        if cluster.get("alarm"):
+            console.print(f"  [bold red]ALARM[/bold red] {cluster['alarm']}", highlight=False)
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("", "hostname", "MAC", "state", "progress", "seq", "since", "message"):
             table.add_column(column, no_wrap=column != "message")

@@ -15,6 +15,7 @@ from netdeploy.http import (
     agent_plan,
     agent_routes,
     api,
+    auth,
     boot_routes,
     dashboard,
     events_routes,
@@ -89,7 +90,9 @@ def build_app(
     ``boot`` and ``images`` default to fresh ones over ``ctx`` (tests build apps alone);
     without ``multicast`` the multicast routes answer 503.
     """
-    app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[errors_as_json, http_metrics, auth.declared_auth], client_max_size=1024**2
+    )
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
     app[IMAGES] = images or ImageStreams(
@@ -99,4 +102,5 @@ def build_app(
         app[MULTICAST] = multicast
     for module in ROUTE_MODULES:
         module.setup(app)
+    auth.setup(app)  # every route's level is declared in http/auth.py (ROUTES)
     return app

@@ -78,6 +78,7 @@ class ClusterView:
     gate: str
     gate_detail: str
     nodes: list[NodeView]
+    alarm: str = ""  # an identity alarm (docs/security.md): the gate is stopped
 
     @property
     def gate_label(self) -> str:
@@ -164,6 +165,7 @@ async def load_view(
                 gate=c.gate,
                 gate_detail=c.gate_detail or "",
                 nodes=by_cluster[c.name],
+                alarm=c.alarm or "",
             )
             for c in sorted(clusters.values(), key=lambda c: c.name)
         ],

@@ -4,8 +4,9 @@ The boot decision itself is the boot module's (netdeploy.boot.plan, handed in as
 what it implies for the rollout is decided here, in the writer, in one transaction with its
 event rows: an unknown MAC is recorded as ``discovered``; booting the agent moves
 ``registered`` to ``pxe`` (DESIGN); an agent plan gets a fresh boot token, whose digest
-replaces the node's (the previous token stops working). A failed node stays failed until
-the admin retries it (decision 0002); every other state is left as it is.
+replaces the node's (the previous token and its claim stop working), bound to the node's
+rollout number and to the phase of the plan (netdeploy.rollout.identity). A failed node stays
+failed until the admin retries it (decision 0002); every other state is left as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.engine import Action, Batch
+from netdeploy.rollout.identity import new_boot_token, rollout_of
 from netdeploy.rollout.rows import NodeRow
 from netdeploy.store.models import Cluster
 from netdeploy.tokens import issue_token
@@ -53,8 +55,10 @@ def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> A
                 batch.move(node, advance, reason=f"boot script fetched via {via}")
         decision: Decision = decide(None if first_boot else node, batch.cluster_of(node))
         token = None
-        if decision.boots_agent:
-            token, node.token = issue_token()
+        if decision.boots_agent:  # bound to this node, its rollout and this plan's phase
+            token, digest = issue_token()
+            cluster = batch.cluster_of(node)
+            new_boot_token(node, digest, str(decision.action), rollout_of(cluster))
         node.last_seen = batch.now
         node.last_ip = ip
         batch.record(

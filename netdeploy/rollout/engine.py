@@ -37,7 +37,7 @@ from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
-from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.models import Cluster, Event, Node, SecretFetch, utcnow
 
 log = logging.getLogger("netdeploy.rollout")
 
@@ -151,6 +151,17 @@ class Batch:
     async def members(self, cluster: str) -> list[NodeRow]:
         return await self.load(Node.cluster == cluster)
 
+    async def secret_fetched(self, mac: str, claim: str, name: str) -> bool:
+        """Whether the claim of this phase already fetched secret answer file ``name``."""
+        found = await self.session.scalar(
+            select(SecretFetch.id).where(SecretFetch.token == claim, SecretFetch.name == name)
+        )
+        return found is not None
+
+    def secret_fetch(self, mac: str, claim: str, name: str, ip: str | None) -> None:
+        """Mark ``name`` used by this phase's claim (in the batch's transaction)."""
+        self.session.add(SecretFetch(mac=mac, token=claim, name=name, ip=ip, at=self.now))
+
     def cluster_of(self, node: NodeRow) -> Cluster | None:
         return self.clusters.get(node.cluster) if node.cluster else None
 
@@ -205,6 +216,7 @@ class Batch:
             first_node=cluster.first_node,
             policy=G.parse_policy(cluster.release_policy),
             formed=cluster.formed_at is not None,
+            alarm=cluster.alarm or "",
         )
         decision = G.decide(
             view,

@@ -79,6 +79,7 @@ class ClusterView:
     first_node: str  # hostname
     policy: Policy
     formed: bool  # the first node reported healthy (persisted as Cluster.formed_at)
+    alarm: str = ""  # an identity alarm (docs/security.md): nobody is released until cleared
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,13 @@ def decide(cluster: ClusterView, nodes: list[NodeView]) -> GateDecision:
     healthy, an admin action) and by the periodic sweep, so a decision lost to a crash is
     simply made again after restart: the inputs all live in the store.
     """
+    if cluster.alarm:
+        return GateDecision(
+            Gate.STOPPED,
+            f"identity alarm: {cluster.alarm}. Nobody is released and the cluster is not "
+            "formed until the admin checks the machines: `netdeploy retry NODE` re-images the "
+            f"node, `netdeploy reset {cluster.name}` starts over",
+        )
     first = next((n for n in nodes if n.hostname == cluster.first_node), None)
     if first is None:
         return GateDecision(
