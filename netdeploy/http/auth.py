@@ -281,8 +281,11 @@ async def declared_auth(request: web.Request, handler):  # type: ignore[no-untyp
     # admin
     if is_admin(request, given.value):
         return await handler(request)
-    if pattern in COOKIE_ADMIN and sessions.session_of(request) is not None:
-        return await handler(request)
+    if pattern in COOKIE_ADMIN:
+        if sessions.session_of(request) is not None:
+            return await handler(request)
+        REFUSED.labels(level).inc()
+        return refuse(request, 401, "log in with the admin token first; nothing was changed")
     REFUSED.labels(level).inc()
     if given.value is None:
         response = refuse(request, 401, "admin token required: Authorization: Bearer <admin token>")
