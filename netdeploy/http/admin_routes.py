@@ -49,11 +49,11 @@ def admin_cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    text = await request.text()
-    if not text.strip():
+    raw = await request.read()
+    if not raw.strip():
         return {}
     try:
-        body = json.loads(text)
+        body = json.loads(raw)  # bytes: not UTF-8 is a ValueError too, never a 500
     except ValueError as exc:
         raise BadReport(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -174,7 +174,8 @@ async def get_gate(request: web.Request) -> web.Response:
         try:
             changed = await asyncio.wait_for(woken, timeout)
         except TimeoutError:
-            return web.json_response(await engine.run(actions.gate_check(mac, token, ip), [mac]))
+            # authenticated when the poll began; a re-check now could see a newer claim
+            return web.json_response(await engine.run(actions.gate_read(mac), [mac]))
         if changed is None:
             raise Unavailable("the server is stopping; poll again in a few seconds")
         return web.json_response(changed)

@@ -24,14 +24,17 @@ agent's batch), at most :data:`EVENTS_PER_WINDOW` per address per window.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from netdeploy import eventlog
 from netdeploy.http import session as sessions
@@ -221,6 +224,26 @@ def refuse(
     else:
         EVENTS_LOST.inc()
     return json_error(status, message)
+
+
+# ---------------------------------------------------------------- bodies, decoded safely
+
+
+async def form_of(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+    """The request's form fields; a body that is not valid for its charset is a 400 (with
+    ``{"error": ...}`` under /api/), never a 500."""
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(text="the form is not valid UTF-8 / urlencoded data") from None
+
+
+async def json_of(request: web.Request) -> Any:
+    """The request's JSON body (bytes that are not UTF-8 included): a 400, never a 500."""
+    try:
+        return json.loads(await request.read())
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON ({exc})") from None
 
 
 # ---------------------------------------------------------------- the middleware

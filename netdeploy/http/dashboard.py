@@ -158,7 +158,7 @@ async def login(request: web.Request) -> web.Response:
         response = declared.refuse(request, 429, f"too many failed logins; retry in {wait:.0f} s")
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
-    form = await request.post()
+    form = await declared.form_of(request)
     if not auth.token_is_admin(request, str(form.get("token", ""))):
         throttle.failed(ip)
         log.warning("dashboard login refused from %s: wrong admin token", request.remote)
@@ -179,7 +179,7 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
     session = auth.session_of(request)
-    form = await request.post()
+    form = await declared.form_of(request)
     if session is not None and not auth.check_csrf(request, session, str(form.get("csrf", ""))):
         return _answer(request, 403, "the form is stale (CSRF token mismatch); reload the page")
     if session is not None:
@@ -220,7 +220,7 @@ async def action(request: web.Request) -> web.Response:
     session = auth.session_of(request)
     if session is None:
         return _answer(request, 401, "log in with the admin token first; nothing was changed")
-    form = await request.post()
+    form = await declared.form_of(request)
     if (origin := _foreign_origin(request)) is not None:
         return _answer(
             request,

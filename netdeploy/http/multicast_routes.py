@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netdeploy.http.auth import is_admin, refuse
+from netdeploy.http.auth import form_of, is_admin, json_of, refuse
 from netdeploy.http.common import ctx_of, multicast_of, request_token
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import JoinError, MulticastService
@@ -36,12 +36,12 @@ async def _fields(request: web.Request) -> dict[str, Any]:
     fields: dict[str, Any] = dict(request.query)
     if request.can_read_body:
         if request.content_type == "application/json":
-            body = await request.json()
+            body = await json_of(request)
             if not isinstance(body, dict):
                 raise web.HTTPBadRequest(text="the body must be a JSON object")
             fields.update(body)
         else:
-            fields.update(await request.post())
+            fields.update(await form_of(request))
     return fields
 
 

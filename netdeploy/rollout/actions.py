@@ -254,6 +254,18 @@ def gate_check(
     return action
 
 
+def gate_read(mac: str) -> Action:
+    """The gate view of a long-poll that was authenticated when it began (gate_check): read
+    again when it times out, without judging the credential a second time. A machine that was
+    power-cycled while parked here has claimed anew by now; its old poll is no intruder."""
+
+    async def action(batch: Batch) -> dict[str, Any]:
+        node = await identity.find(batch, mac, "gate", None)
+        return gate_view(node, batch.cluster_of(node))
+
+    return action
+
+
 # ---------------------------------------------------------------- timeouts
 
 

@@ -92,7 +92,7 @@ def alarm(batch: Batch, node: NodeRow, why: str, ip: str | None, route: str) -> 
     text = f"{label(node)}: {why}"
     batch.record(eventlog.alarm(node.mac, node.cluster, node.state, text, ip=ip, route=route))
     if cluster is not None and not cluster.alarm:
-        cluster.alarm = f"{node.mac}: {why} (from {ip})"
+        cluster.alarm = f"{node.mac}: {why} (from {ip} on {route})"
         batch.dirty.add(cluster.name)
 
 

@@ -43,6 +43,7 @@ BODIES: list[bytes] = [
     b'{"secret": "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"}',
     b"[" * 500,
     b'{"secret": 12345, "state": null}',
+    b"token=\xff\xfe\x80%FF%00&csrf=\xc3",  # sent as a form (login, logout, actions)
 ]
 QUERIES = ["", "?token=%FF%FE%80", "?token=short", "?mac=zz:zz&timeout=-1", "?token=" + "x" * 300]
 
@@ -64,7 +65,9 @@ async def raw_request(port: int, method: str, target: str, auth_value: bytes | N
     if auth_value is not None:
         head += b"Authorization: " + auth_value + b"\r\n"
     head += b"Cookie: nd_session=\xff\xfe.bad.cookie\r\n" if body[:1] == b"[" else b""
-    head += b"Content-Type: application/json\r\n"
+    form = body.startswith(b"token=")
+    head += b"Content-Type: application/x-www-form-urlencoded\r\n" if form else b""
+    head += b"Content-Type: application/json\r\n" if not form else b""
     head += f"Content-Length: {len(body)}\r\n\r\n".encode()
     writer.write(head + body)
     await writer.drain()

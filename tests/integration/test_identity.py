@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import stat
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -179,6 +180,12 @@ async def test_the_issue_script_releases_nobody_and_raises_the_alarm(
             http.get(srv.url + "/", headers={"Authorization": f"Bearer {admin}"}) as page,
         ):
             assert "Identity alarm" in await page.text()
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "netdeploy", "clusters", "--url", srv.url, "--token", admin,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+        printed = (await cli.communicate())[0].decode()
+        assert cli.returncode == 0 and "ALARM" in printed and "boot token" in printed, printed
         # the real agent's next report: its claim belongs to the phase the attacker replaced
         status, answer = await n1.event("imaging", progress=20)
         assert status == 403 and "earlier boot phase" in answer["error"]
@@ -390,3 +397,19 @@ async def test_hostile_headers_never_reach_a_batch(tmp_path: Path) -> None:
         assert all(400 <= s < 500 for s in statuses), statuses
         assert all(status == 200 for status, _ in results[30:])
         assert await state(srv, N2) == NodeState.IMAGING
+
+
+async def test_a_power_cycled_node_parked_in_its_gate_poll_is_no_intruder(tmp_path: Path) -> None:
+    """The QEMU e2e found it: a held node killed while its agent's long-poll was parked gets a
+    new boot script and claims again; the old poll, answered later, must not raise an alarm."""
+    async with boot_server(tmp_path) as srv:
+        _, n2 = await first_released_second_held(srv)
+        parked = asyncio.create_task(
+            call(srv.url, "GET", f"/api/nodes/{N2}/gate?timeout=1", n2.secret)
+        )
+        await asyncio.sleep(0.3)
+        await Agent(srv, N2).boot_and_claim()  # the power-cycled machine, in wait mode
+        status, view = await parked
+        assert status == 200 and view["state"] == "held"
+        assert not await srv.events("alarm")
+        assert (await cluster(srv)).alarm == ""
