@@ -26,8 +26,8 @@ from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.errors import Forbidden, NotFound, Refused
 from netdeploy.tokens import token_digest, token_matches
 
-if TYPE_CHECKING:  # types only: engine imports state, which imports this module
-    from netdeploy.rollout.engine import Batch
+if TYPE_CHECKING:  # types only: actions and booting import this module after engine
+    from netdeploy.rollout.engine import Action, Batch
     from netdeploy.rollout.rows import NodeRow
     from netdeploy.store.models import Cluster, Node
 
@@ -202,15 +202,15 @@ async def started_node(
     return node
 
 
-def claim(mac: str, token: str | None, secret: str, ip: str | None) -> Any:
+def claim(mac: str, token: str | None, secret: str, ip: str | None) -> Action:
     """The agent claims its node for this boot phase: boot token + a secret of its own."""
 
     async def action(batch: Batch) -> dict[str, Any]:
         node = await find(batch, mac, "claim", ip)
         if not token or not token_matches(token, node.token):
-            foreign = _foreign_use(batch, node, token or "", "claim", ip) if token else None
-            if foreign and token_matches(token, node.claim_prev):
-                alarm(batch, node, foreign, ip, "claim")
+            if token_matches(token, node.claim_prev):  # raced for this node's boot (security.md)
+                why = "a claim with the boot token of an earlier boot script (two machines?)"
+                alarm(batch, node, why, ip, "claim")
             why = f"not the boot token of {label(node)}'s latest boot script; PXE-boot again"
             raise _forbid(batch, node, "claim", ip, why)
         if not _phase_ok(batch, node):
@@ -245,7 +245,7 @@ def claim(mac: str, token: str | None, secret: str, ip: str | None) -> Any:
 
 def answer_file_fetch(
     mac: str, secret: str | None, name: str, ip: str | None, *, secret_file: bool, report: str
-) -> Any:
+) -> Action:
     """An answer file for the claimed agent: secret files only while imaging, once per phase;
     serving one binds ``report`` (the report-token digest rendered into it) to the node."""
 
