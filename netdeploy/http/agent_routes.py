@@ -12,7 +12,8 @@ and render; the rollout writer decides (netdeploy.rollout.identity).
 | ``GET /api/nodes/{mac}/gate?timeout=S`` | none | 200 when released, changed, or after S |
 | ``POST /api/nodes/{mac}/health`` | ``{"healthy", "message"?}`` | 200 node view |
 
-Refusals: 400 malformed body / MAC / timeout, 403 token, 404 unknown MAC, 409 wrong state,
+Refusals: 400 malformed body / MAC / timeout, 401 no or malformed credential (http/auth.py),
+403 wrong credential (alarms: docs/security.md), 404 unknown MAC, 409 wrong state,
 503 stopping. Each is ``{"error": "..."}`` and an event row; the node's state is unchanged.
 """
 

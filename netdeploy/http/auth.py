@@ -283,12 +283,12 @@ async def declared_auth(request: web.Request, handler):  # type: ignore[no-untyp
         log.error("route %s %s declares no auth level: refused", request.method, pattern)
         REFUSED.labels("undeclared").inc()
         return refuse(request, 403, f"{request.method} {pattern} declares no auth level")
-    if given.malformed:
-        REFUSED.labels(level).inc()
-        return refuse(request, 401, "malformed credential: send Authorization: Bearer <token>")
-    if level is Level.PUBLIC:
+    if level is Level.PUBLIC:  # whatever it carries (a proxy's Basic auth, say)
         return await handler(request)
     if level is Level.NODE:
+        if given.malformed:
+            REFUSED.labels(level).inc()
+            return refuse(request, 401, "malformed credential: send Authorization: Bearer <token>")
         if given.value is None:
             REFUSED.labels(level).inc()
             return refuse(

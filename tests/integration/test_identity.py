@@ -297,6 +297,12 @@ async def test_data_routes_need_credentials_with_the_demo_config(tmp_path: Path)
             assert status == 401 and body["error"], path
             status, _ = await call(srv.url, "GET", path, srv.ctx.admin_token)
             assert status in (200, 409), path  # 409: the demo image is not added
+        # public routes ignore what they are sent (a reverse proxy's Basic auth, say)
+        basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+        async with aiohttp.ClientSession() as http:
+            for path in ("/api/version", "/boot.ipxe", "/"):
+                async with http.get(srv.url + path, headers=basic) as resp:
+                    assert resp.status == 200, path
         await asyncio.sleep(1)  # refusals are recorded off the request path
         refusals = await srv.events("auth")
         assert len(refusals) >= 8 and all(e.detail["ip"] == "127.0.0.1" for e in refusals)
