@@ -310,7 +310,7 @@ async def declared_auth(request: web.Request, handler):  # type: ignore[no-untyp
         REFUSED.labels(level).inc()
         return refuse(request, 401, "log in with the admin token first; nothing was changed")
     REFUSED.labels(level).inc()
-    if given.value is None:
+    if given.value is None and not given.malformed:
         response = refuse(request, 401, "admin token required: Authorization: Bearer <admin token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="netdeploy admin"'
         return response

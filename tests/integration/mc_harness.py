@@ -186,7 +186,12 @@ async def run_receiver(
         str(out),
         "--json",
         *extra,
-        *(("--token", ADMIN_TOKENS[server_url]) if "--token" not in extra else ()),
+        # --token=: a generated token may begin with "-", which argparse would take for an option
+        *(
+            ()
+            if any(e.startswith("--token") for e in extra)
+            else (f"--token={ADMIN_TOKENS[server_url]}",)
+        ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,

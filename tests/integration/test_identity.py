@@ -181,7 +181,7 @@ async def test_the_issue_script_releases_nobody_and_raises_the_alarm(
         ):
             assert "Identity alarm" in await page.text()
         cli = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netdeploy", "clusters", "--url", srv.url, "--token", admin,
+            sys.executable, "-m", "netdeploy", "clusters", "--url", srv.url, f"--token={admin}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
         printed = (await cli.communicate())[0].decode()
@@ -400,7 +400,9 @@ async def test_hostile_headers_never_reach_a_batch(tmp_path: Path) -> None:
             *(raw(p) for p in paths * 10), *(agent.event("imaging", progress=i) for i in range(10))
         )
         statuses = results[:30]
-        assert all(400 <= s < 500 for s in statuses), statuses
+        # refused where a credential counts; /logout is public and ignores it (303): never 5xx
+        assert all(400 <= s < 500 for i, s in enumerate(statuses) if i % 3 != 2), statuses
+        assert all(s == 303 for s in statuses[2::3]), statuses
         assert all(status == 200 for status, _ in results[30:])
         assert await state(srv, N2) == NodeState.IMAGING
 
