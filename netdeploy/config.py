@@ -95,6 +95,13 @@ class DashboardConfig(_Section):
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # admin login lifetime
 
 
+class MetricsConfig(_Section):
+    """``[metrics]``: who may scrape ``GET /metrics`` (node names, states, addresses)."""
+
+    public: bool = False  # true: anyone who reaches the server
+    token: str | None = None  # a Prometheus bearer token (bearer_token_file), besides admin
+
+
 class RolloutConfig(_Section):
     """How the rollout core commits agent reports (see docs/decisions/0004)."""
 
@@ -103,6 +110,10 @@ class RolloutConfig(_Section):
     group_commit: bool = True
     max_batch: Annotated[int, Field(ge=1, le=10000)] = 1000
     sweep_interval: Seconds = 5.0  # how often phase timeouts are checked
+    # health/joined reports move the gate only this long after the answer files carrying
+    # their report token were served: a machine racing the node for its PXE boot shows up
+    # (claims, and raises the alarm) well within it (docs/security.md)
+    report_quiet: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
 
 class MulticastConfig(_Section):
@@ -320,6 +331,7 @@ class Config(_Section):
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    metrics: MetricsConfig = MetricsConfig()
     rollout: RolloutConfig = RolloutConfig()
     multicast: MulticastConfig = MulticastConfig()
     dhcp: DhcpConfig = DhcpConfig()

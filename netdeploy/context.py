@@ -100,6 +100,8 @@ class Context:
     public_url: str
     admin_token: str
     rollout: RolloutWriter
+    # derives report tokens and the at-rest keys; <state_dir>/secret-key, 0600 (docs/security.md)
+    secret_key: bytes
 
     @property
     def config(self) -> Config:

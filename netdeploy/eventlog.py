@@ -80,6 +80,22 @@ def refusal(
     )
 
 
+def alarm(
+    mac: str | None, cluster: str | None, state: str | None, why: str, **detail: Any
+) -> Event:
+    """Evidence that someone other than a node's own agent holds or uses its credentials (a
+    second claim, a stolen token in use): shown on the dashboard, in ``/api/clusters`` and
+    ``netdeploy clusters``; it stops the cluster's gate (docs/security.md)."""
+    return Event(
+        kind="alarm",
+        mac=mac,
+        cluster=cluster,
+        from_state=state,
+        to_state=state,
+        detail={"reason": f"ALARM: {why}", **detail},
+    )
+
+
 def answer_file(mac: str, cluster: str | None, **detail: Any) -> Event:
     """An answer file served (``secret`` when it held secrets) or refused as broken."""
     return Event(kind="answer", mac=mac, cluster=cluster, detail=detail)

@@ -53,6 +53,29 @@ log = logging.getLogger("netdeploy")
 __all__ = ["Context", "Ports", "ServiceError", "open_context", "serve"]
 
 
+def private_state_dir(path: Path) -> None:
+    """The state dir holds the database, the admin token and the secret key: 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours (a shared mount): the files are 0600 anyway
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+
+
+def load_secret_key(cfg: Config) -> bytes:
+    """The server's secret key (report tokens, secrets at rest): ``state_dir/secret-key``, 0600,
+    generated once. Several servers on one PostgreSQL need the same file (docs/security.md)."""
+    path = cfg.server.state_dir / "secret-key"
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    key = secrets.token_bytes(32)
+    with contextlib.suppress(FileExistsError):  # another server process made it first
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key.hex() + "\n")
+        return key
+    return bytes.fromhex(path.read_text().strip())
+
+
 def load_admin_token(cfg: Config) -> tuple[str, bool]:
     """The admin token: configured, or generated once and kept in ``state_dir/admin-token``."""
     if cfg.server.admin_token:
@@ -73,7 +96,7 @@ async def open_context(
 ) -> Context:
     """Open the store (schema upgraded), start the rollout writer and import the config through
     it (one transaction: all or nothing). The caller closes the context."""
-    cfg.server.state_dir.mkdir(parents=True, exist_ok=True)
+    private_state_dir(cfg.server.state_dir)
     engine, sessions = await open_store(cfg.database_url)
     ports = ports or choose_ports(cfg)
     bus = bus or EventBus()
@@ -88,12 +111,14 @@ async def open_context(
         await engine.dispose()
         raise
     token, created = load_admin_token(cfg)
-    if created:  # shown once; afterwards read it from the file (mode 0600)
+    if created:  # never the token itself: logs end up in the journal (docs/security.md)
         log.warning(
-            "generated the admin token %s (kept in %s)", token, cfg.server.state_dir / "admin-token"
+            "generated the admin token; read it from %s (mode 0600)",
+            cfg.server.state_dir / "admin-token",
         )
+    key = load_secret_key(cfg)
     public = cfg.server.public_url or default_public_url(cfg.server.bind, ports.http)
-    return Context(LiveConfig(cfg), engine, sessions, bus, ports, public, token, rollout)
+    return Context(LiveConfig(cfg), engine, sessions, bus, ports, public, token, rollout, key)
 
 
 def sd_notify(message: str) -> None:

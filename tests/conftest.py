@@ -38,10 +38,18 @@ class ServerProcess:
     log: Path
 
     def get_json(self, path: str) -> object:
+        """GET with the admin token: the data routes need read access (docs/security.md)."""
         import json
 
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        request = urllib.request.Request(self.url + path, headers=self.admin_headers())
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
+
+    def admin_headers(self) -> dict[str, str]:
+        token_file = self.state_dir / "admin-token"
+        if not token_file.exists():
+            return {}
+        return {"Authorization": f"Bearer {token_file.read_text().strip()}"}
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

@@ -1,5 +1,8 @@
 ' report.vbs: tell netdeploy that Windows on {{ node.hostname }} is up (rollout API).
 ' Usage: cscript //nologo //B report.vbs URL TOKEN KIND
+'   TOKEN is this node's report token: rendered into its own answer files, good only for this
+'   rollout's health/joined report, and only from an address netdeploy knows the node by (the
+'   one its agent claimed from, or the config's vars.ip). See docs/security.md.
 '   KIND health: the first node; waits until the Cluster service (ClusSvc) runs, then reports
 '                {"healthy": true}, which forms the cluster and releases the next nodes.
 '   KIND joined: any other node; waits for ClusSvc the same way, then reports {"state": "joined"}.
@@ -95,6 +98,8 @@ For tries = 1 To 10
     status = Post(args(0), args(1), body)
     log.WriteLine Now & " report " & kind & ": HTTP " & status
     If status = 200 Then WScript.Quit 0
+    ' refused (wrong token, wrong address, wrong state): retrying cannot help; the admin sees it
+    If status = 400 Or status = 403 Or status = 404 Or status = 409 Then WScript.Quit 3
     WScript.Sleep 5000 * tries
 Next
 WScript.Quit 1

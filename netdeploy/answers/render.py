@@ -24,9 +24,10 @@ from jinja2 import meta, nodes
 from netdeploy.clusterkinds import formation
 from netdeploy.config import Config, NodeConfig
 from netdeploy.inventory import mac_hyphens
+from netdeploy.tokens import SECRET_NAME
 
-# A variable whose name matches makes every file that uses it a secret file (token-guarded).
-SECRET_NAME = re.compile(r"password|passwd|secret|token|product_key|private_key", re.IGNORECASE)
+# A variable whose name matches makes every file that uses it a secret file (token-guarded);
+# the same names are never stored (netdeploy.tokens.without_secrets).
 # Windows reads these as ANSI text with CRLF line ends; batch labels misbehave with bare LF.
 WINDOWS_TEXT = (".inf", ".bat", ".cmd", ".txt", ".vbs")
 PLACEHOLDER_TOKEN = "TOKEN-ISSUED-AT-BOOT"

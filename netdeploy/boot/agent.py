@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from netdeploy import eventlog
 from netdeploy.boot.plan import BootAction, BootUrls, boot_plan
 from netdeploy.boot.service import facts_of, hardware_of
 from netdeploy.config import Config, NodeConfig
 from netdeploy.context import Context, Refusal
+from netdeploy.rollout.identity import claim_valid
 from netdeploy.store.models import Capture, Cluster, Image, Node
-from netdeploy.tokens import token_matches
 
 MULTICAST_OFF = (
     'distribution = "multicast" but [multicast] enabled = false: streaming over HTTP; '
@@ -89,30 +88,21 @@ def distribution(
 async def agent_plan(
     ctx: Context, mac: str, token: str | None, *, ip: str | None, path: str
 ) -> dict[str, Any]:
-    """The plan for ``mac``, for the holder of its current boot token; else :class:`PlanRefused`
-    (recorded as an ``auth`` event with the requester's address)."""
+    """The plan for ``mac``, for the agent that claimed it in this boot phase; else
+    :class:`PlanRefused` (the route records it with the requester's address)."""
     async with ctx.sessions() as session:
         node = await session.get(Node, mac)
         if node is None:
             raise PlanRefused(404, f"no node with MAC {mac}; boot it first to be discovered")
-        authorised = token_matches(token, node.token)
         cluster = await session.get(Cluster, node.cluster) if node.cluster else None
         image = await session.get(Image, node.image) if node.image else None
         capture = await session.get(Capture, mac)
-    if not authorised:
-        event = eventlog.refusal(
-            forbidden=True,
-            mac=mac,
-            cluster=node.cluster,
-            path=path,
-            ip=ip,
-            reason="bad or missing token",
-        )
-        async with ctx.sessions() as session, session.begin():
-            session.add(event)
-        ctx.bus.publish(event)
+    if not claim_valid(node, cluster, token):
+        # recorded by the HTTP layer, off the rollout writer (netdeploy.http.auth.refuse)
         raise PlanRefused(
-            403, "this plan needs the node's current token (Authorization: Bearer, from nd.token=)"
+            403,
+            "this plan needs the agent's claim of this boot phase (Authorization: Bearer "
+            "<secret>, after POST /api/nodes/{mac}/claim with the nd.token= boot token)",
         )
     cfg = ctx.config  # one config for the whole plan, even if a reload swaps it meanwhile
     hardware = await hardware_of(ctx, mac)

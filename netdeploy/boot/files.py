@@ -1,15 +1,17 @@
-"""Serve a node's rendered answer files; secret files only under the node's boot token.
+"""Serve a node's rendered answer files to the agent that claimed the node in this phase.
 
-Token rules (docs/boot.md, "Tokens"): a file is secret when its template uses a secret-named
-variable (``*password*``, ``*secret*``, ``*token*``, ``product_key``, ``private_key``) or its text
-holds a secret value. A secret file is served only
+Token rules (docs/boot.md, "Tokens"; docs/security.md): a file is secret when its template uses
+a secret-named variable (``*password*``, ``*secret*``, ``*token*``, ``product_key``,
+``private_key``) or its text holds a secret value. Every file needs the agent's claim of this
+boot phase; a secret file is served only
 
 * to a node that is being imaged (state ``pxe`` or ``imaging``: only the imaging agent needs it),
-* with the node's current boot token (the one in its last boot script), and
-* once per token and file: the second fetch of ``sysprep.inf`` with the same token is refused.
+* once per claim and file: the second fetch of ``sysprep.inf`` in the same phase is refused,
 
-Every refusal is a 403 and an ``Event(kind="auth")`` naming the node, the file, the reason and the
-client address; the token itself is never written anywhere (only its digest is stored).
+and carries the phase's report token (the started OS's credential for health/joined). The
+check and the marking run as one action of the rollout writer. Every refusal is a 403 and an
+``Event(kind="auth")`` naming the node, the file, the reason and the client address; no
+credential is written anywhere in plain text (only digests are stored).
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ import logging
 from dataclasses import dataclass
 
 from prometheus_client import Counter
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from netdeploy import eventlog
-from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem, render_answer
+from netdeploy.answers.render import TemplateProblem, render_answer
 from netdeploy.answers.validate import validate
 from netdeploy.boot.service import hardware_of
 from netdeploy.config import AUTO_HARDWARE
 from netdeploy.context import Context
 from netdeploy.inventory import NodeState
-from netdeploy.store.models import Event, Node, SecretFetch
-from netdeploy.tokens import token_digest, token_matches
+from netdeploy.rollout.errors import NotFound, RolloutError
+from netdeploy.rollout.identity import answer_file_fetch
+from netdeploy.store.models import Event
+from netdeploy.tokens import report_token, token_digest
 
 log = logging.getLogger("netdeploy.boot.files")
 
@@ -78,30 +80,15 @@ async def _record(ctx: Context, event: Event) -> None:
     ctx.bus.publish(event)
 
 
-async def _refuse(
-    ctx: Context, node: Node, name: str, ip: str, reason: str, **extra: str
-) -> FileAnswer:
-    await _record(
-        ctx,
-        eventlog.refusal(
-            forbidden=True,
-            mac=node.mac,
-            cluster=node.cluster,
-            file=name,
-            ip=ip,
-            reason=reason,
-            **extra,
-        ),
-    )
-    log.warning("refused %s to %s from %s: %s", name, node.mac, ip, reason)
-    ANSWER_FILES.labels("refused").inc()
-    return FileAnswer.error(403, f"{name} for {node.mac} refused: {reason}")
-
-
 async def serve_node_file(
     ctx: Context, mac: str, name: str, *, token: str | None, ip: str
 ) -> FileAnswer:
-    """Render ``name`` for ``mac`` and decide whether the caller may have it."""
+    """Render ``name`` for ``mac`` and decide whether the caller may have it.
+
+    ``token`` is the claimed agent's secret (already checked to be well-formed). Secret files
+    carry the phase's report token, derived from that claim (netdeploy.tokens.report_token):
+    never the boot token, and never anything the request chose.
+    """
     cfg = ctx.config
     node_cfg = cfg.node_by_mac(mac)
     if node_cfg is None:
@@ -118,31 +105,28 @@ async def serve_node_file(
     if node_cfg.hardware == AUTO_HARDWARE:  # render with the profile its facts matched
         profile = (await hardware_of(ctx, mac)).profile
         node_cfg = node_cfg.model_copy(update={"hardware": profile})
+    if not token:
+        return FileAnswer.error(403, f"{name} for {mac} needs the agent's claim (Bearer)")
+    report = report_token(ctx.secret_key, mac, token_digest(token))
     try:
-        rendered = render_answer(
-            cfg, node_cfg, name, server_url=ctx.public_url, token=token or PLACEHOLDER_TOKEN
-        )
+        rendered = render_answer(cfg, node_cfg, name, server_url=ctx.public_url, token=report)
     except TemplateProblem as exc:
         return await _broken(ctx, mac, node_cfg.cluster, name, ip, str(exc))
     problems = validate(name, rendered.text)
     if problems:
         return await _broken(ctx, mac, node_cfg.cluster, name, ip, "; ".join(map(str, problems)))
-    answer = FileAnswer(200, rendered.body, content_type(name), rendered.secret)
-    async with ctx.sessions() as session:
-        node = await session.get(Node, mac)
-    if node is None:  # config changed under us and the import has not run yet
-        return FileAnswer.error(404, f"{mac} is not in the store yet; retry in a moment")
-    if rendered.secret:
-        refusal = await _check_secret(ctx, node, name, token, ip)
-        if refusal is not None:
-            return refusal
-    else:
-        await _record(
-            ctx,
-            eventlog.answer_file(mac, node.cluster, file=name, ip=ip),
-        )
+    action = answer_file_fetch(
+        mac, token, name, ip, secret_file=rendered.secret, report=token_digest(report)
+    )
+    try:
+        await ctx.rollout.run(action, [mac])
+    except RolloutError as exc:
+        status = 404 if isinstance(exc, NotFound) else 403
+        log.info("refused %s to %s from %s: %s", name, mac, ip, exc)
+        ANSWER_FILES.labels("refused").inc()
+        return FileAnswer.error(status, f"{name} for {mac} refused: {exc}")
     ANSWER_FILES.labels("served").inc()
-    return answer
+    return FileAnswer(200, rendered.body, content_type(name), rendered.secret)
 
 
 async def _broken(
@@ -158,34 +142,3 @@ async def _broken(
     return FileAnswer.error(
         500, f"{name} for {mac} is refused: {problem}; fix the template or the config vars"
     )
-
-
-async def _check_secret(
-    ctx: Context, node: Node, name: str, token: str | None, ip: str
-) -> FileAnswer | None:
-    """None when the secret file may be served (and is now marked used), else the 403."""
-    if node.state not in SECRET_STATES:
-        return await _refuse(
-            ctx, node, name, ip, f"node is {node.state}; secret files are served only while imaging"
-        )
-    if not token:
-        return await _refuse(ctx, node, name, ip, "no token (send Authorization: Bearer TOKEN)")
-    if not token_matches(token, node.token):
-        digest = token_digest(token)
-        async with ctx.sessions() as session:
-            owner = await session.scalar(select(Node.mac).where(Node.token == digest))
-        if owner is not None:
-            return await _refuse(ctx, node, name, ip, "token of another node", token_of=owner)
-        return await _refuse(ctx, node, name, ip, "not the node's current token (stale or forged)")
-    digest = token_digest(token)
-    used = eventlog.answer_file(node.mac, node.cluster, file=name, ip=ip, secret=True)
-    try:
-        async with ctx.sessions() as session, session.begin():
-            session.add(SecretFetch(mac=node.mac, token=digest, name=name, ip=ip))
-            session.add(used)
-    except IntegrityError:
-        return await _refuse(
-            ctx, node, name, ip, "token already used for this file; reboot the node"
-        )
-    ctx.bus.publish(used)
-    return None

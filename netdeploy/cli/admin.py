@@ -158,6 +158,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         )
     cluster = call(args, "POST", f"/api/admin/clusters/{args.cluster}/reset", {"actor": actor()})
     print(f"cluster {cluster['name']}: rollout {cluster['rollout']}, gate {cluster['gate']}")
+    if cluster.get("alarm"):
+        print(f"ALARM: {cluster['alarm']}")
     return 0
 
 
@@ -177,6 +179,8 @@ def cmd_clusters(args: argparse.Namespace) -> int:
             f"first node {cluster['first_node']}"
         )
         console.print(f"  {cluster['gate_detail']}", highlight=False)
+        if cluster.get("alarm"):
+            console.print(f"  [bold red]ALARM[/bold red] {cluster['alarm']}", highlight=False)
         table = Table(box=None, header_style="bold", pad_edge=False)
         seen = cluster["membership"]
         if seen["verified"]:

@@ -20,7 +20,11 @@ def add_receive_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mac", default=None, help="this node's MAC (joins its cluster's session)")
     parser.add_argument("--name", default=None, help="receiver name shown on the dashboard")
-    parser.add_argument("--token", default=None, help="the node's boot token (nd.token=...)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="the agent's claim secret for --mac (a receiver that is not a node: the admin token)",
+    )
     parser.add_argument(
         "--interface", default=None, metavar="IF", help="interface name or address to join on"
     )

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from netdeploy.boot.agent import PlanRefused, agent_plan
-from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
+from netdeploy.http.auth import refuse
+from netdeploy.http.common import ctx_of, mac_param, request_token
 from netdeploy.store.outage import RETRY_AFTER_S
 
 routes = web.RouteTableDef()
@@ -27,7 +28,7 @@ async def plan(request: web.Request) -> web.Response:
             ctx_of(request), mac, request_token(request), ip=request.remote, path=request.path
         )
     except PlanRefused as exc:
-        return json_error(exc.status, str(exc))
+        return refuse(request, exc.status, str(exc), mac=mac, forbidden=exc.status in (401, 403))
     if request.query.get("format") == "sh":
         return web.Response(
             text=as_shell(body), content_type="text/plain", headers={"Cache-Control": "no-store"}

@@ -1,23 +1,26 @@
 """Agent API: the imaging agent and the started node report in and wait at the gate.
 
-Every call carries the node's boot token (``Authorization: Bearer <token>``, or ``?token=``
-for wget/iPXE). Handlers only parse and render; the rollout writer decides.
+The agent first claims its node with the boot token and a secret of its own, then speaks with
+that secret (``Authorization: Bearer <secret>``, or ``?token=``); the started OS sends health
+and joined with the report token of its answer files (docs/security.md). Handlers only parse
+and render; the rollout writer decides (netdeploy.rollout.identity).
 
 | route | body | answers |
 | --- | --- | --- |
+| ``POST /api/nodes/{mac}/claim`` | ``{"secret"}`` (Bearer: the boot token) | 200 |
 | ``POST /api/nodes/{mac}/events`` | ``{"state", "progress"?, "message"?}`` | 200 node view |
 | ``GET /api/nodes/{mac}/gate?timeout=S[&seen=ST]`` | none | 200 released, changed, or after S |
 | ``POST /api/nodes/{mac}/health`` | ``{"healthy", "message"?}`` | 200 node view |
 | ``POST /api/nodes/{mac}/facts`` | hardware facts (netdeploy.rollout.facts) | 200 facts kept |
 
-Refusals: 400 malformed body / MAC / timeout, 403 token, 404 unknown MAC, 409 wrong state,
+Refusals: 400 malformed body / MAC / timeout, 401 no or malformed credential (http/auth.py),
+403 wrong credential (alarms: docs/security.md), 404 unknown MAC, 409 wrong state,
 503 stopping. Each is ``{"error": "..."}`` and an event row; the node's state is unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -26,9 +29,10 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
+from netdeploy.http.auth import refuse
 from netdeploy.http.common import CTX, ctx_of, json_error, request_token
 from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.rollout import actions
+from netdeploy.rollout import actions, identity
 from netdeploy.rollout.errors import (
     BadReport,
     Forbidden,
@@ -39,6 +43,7 @@ from netdeploy.rollout.errors import (
     Unavailable,
 )
 from netdeploy.rollout.reports import AgentReport, HealthReport, parse_health, parse_report
+from netdeploy.tokens import clean_token
 
 routes = web.RouteTableDef()
 
@@ -66,17 +71,17 @@ async def _mac_or_refuse(request: web.Request, route: str) -> str:
     try:
         return normalize_mac(raw)
     except BadMac as exc:
-        error = BadReport(str(exc))
-        with contextlib.suppress(RolloutError):  # the refusal is the point: it is recorded
-            await ctx_of(request).rollout.run(actions.reject(None, route, error, request.remote))
+        # recorded off the rollout writer: a flood of bad requests never reaches its batches
+        refuse(request, 400, str(exc), forbidden=False, agent_route=route)
         raise web.HTTPBadRequest(text=str(exc)) from None
 
 
 async def _json_body(request: web.Request) -> Any:
-    """The body as JSON; a :class:`BadReport` (not an exception) when it is not."""
-    text = await request.text()
+    """The body as JSON; a :class:`BadReport` (not an exception) when it is not (bytes that are
+    not UTF-8 included: json.loads of bytes raises ValueError for them)."""
+    raw = await request.read()
     try:
-        return json.loads(text)
+        return json.loads(raw)
     except ValueError as exc:
         return BadReport(f'request body is not valid JSON ({exc}); send e.g. {{"state": ...}}')
 
@@ -94,12 +99,40 @@ async def _agent_call(
         report = body if isinstance(body, BadReport) else parse(body)
     except BadReport as exc:
         report = exc
-    action = make_action(mac, request_token(request), report, request.remote)
+    quiet = ctx_of(request).config.rollout.report_quiet
+    token, ip = request_token(request), request.remote
+    action = make_action(mac, token, report, ip, known_ip(request, mac), quiet)
     try:
         outcome = await ctx_of(request).rollout.run(action, [mac])
     except RolloutError as exc:
         return error_response(exc)
     return web.json_response(outcome.json())
+
+
+def known_ip(request: web.Request, mac: str) -> str | None:
+    """The address the node's config gives it (``vars.ip``): Mini-Setup may switch to it, so
+    the started OS may report from there as well as from the address its agent claimed from."""
+    node = ctx_of(request).config.node_by_mac(mac)
+    ip = node.vars.get("ip") if node is not None else None
+    return str(ip) if ip else None
+
+
+@routes.post("/api/nodes/{mac}/claim")
+async def post_claim(request: web.Request) -> web.Response:
+    """The agent claims its node for this boot phase: ``Authorization: Bearer <boot token>``,
+    body ``{"secret": "<its own random secret>"}``; from then on it sends that secret."""
+    mac = await _mac_or_refuse(request, "claim")
+    body = await _json_body(request)
+    raw = body.get("secret") if isinstance(body, dict) else None
+    secret = clean_token(raw)
+    if secret is None:
+        why = 'send {"secret": "<16-128 characters of [A-Za-z0-9_.~-]>"}'
+        return refuse(request, 400, why, mac=mac, forbidden=False)
+    action = identity.claim(mac, request_token(request), secret, request.remote)
+    try:
+        return web.json_response(await ctx_of(request).rollout.run(action, [mac]))
+    except RolloutError as exc:
+        return error_response(exc)
 
 
 @routes.post("/api/nodes/{mac}/events")
@@ -160,7 +193,8 @@ async def get_gate(request: web.Request) -> web.Response:
         try:
             changed = await asyncio.wait_for(woken, timeout)
         except TimeoutError:
-            return web.json_response(await engine.run(actions.gate_check(mac, token, ip), [mac]))
+            # authenticated when the poll began; a re-check now could see a newer claim
+            return web.json_response(await engine.run(actions.gate_read(mac), [mac]))
         if changed is None:
             raise Unavailable("the server is stopping; poll again in a few seconds")
         return web.json_response(changed)

@@ -53,6 +53,8 @@ def cluster_json(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
         "release_policy": cluster.release_policy,
         "gate": cluster.gate,
         "gate_detail": cluster.gate_detail,
+        # an identity alarm (docs/security.md): the gate is stopped until the admin acts
+        "alarm": cluster.alarm or None,
         "formed_at": cluster.formed_at.isoformat() if cluster.formed_at else None,
         "nodes": [n.hostname or n.mac for n in nodes],
         # issue 16: the member list as the cluster itself reported it, next to the config

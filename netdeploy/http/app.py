@@ -15,6 +15,7 @@ from netdeploy.http import (
     agent_plan,
     agent_routes,
     api,
+    auth,
     boot_routes,
     capture_routes,
     dashboard,
@@ -100,7 +101,8 @@ def build_app(
     without ``multicast`` the multicast routes answer 503.
     """
     app = web.Application(
-        middlewares=[errors_as_json, http_metrics, outage.answer_outages], client_max_size=1024**2
+        middlewares=[errors_as_json, http_metrics, auth.declared_auth, outage.answer_outages],
+        client_max_size=1024**2,
     )
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
@@ -112,4 +114,5 @@ def build_app(
         app[MULTICAST] = multicast
     for module in ROUTE_MODULES:
         module.setup(app)
+    auth.setup(app)  # every route's level is declared in http/auth.py (ROUTES)
     return app

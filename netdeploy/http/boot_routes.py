@@ -2,8 +2,8 @@
 
 ``GET /boot.ipxe``               first stage: chain to the per-MAC script
 ``GET /boot/{mac}.ipxe``         the node's boot plan as an iPXE script (any MAC notation)
-``GET /nodes/{mac}/files``       the node's answer files (JSON: name, secret, url)
-``GET /nodes/{mac}/files/{name}`` one rendered answer file (secret ones need the boot token)
+``GET /nodes/{mac}/files``       the node's answer files (JSON: name, secret, url); read access
+``GET /nodes/{mac}/files/{name}`` one rendered answer file, for the agent that claimed the node
 ``GET /bootfiles/{path}``        static files under the bootfiles root (kernel, initrd, ...)
 
 Handlers only parse and render; decisions live in :mod:`netdeploy.boot`.

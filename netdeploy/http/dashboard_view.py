@@ -96,6 +96,8 @@ class ClusterView:
         )
         return f"the cluster lists: {members or 'nobody'} (reported by {seen['reported_by']})"
 
+    alarm: str = ""  # an identity alarm (docs/security.md): the gate is stopped
+
     @property
     def gate_label(self) -> str:
         return GATE_LABELS.get(self.gate, self.gate)
@@ -193,6 +195,7 @@ async def load_view(
                 gate_detail=c.gate_detail or "",
                 nodes=by_cluster[c.name],
                 membership=membership_of[c.name],
+                alarm=c.alarm or "",
             )
             for c in sorted(clusters.values(), key=lambda c: c.name)
         ],

@@ -26,7 +26,8 @@ from sqlalchemy import select
 
 from netdeploy import eventlog
 from netdeploy.context import Context
-from netdeploy.http.common import IMAGES, ctx_of, json_error
+from netdeploy.http.auth import is_admin, refuse
+from netdeploy.http.common import IMAGES, ctx_of, json_error, request_token
 from netdeploy.images import catalog
 from netdeploy.images.catalog import NotServable, OpenImage
 from netdeploy.images.ranges import (
@@ -39,8 +40,9 @@ from netdeploy.images.ranges import (
     parse_range,
 )
 from netdeploy.images.streams import REFUSED, ImageStreams
-from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.store.models import Image, Node
+from netdeploy.inventory import BadMac, NodeState, normalize_mac
+from netdeploy.rollout.identity import claim_valid
+from netdeploy.store.models import Cluster, Image, Node
 
 log = logging.getLogger("netdeploy.images")
 routes = web.RouteTableDef()
@@ -67,6 +69,29 @@ def _client_mac(request: web.Request) -> str | None:
     if len(macs) > 1:
         raise BadMac("?mac= and X-Netdeploy-Mac name different MACs; send one")
     return macs.pop() if macs else None
+
+
+IMAGING_STATES = frozenset({NodeState.PXE, NodeState.IMAGING})
+
+
+def may_stream(
+    request: web.Request, name: str, node: Node | None, cluster: Cluster | None
+) -> str | None:
+    """None when the caller may have image ``name``: the admin, or the agent that claimed a
+    node (``?mac=``) whose plan writes this image now; else why not."""
+    token = request_token(request)
+    if is_admin(request, token):
+        return None
+    if node is None:
+        return (
+            f"image {name} is streamed to a node being imaged (?mac=<its MAC> and its agent's "
+            "claim as Bearer) or with the admin token"
+        )
+    if not claim_valid(node, cluster, token):
+        return f"not the claim of {node.mac}'s current boot phase; PXE-boot it again"
+    if node.image != name or node.state not in IMAGING_STATES:
+        return f"{node.mac} is {node.state} with image {node.image}: its plan does not write {name}"
+    return None
 
 
 def _problem(http_status: int, reason: str, message: str, **extra: Any) -> web.Response:
@@ -113,6 +138,11 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     async with ctx.sessions() as session:
         row = await session.get(Image, name)
         node = await session.get(Node, mac) if mac else None
+        cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
+    refusal = may_stream(request, name, node, cluster)
+    if refusal is not None:
+        REFUSED.labels("auth").inc()
+        return refuse(request, 403, refusal, mac=mac)
     try:
         if row is None:
             raise NotServable(name, catalog.UNHASHED, f"image {name!r} is not in the store yet")

@@ -7,7 +7,6 @@ itself then talks UDP to the session (see docs/multicast.md).
 
 from __future__ import annotations
 
-import hmac
 import re
 import shlex
 import socket
@@ -15,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from netdeploy.http.auth import form_of, is_admin, json_of, refuse
 from netdeploy.http.common import ctx_of, multicast_of, request_token
-from netdeploy.http.events_routes import require_read
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.multicast.service import JoinError, MulticastService
-from netdeploy.store.models import Node
-from netdeploy.tokens import token_matches
+from netdeploy.rollout.identity import claim_valid
+from netdeploy.store.models import Cluster, Node
 
 routes = web.RouteTableDef()
 _NAME = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -37,12 +36,12 @@ async def _fields(request: web.Request) -> dict[str, Any]:
     fields: dict[str, Any] = dict(request.query)
     if request.can_read_body:
         if request.content_type == "application/json":
-            body = await request.json()
+            body = await json_of(request)
             if not isinstance(body, dict):
                 raise web.HTTPBadRequest(text="the body must be a JSON object")
             fields.update(body)
         else:
-            fields.update(await request.post())
+            fields.update(await form_of(request))
     return fields
 
 
@@ -77,15 +76,18 @@ async def join(request: web.Request) -> web.Response:
             mac = normalize_mac(str(fields["mac"]))
         except BadMac as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        async with ctx_of(request).sessions() as session:
-            node = await session.get(Node, mac)
-        # a node that has a boot token must show it: nobody takes another node's place
-        if node is not None and node.token:
-            token = request_token(request)
-            if not token or not token_matches(token, node.token):
-                raise web.HTTPUnauthorized(
-                    text=f"node {mac} must present its boot token (Authorization: Bearer ...)"
-                )
+    token = request_token(request)
+    if not is_admin(request, token):
+        # a node joins with its agent's claim: nobody takes another node's place
+        node = cluster = None
+        if mac is not None:
+            async with ctx_of(request).sessions() as session:
+                node = await session.get(Node, mac)
+                if node is not None and node.cluster:
+                    cluster = await session.get(Cluster, node.cluster)
+        if node is None or not claim_valid(node, cluster, token):
+            why = "a join needs mac= of a node and its agent's claim (Bearer), or the admin token"
+            return refuse(request, 403, why, mac=mac)
     name = str(fields.get("name") or mac or request.remote or "receiver")
     if not _NAME.match(name):
         raise web.HTTPBadRequest(text="name: 1-64 letters, digits, '.', '_', ':' or '-'")
@@ -116,13 +118,11 @@ def _error(exc: JoinError) -> web.HTTPException:
 @routes.get("/api/multicast/sessions")
 async def sessions(request: web.Request) -> web.Response:
     # names, MACs and addresses of receivers: the dashboard's read rule, like the event log
-    require_read(request)
     return web.json_response(_service(request).status())
 
 
 @routes.get("/api/multicast/sessions/{id}")
 async def one_session(request: web.Request) -> web.Response:
-    require_read(request)
     try:
         session_id = int(request.match_info["id"])
     except ValueError:
@@ -136,9 +136,7 @@ async def one_session(request: web.Request) -> web.Response:
 @routes.post("/api/multicast/sessions")
 async def create_session(request: web.Request) -> web.Response:
     """Admin: open a session ahead of the joins, e.g. for N receivers that are not nodes."""
-    ctx = ctx_of(request)
-    if not hmac.compare_digest((request_token(request) or "").encode(), ctx.admin_token.encode()):
-        raise web.HTTPUnauthorized(text="needs the admin token (Authorization: Bearer ...)")
+    # admin only: declared in http/auth.py
     fields = await _fields(request)
     service = _service(request)
     try:

@@ -18,10 +18,15 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from sqlalchemy import delete, select
 
-from netdeploy.http.common import ctx_of
+from netdeploy.http.common import CTX, ctx_of
+from netdeploy.store.models import RevokedSession
+from netdeploy.tokens import clean_token
 
 COOKIE = "nd_session"
+# nonces of sessions ended by logout (table revoked_sessions; loaded at start)
+REVOKED = web.AppKey("revoked_sessions", set)
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,37 @@ def parse_cookie(admin_token: str, value: str | None, now: float | None = None) 
 
 
 def session_of(request: web.Request) -> Session | None:
-    return parse_cookie(ctx_of(request).admin_token, request.cookies.get(COOKIE))
+    """The caller's dashboard session: signed, not expired, and not ended by logout."""
+    value = request.cookies.get(COOKIE)
+    if value is not None and not value.isascii():
+        return None
+    session = parse_cookie(ctx_of(request).admin_token, value)
+    if session is None or session.nonce in request.app.get(REVOKED, ()):
+        return None
+    return session
+
+
+async def revoke(request: web.Request, session: Session) -> None:
+    """Logout ends the session on the server: its cookie is refused from now on, also after a
+    restart (until it would have expired anyway)."""
+    request.app[REVOKED].add(session.nonce)
+    async with ctx_of(request).sessions() as db, db.begin():
+        await db.merge(RevokedSession(nonce=session.nonce, expires=session.expires))
+
+
+async def load_revoked(app: web.Application) -> None:
+    """Read the revoked sessions that have not expired yet; forget the expired ones."""
+    now = int(time.time())
+    async with app[CTX].sessions() as db, db.begin():
+        await db.execute(delete(RevokedSession).where(RevokedSession.expires <= now))
+        rows = await db.scalars(select(RevokedSession.nonce))
+        app[REVOKED].update(rows)
 
 
 def token_is_admin(request: web.Request, given: str) -> bool:
-    return bool(given) and hmac.compare_digest(given.encode(), ctx_of(request).admin_token.encode())
+    token = clean_token(given)
+    admin = ctx_of(request).admin_token
+    return token is not None and hmac.compare_digest(token.encode(), admin.encode())
 
 
 def bearer_is_admin(request: web.Request) -> bool:

@@ -20,12 +20,14 @@ import time
 from aiohttp import web
 
 from netdeploy import eventlog
+from netdeploy.http.auth import refuse
 from netdeploy.http.common import ctx_of, json_error
+from netdeploy.http.image_routes import may_stream
 from netdeploy.images import catalog, sparse
 from netdeploy.images.capture import SEGMENT
 from netdeploy.images.catalog import NotServable
 from netdeploy.inventory import BadMac, normalize_mac
-from netdeploy.store.models import Image
+from netdeploy.store.models import Cluster, Image, Node
 
 log = logging.getLogger("netdeploy.http.sparse")
 routes = web.RouteTableDef()
@@ -45,6 +47,11 @@ async def sparse_image(request: web.Request) -> web.StreamResponse:
             return json_error(400, f"{exc} (in ?mac=)")
     async with ctx.sessions() as session:
         row = await session.get(Image, name)
+        node = await session.get(Node, mac) if mac else None
+        cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
+    refusal = may_stream(request, name, node, cluster)  # the same rule as /images/{name}
+    if refusal is not None:
+        return refuse(request, 403, refusal, mac=mac)
     try:
         if row is None:
             raise NotServable(name, catalog.UNHASHED, f"image {name!r} is not in the store yet")

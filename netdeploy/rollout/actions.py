@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
+from netdeploy.rollout import identity
 from netdeploy.rollout.engine import Action, Batch, LiveEvent, gate_view
-from netdeploy.rollout.errors import BadReport, Forbidden, NotFound, Refused
+from netdeploy.rollout.errors import BadReport, Refused
 from netdeploy.rollout.facts import parse_facts, summary
 from netdeploy.rollout.machine import (
     RELEASED_STATES,
@@ -28,8 +27,8 @@ from netdeploy.rollout.machine import (
 from netdeploy.rollout.membership import Member, membership_record
 from netdeploy.rollout.reports import AgentReport, HealthReport
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Cluster, MachineFacts, Node, SecretFetch
-from netdeploy.tokens import token_digest, token_matches
+from netdeploy.store.models import Cluster, MachineFacts, Node
+from netdeploy.tokens import token_matches
 
 # ---------------------------------------------------------------- results
 
@@ -62,20 +61,7 @@ def _refuse(
     ip: str | None,
     **extra: Any,
 ) -> Exception:
-    """Record the refusal as an event row (in this batch's transaction) and hand it back."""
-    batch.record(
-        eventlog.refusal(
-            forbidden=isinstance(error, Forbidden),
-            mac=node.mac if node else mac,
-            cluster=node.cluster if node else None,
-            from_state=node.state if node else None,
-            route=route,
-            error=str(error),
-            ip=ip,
-            **extra,
-        )
-    )
-    return error
+    return identity.refuse(batch, node, mac, route, error, ip, **extra)
 
 
 def reject(mac: str | None, route: str, error: Exception, ip: str | None) -> Action:
@@ -87,61 +73,46 @@ def reject(mac: str | None, route: str, error: Exception, ip: str | None) -> Act
     return action
 
 
-def label(node: NodeRow) -> str:
-    return f"{node.hostname} ({node.mac})" if node.hostname else node.mac
+label = identity.label
 
 
-async def _answer_file_token(batch: Batch, mac: str, token: str | None) -> bool:
-    """True when ``token`` is the one the node's own answer files were rendered with.
-
-    The started OS reports with the token its sysprep.inf carries (Mini-Setup runs long after
-    imaging). A held node that reboots gets a fresh boot token, so that token may no longer be
-    the node's current one; it still identifies this node, because secret answer files reach
-    only the node that presented it (recorded in ``secret_fetches``).
-    """
-    if not token:
-        return False
-    found = await batch.session.scalar(
-        select(SecretFetch.mac)
-        .where(SecretFetch.mac == mac, SecretFetch.token == token_digest(token))
-        .limit(1)
-    )
-    return found is not None
-
-
-async def _agent_node(
-    batch: Batch, mac: str, token: str | None, route: str, ip: str | None
+async def _reporter(
+    batch: Batch,
+    mac: str,
+    token: str | None,
+    report: AgentReport | BadReport,
+    ip: str | None,
+    known_ip: str | None,
+    quiet: float,
 ) -> NodeRow:
-    node = await batch.node(mac)
-    if node is None:
-        error = NotFound(f"no node with MAC {mac}; add it to the config as a [[nodes]] entry")
-        raise _refuse(batch, None, mac, route, error, ip)
-    if not token_matches(token, node.token) and not await _answer_file_token(batch, mac, token):
-        if not token:
-            why = (
-                "no node token: send Authorization: Bearer <nd.token from the kernel command line>"
-            )
-        elif not node.token:
-            why = f"{label(node)} has no boot token yet; it gets one when it PXE-boots"
-        else:
-            why = f"wrong token for {label(node)}; use the nd.token of its latest PXE boot"
-        raise _refuse(batch, node, mac, route, Forbidden(why), ip)
-    node.last_seen = batch.now
-    if ip:
-        node.last_ip = ip
-    return node
+    """Who may send this report: ``joined`` (and ``failed`` with it) is the started OS's,
+    with the report token of its answer files; everything else the claimed agent's."""
+    node = await identity.find(batch, mac, "events", ip)
+    by_os = not isinstance(report, BadReport) and (
+        report.state == S.JOINED
+        or (report.state == S.FAILED and token_matches(token, node.report_token))
+    )
+    if by_os:
+        return await identity.started_node(batch, mac, token, "joined", ip, known_ip, quiet)
+    return await identity.agent_node(batch, mac, token, "events", ip)
 
 
 # ---------------------------------------------------------------- agent actions
 
 
 def agent_report(
-    mac: str, token: str | None, report: AgentReport | BadReport, ip: str | None
+    mac: str,
+    token: str | None,
+    report: AgentReport | BadReport,
+    ip: str | None,
+    known_ip: str | None = None,
+    quiet: float = 0.0,
 ) -> Action:
-    """An agent says where its node is: imaging (progress), imaged, starting, joined, failed."""
+    """An agent says where its node is: imaging (progress), imaged, starting, failed; the
+    started OS says joined (or failed). ``known_ip``: the node's configured address."""
 
     async def action(batch: Batch) -> NodeOutcome:
-        node = await _agent_node(batch, mac, token, "events", ip)
+        node = await _reporter(batch, mac, token, report, ip, known_ip, quiet)
         if isinstance(report, BadReport):
             raise _refuse(batch, node, mac, "events", report, ip)
         cluster = batch.cluster_of(node)
@@ -207,7 +178,7 @@ def facts_report(mac: str, token: str | None, body: Any, ip: str | None) -> Acti
     replacing the last report, with one ``facts`` event row."""
 
     async def action(batch: Batch) -> dict[str, Any]:
-        node = await _agent_node(batch, mac, token, "facts", ip)
+        node = await identity.agent_node(batch, mac, token, "facts", ip)
         try:
             facts = parse_facts(body) if not isinstance(body, BadReport) else None
         except BadReport as exc:
@@ -262,12 +233,20 @@ def _health_verdict(node: NodeRow, report: HealthReport) -> tuple[bool, str]:
     return True, report.message
 
 
-def health(mac: str, token: str | None, report: HealthReport | BadReport, ip: str | None) -> Action:
+def health(
+    mac: str,
+    token: str | None,
+    report: HealthReport | BadReport,
+    ip: str | None,
+    known_ip: str | None = None,
+    quiet: float = 0.0,
+) -> Action:
     """The first node's report script reports its cluster: healthy forms the cluster (or resumes
-    a stopped gate); unhealthy moves the node to ``unhealthy`` and stops the gate at once."""
+    a stopped gate); unhealthy moves the node to ``unhealthy`` and stops the gate at once. Only
+    with the report token of its own answer files, from an address it is known by."""
 
     async def action(batch: Batch) -> NodeOutcome:
-        node = await _agent_node(batch, mac, token, "health", ip)
+        node = await identity.started_node(batch, mac, token, "health", ip, known_ip, quiet)
         if isinstance(report, BadReport):
             raise _refuse(batch, node, mac, "health", report, ip)
         cluster = batch.cluster_of(node)
@@ -291,6 +270,12 @@ def health(mac: str, token: str | None, report: HealthReport | BadReport, ip: st
             error = Refused(
                 f"first node {label(node)} is {node.state}; its health counts only after it "
                 "was released and started"
+            )
+            raise _refuse(batch, node, mac, "health", error, ip)
+        if cluster.alarm and cluster.formed_at is None:  # fail-safe: an alarm never forms
+            error = Refused(
+                f"cluster {cluster.name} has an identity alarm ({cluster.alarm}); it is not "
+                "formed until the admin retries the node or resets the cluster"
             )
             raise _refuse(batch, node, mac, "health", error, ip)
         if report.members is not None:
@@ -345,9 +330,21 @@ def gate_check(
     """Authenticate a long-poll and read the node's gate view (no change but last_seen)."""
 
     async def action(batch: Batch) -> dict[str, Any]:
-        node = await _agent_node(batch, mac, token, "gate", ip)
+        node = await identity.agent_node(batch, mac, token, "gate", ip)
         if isinstance(timeout, BadReport):
             raise _refuse(batch, node, mac, "gate", timeout, ip)
+        return gate_view(node, batch.cluster_of(node))
+
+    return action
+
+
+def gate_read(mac: str) -> Action:
+    """The gate view of a long-poll that was authenticated when it began (gate_check): read
+    again when it times out, without judging the credential a second time. A machine that was
+    power-cycled while parked here has claimed anew by now; its old poll is no intruder."""
+
+    async def action(batch: Batch) -> dict[str, Any]:
+        node = await identity.find(batch, mac, "gate", None)
         return gate_view(node, batch.cluster_of(node))
 
     return action

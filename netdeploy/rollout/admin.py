@@ -62,15 +62,22 @@ def release(name: str, actor: str, *, force: bool = False) -> Action:
 
 
 def retry(name: str, actor: str) -> Action:
-    """The admin retries a failed node: it is re-imaged on its next PXE boot."""
+    """The admin retries a failed node (or the node an identity alarm names): it is re-imaged
+    on its next PXE boot, with new credentials; the alarm is cleared."""
 
     async def action(batch: Batch) -> NodeOutcome:
         node = await _admin_node(batch, name)
-        if node.state not in (S.FAILED, S.UNHEALTHY):
+        cluster = batch.cluster_of(node)
+        alarmed = cluster is not None and cluster.alarm.startswith(f"{node.mac}:")
+        if node.state not in (S.FAILED, S.UNHEALTHY) and not alarmed:
             raise Refused(
                 f"{label(node)} is {node.state}; only a failed node can be retried "
-                "(or an unhealthy first node)"
+                "(or an unhealthy first node, or a node whose identity raised an alarm)"
             )
+        if cluster is not None and alarmed:
+            _admin_event(batch, node, "clear-alarm", actor, alarm=cluster.alarm)
+            cluster.alarm = ""
+            batch.dirty.add(cluster.name)
         node.stops_rollout = False
         node.release_seq = None
         node.message = ""
@@ -85,6 +92,7 @@ def retry(name: str, actor: str) -> Action:
             S.REGISTERED,
             reason=f"retry by {actor}: re-image on next PXE boot",
             detail={"actor": actor},
+            force=alarmed,
         )
         return NodeOutcome(node, batch.cluster_of(node), changed=True)
 
@@ -143,6 +151,7 @@ def reset_cluster(name: str, actor: str) -> Action:
                 )
         cluster.formed_at = None
         cluster.membership = None  # a new rollout: the cluster has to show its members anew
+        cluster.alarm = ""  # a new rollout: new credentials for every node
         cluster.rollout += 1
         batch.set_gate(
             cluster,

@@ -5,8 +5,10 @@ what it implies for the rollout is decided here, in the writer, in one transacti
 event rows: an unknown MAC is recorded as ``discovered``; booting the agent moves
 ``registered`` to ``pxe`` (DESIGN) unless the admin marked the machine for capture (a
 capture boot is no rollout step: netdeploy.images.capture); an agent plan gets a fresh boot
-token, whose digest replaces the node's (the previous token stops working). A failed node
-stays failed until the admin retries it (decision 0002); every other state is left as it is.
+token, whose digest replaces the node's (the previous token and its claim stop working), bound
+to the node's rollout number and to the phase of the plan (netdeploy.rollout.identity). A
+failed node stays failed until the admin retries it (decision 0002); every other state is left
+as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.engine import Action, Batch
+from netdeploy.rollout.identity import new_boot_token, rollout_of
 from netdeploy.rollout.rows import NodeRow
 from netdeploy.store.models import Capture, Cluster
 from netdeploy.tokens import issue_token
@@ -57,8 +60,10 @@ def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> A
         cluster = batch.cluster_of(node)
         decision: Decision = decide(None if first_boot else node, cluster, capture)
         token = None
-        if decision.boots_agent:
-            token, node.token = issue_token()
+        if decision.boots_agent:  # bound to this node, its rollout and this plan's phase
+            token, digest = issue_token()
+            cluster = batch.cluster_of(node)
+            new_boot_token(node, digest, str(decision.action), rollout_of(cluster))
         node.last_seen = batch.now
         node.last_ip = ip
         batch.record(

@@ -38,7 +38,7 @@ from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, wri
 from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
 from netdeploy.store.db import origin_of
-from netdeploy.store.models import Cluster, Event, Node, utcnow
+from netdeploy.store.models import Cluster, Event, Node, SecretFetch, utcnow
 from netdeploy.store.notify import notify_live
 from netdeploy.store.outage import OUTAGE, RETRY_AFTER_S, is_outage
 
@@ -154,6 +154,17 @@ class Batch:
 
     async def members(self, cluster: str) -> list[NodeRow]:
         return await self.load(Node.cluster == cluster)
+
+    async def secret_fetched(self, mac: str, claim: str, name: str) -> bool:
+        """Whether the claim of this phase already fetched secret answer file ``name``."""
+        found = await self.session.scalar(
+            select(SecretFetch.id).where(SecretFetch.token == claim, SecretFetch.name == name)
+        )
+        return found is not None
+
+    def secret_fetch(self, mac: str, claim: str, name: str, ip: str | None) -> None:
+        """Mark ``name`` used by this phase's claim (in the batch's transaction)."""
+        self.session.add(SecretFetch(mac=mac, token=claim, name=name, ip=ip, at=self.now))
 
     def cluster_of(self, node: NodeRow) -> Cluster | None:
         return self.clusters.get(node.cluster) if node.cluster else None

@@ -89,6 +89,7 @@ class ClusterView:
     # the cluster's kind reports its own member list; complete only when it matches
     verify_members: bool = False
     members: tuple[dict[str, Any], ...] | None = None  # the latest list the cluster reported
+    alarm: str = ""  # an identity alarm (docs/security.md): nobody is released until cleared
 
 
 def cluster_view(cluster: Any) -> ClusterView:
@@ -101,6 +102,7 @@ def cluster_view(cluster: Any) -> ClusterView:
         formed=cluster.formed_at is not None,
         verify_members=bool((cluster.settings or {}).get("kind")),
         members=tuple(membership["members"]) if membership else None,
+        alarm=cluster.alarm or "",
     )
 
 
@@ -130,6 +132,13 @@ def decide(cluster: ClusterView, nodes: list[NodeView]) -> GateDecision:
     healthy, an admin action) and by the periodic sweep, so a decision lost to a crash is
     simply made again after restart: the inputs all live in the store.
     """
+    if cluster.alarm:
+        return GateDecision(
+            Gate.STOPPED,
+            f"identity alarm: {cluster.alarm}. Nobody is released and the cluster is not "
+            "formed until the admin checks the machines: `netdeploy retry NODE` re-images the "
+            f"node, `netdeploy reset {cluster.name}` starts over",
+        )
     first = next((n for n in nodes if n.hostname == cluster.first_node), None)
     if first is None:
         return GateDecision(

@@ -21,6 +21,7 @@ from netdeploy.inventory import NodeState
 from netdeploy.rollout.engine import Action, Batch, RolloutEngine
 from netdeploy.store.db import take_startup_lock
 from netdeploy.store.models import Cluster, Event, HardwareProfile, Image, Node, utcnow
+from netdeploy.tokens import without_secrets
 
 
 @dataclass
@@ -85,7 +86,10 @@ async def _import(session: AsyncSession, cfg: Config, result: ImportResult) -> N
             "image": cluster.image,
             "first_node": first.hostname if first else "",
             "release_policy": cluster.release,
-            "settings": cluster.model_dump(mode="json", exclude={"image", "first_node", "release"}),
+            # secret vars stay in the config: answer files are rendered from it (security.md)
+            "settings": without_secrets(
+                cluster.model_dump(mode="json", exclude={"image", "first_node", "release"})
+            ),
         }
         if name in clusters:
             _set(clusters.pop(name), values, result.updated, f"cluster {name}")
@@ -121,7 +125,7 @@ async def _import(session: AsyncSession, cfg: Config, result: ImportResult) -> N
             "cluster": node.cluster,
             "hardware": node.hardware,
             "image": cfg.image_for(node),
-            "vars": dict(node.vars),
+            "vars": without_secrets(dict(node.vars)),
             "in_config": True,
         }
         row = nodes.get(node.mac)

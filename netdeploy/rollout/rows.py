@@ -44,6 +44,13 @@ class NodeRow:
     progress: float | None
     message: str
     token: str | None
+    token_rollout: int | None
+    token_phase: str | None
+    claim: str | None
+    claim_ip: str | None
+    claim_prev: str | None
+    report_token: str | None
+    report_at: datetime | None
     release_seq: int | None
     stops_rollout: bool
     last_seen: datetime | None

@@ -13,6 +13,29 @@ if TYPE_CHECKING:  # a type only: rows imports nothing of this module
     from netdeploy.rollout.rows import NodeRow
 
 
+# entering these ends every credential of the node (reset and retry enter registered):
+# a token dies with its phase, rollout, retry or reset (docs/security.md)
+PHASE_ENDS: frozenset[NodeState] = frozenset(
+    {NodeState.REGISTERED, NodeState.JOINED, NodeState.FAILED}
+)
+CREDENTIALS = (
+    "token",
+    "token_rollout",
+    "token_phase",
+    "claim",
+    "claim_prev",
+    "report_token",
+    "report_at",
+)
+
+
+def end_phase(node: Node | NodeRow) -> None:
+    """Every credential of ``node`` dies: boot token, claim, report token."""
+    for name in CREDENTIALS:
+        if getattr(node, name) is not None:
+            setattr(node, name, None)
+
+
 class EventSink(Protocol):
     def add(self, instance: Any) -> None: ...
 
@@ -43,5 +66,7 @@ def set_state(
     node.state_since = utcnow()
     if to not in (NodeState.IMAGING,):
         node.progress = None
+    if to in PHASE_ENDS:
+        end_phase(node)
     session.add(event)
     return event

@@ -64,7 +64,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA secure_delete=ON")  # replaced secrets do not linger in free pages
     cursor.close()
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use the umask, 0644); SQLite
+    gives its -wal and -shm files the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    if path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -73,10 +83,11 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         try:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(parsed.database))
         except OSError as exc:
             raise StoreError(
                 f"cannot open or upgrade database {url!r}: cannot create "
-                f"its directory: {exc.strerror or exc}"
+                f"it or its directory: {exc.strerror or exc}"
             ) from None
     if parsed.drivername.startswith("sqlite"):
         engine = create_async_engine(url)

@@ -98,6 +98,9 @@ class Cluster(Base):
     # the cluster's own member list as last reported (rollout.membership.membership_record);
     # None until a report carried one in this rollout
     membership: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # an identity alarm (a second claim, a stolen credential in use): stops the gate until the
+    # admin retries the node or resets the cluster (docs/security.md)
+    alarm: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class Node(Base):
@@ -117,7 +120,17 @@ class Node(Base):
     state_since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     progress: Mapped[float | None] = mapped_column()
     message: Mapped[str] = mapped_column(Text, default="")
-    token: Mapped[str | None] = mapped_column(String(64))
+    token: Mapped[str | None] = mapped_column(String(64))  # boot token digest: claims once
+    # what the boot token is bound to: the rollout number and the phase it was issued for
+    token_rollout: Mapped[int | None] = mapped_column(Integer)
+    token_phase: Mapped[str | None] = mapped_column(String(16))
+    # the agent's own secret (digest), claimed once per boot phase with the boot token
+    claim: Mapped[str | None] = mapped_column(String(64))
+    claim_ip: Mapped[str | None] = mapped_column(String(45))
+    claim_prev: Mapped[str | None] = mapped_column(String(64))  # the last phase's: seen = alarm
+    # the report token rendered into this node's secret answer files (digest): health/joined
+    report_token: Mapped[str | None] = mapped_column(String(64))
+    report_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when it was handed out
     release_seq: Mapped[int | None] = mapped_column(Integer)
     # failed, and the admin has not decided yet: stops the cluster's automatic releases
     stops_rollout: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -137,6 +150,15 @@ class Event(Base):
     from_state: Mapped[str | None] = mapped_column(String(16))
     to_state: Mapped[str | None] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RevokedSession(Base):
+    """A dashboard session ended by logout: its signed cookie is refused until it expires."""
+
+    __tablename__ = "revoked_sessions"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[int] = mapped_column(BigInteger)
 
 
 class SecretFetch(Base):

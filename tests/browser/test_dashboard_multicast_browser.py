@@ -24,11 +24,12 @@ SQL = {"sql-n1": "52:54:00:00:10:01", "sql-n2": "52:54:00:00:10:02", "sql-n3": "
 SESSIONS_API = "/api/multicast/sessions"
 
 
-async def receiver(url: str, out: os.PathLike, mac: str) -> asyncio.subprocess.Process:
-    """`netdeploy receive` for one node; the test keeps the process to stop and resume it."""
+async def receiver(url: str, out: os.PathLike, mac: str, token: str) -> asyncio.subprocess.Process:
+    """`netdeploy receive` for one node; the test keeps the process to stop and resume it.
+    It stands in for the node's agent, so it joins with the admin token (docs/security.md)."""
     return await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "netdeploy", "receive", "--server", url, "--image", IMAGE),
-        *("--out", str(out), "--mac", mac, "--json", "--quiet"),
+        *("--out", str(out), "--mac", mac, "--json", "--quiet", f"--token={token}"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,
@@ -58,7 +59,8 @@ async def test_the_page_follows_a_session_and_shows_the_dropped_receiver(browser
         await expect(section.locator("#mc-empty")).to_contain_text("No multicast sessions yet")
         assert polls == []  # idle: nothing to poll
 
-        procs = {h: await receiver(server.url, tmp_path / h, mac) for h, mac in SQL.items()}
+        admin = server.ctx.admin_token
+        procs = {h: await receiver(server.url, tmp_path / h, mac, admin) for h, mac in SQL.items()}
 
         async def stall_sql_n3() -> None:
             """sql-n3 goes silent mid-transfer; it runs again once the session is over."""

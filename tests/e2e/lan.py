@@ -207,6 +207,7 @@ class Lan:
     ) -> None:
         """`netdeploy serve` on the bridge; returns once its API answers. Plain PXE firmware
         fetches from TFTP port 69 (free inside the namespace): pass ``tftp_port=69``."""
+        self.state_dir = state_dir
         argv = serve_argv(
             config,
             state_dir,
@@ -254,7 +255,10 @@ class Lan:
         return self._http.submit(call).result(timeout=60)
 
     def get_json(self, path: str) -> object:
-        return self.request(path)
+        """With the admin token: the data routes need read access (docs/security.md)."""
+        token_file = getattr(self, "state_dir", None) and self.state_dir / "admin-token"
+        token = token_file.read_text().strip() if token_file and token_file.exists() else None
+        return self.request(path, token=token)
 
     # ---------------------------------------------------------------- tear-down
 

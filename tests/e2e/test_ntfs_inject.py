@@ -6,13 +6,15 @@ partition with ntfs-3g (FUSE: the kernel has no NTFS driver) and injects two ans
 first goes to ``Sysprep/``, the second is configured as ``sysprep/sysprep.inf``. Windows ignores
 case, so the agent must write into the existing ``Sysprep`` rather than create a sibling. The host
 then reads the disk back with ``ntfscat`` and compares it with what the server renders for the node
-and the boot token the guest was given.
+and the report token it bound to the guest's claim.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
+import sqlite3
 import time
 
 import pytest
@@ -67,7 +69,7 @@ def ntfs_config(tmp_path, port: int):
 
 
 def served(config, mac: str, name: str, token: str) -> bytes:
-    """The bytes the server serves ``mac`` as ``name`` for the guest's boot token.
+    """The bytes the server serves ``mac`` as ``name`` with the phase's report token.
 
     Secret files are served once per token, so the test cannot fetch them again: it renders
     them with the function the server's route uses.
@@ -107,17 +109,25 @@ def test_sysprep_inf_is_injected_into_an_ntfs_system_partition(media, tmp_path):
         artifacts.mkdir(exist_ok=True)
         shutil.copy(vm.log, artifacts / "e2e-ntfs-inject.log")
     print(f"\nNTFS inject guest: {seconds:.1f} s from QEMU start to its reboot")
-    token = re.search(r"Kernel command line: .* nd\.token=(\S+)", vm.text())
-    assert token, "no nd.token= on the guest's kernel command line"
+    boot = re.search(r"Kernel command line: .* nd\.token=(\S+)", vm.text())
+    assert boot, "no nd.token= on the guest's kernel command line"
+    part = system_partition(disk, size_mib=32)
+    # the report token in the written file: the phase's own (docs/security.md), not the boot
+    # token, and the one whose digest the server bound to the node when it served the file
+    written = ntfs_read(part, "Sysprep/sysprep.inf").decode("cp1252")
+    report = re.search(r"report\.vbs \S+ (\S+) health", written)
+    assert report and report.group(1) != boot.group(1), written
+    with sqlite3.connect(state_dir / "netdeploy.db") as db:
+        (digest,) = db.execute("SELECT report_token FROM nodes WHERE mac = ?", (mac,)).fetchone()
+    assert digest == hashlib.sha256(report.group(1).encode()).hexdigest()
     expected = {
-        name: served(config, mac, name, token.group(1))
+        name: served(config, mac, name, report.group(1))
         for name in ("sysprep.inf", "diskpartparams.txt")
     }
 
     # the agent resolved "sysprep/" to the "Sysprep/" it had just created: no sibling
     assert vm.saw("injected diskpartparams.txt into /dev/vda1:/Sysprep/diskpartparams.txt")
     assert vm.saw("injected sysprep.inf into /dev/vda1:/Sysprep/sysprep.inf")
-    part = system_partition(disk, size_mib=32)
     assert sorted(ntfs_names(part)) == ["BOOT.INI", "Sysprep"]
     assert sorted(ntfs_names(part, "/Sysprep")) == ["diskpartparams.txt", "sysprep.inf"]
     # exactly what the server renders for this node, and it names this node

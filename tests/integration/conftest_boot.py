@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -139,3 +141,22 @@ async def boot_token(url: str, mac: str) -> str:
     got = await curl(f"{url}/boot/{mac}.ipxe")
     assert got.status == 200, got.text
     return token_in(got.text)
+
+
+async def claim(url: str, mac: str, token: str, secret: str | None = None) -> Fetched:
+    """``POST /api/nodes/{mac}/claim`` as the agent does: the boot token, a secret of its own."""
+    secret = secret or secrets.token_hex(24)
+    return await curl(
+        f"{url}/api/nodes/{mac}/claim",
+        "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json",
+        "--data", json.dumps({"secret": secret}),
+    )  # fmt: skip
+
+
+async def agent_credential(url: str, mac: str) -> str:
+    """What the agent speaks with after its boot: fetch the boot script, claim the node with
+    its boot token and a new secret; the secret."""
+    secret = secrets.token_hex(24)
+    got = await claim(url, mac, await boot_token(url, mac), secret)
+    assert got.status == 200, got.text
+    return secret

@@ -24,8 +24,8 @@ from netdeploy.http.app import build_app
 from netdeploy.rollout.state import set_state
 from netdeploy.server import open_context
 from netdeploy.store.models import Cluster, Event, Node, utcnow
-from netdeploy.tokens import issue_token
 from tests.conftest import DEMO_CONFIG, free_port
+from tests.integration.credentials import seed_credentials
 
 SQL_N1, SQL_N2, SQL_N3, WEB_1 = (
     "52:54:00:00:10:01",
@@ -136,12 +136,12 @@ async def seed_nodes(ctx: Context, count: int, cluster: str = "sqlclu") -> list[
 
 
 async def agent_token(ctx: Context, mac: str) -> str:
-    """Give a node a boot token as its PXE boot would; return the plain token for the agent."""
-    plain, digest = issue_token()
+    """Give a node credentials as its PXE boot and claim would; return the plain value."""
     async with ctx.sessions() as session:
         node = await session.get(Node, mac)
         assert node is not None
-        node.token = digest
+        cluster = await session.get(Cluster, node.cluster) if node.cluster else None
+        plain = seed_credentials(node, cluster.rollout if cluster else 0)
         await session.commit()
     return plain
 

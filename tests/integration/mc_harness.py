@@ -75,7 +75,17 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+# admin token per server URL: `netdeploy receive` stand-ins for nodes join with it (a real
+# node's agent joins with its claim; docs/security.md)
+ADMIN_TOKENS: dict[str, str] = {}
+
+
 class Server:
+    @property
+    def admin(self) -> dict[str, str]:
+        """The header a non-node receiver (or a test) joins with."""
+        return {"Authorization": f"Bearer {self.ctx.admin_token}"}
+
     def __init__(
         self,
         ctx: Context,
@@ -148,6 +158,7 @@ async def running_server(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, bind, http_port).start()
+    ADMIN_TOKENS[f"http://{bind}:{http_port}"] = ctx.admin_token
     try:
         yield Server(ctx, runner, f"http://{bind}:{http_port}", digest, path, service)
     finally:
@@ -173,6 +184,12 @@ async def run_receiver(
         str(out),
         "--json",
         *extra,
+        # --token=: a generated token may begin with "-", which argparse would take for an option
+        *(
+            ()
+            if any(e.startswith("--token") for e in extra)
+            else (f"--token={ADMIN_TOKENS[server_url]}",)
+        ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,

@@ -27,8 +27,8 @@ from netdeploy.rollout.inventory import import_config
 from netdeploy.rollout.state import set_state
 from netdeploy.server import open_context
 from netdeploy.store import open_store
-from netdeploy.store.models import Node
-from netdeploy.tokens import issue_token
+from netdeploy.store.models import Cluster, Node
+from tests.integration.credentials import seed_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,11 +112,12 @@ async def prepare_nodes(
     try:
         await import_config(sessions, cfg)
         async with sessions() as session, session.begin():
+            rollouts = {c.name: c.rollout for c in await session.scalars(select(Cluster))}
             for node in await session.scalars(select(Node)):
-                plain, node.token = issue_token()
-                tokens[node.mac] = plain
                 if node.state != state:
                     set_state(session, node, state, reason="test: PXE-booted")
+                rollout = rollouts.get(node.cluster, 0) if node.cluster else 0
+                tokens[node.mac] = seed_credentials(node, rollout)
     finally:
         await engine.dispose()
     return tokens

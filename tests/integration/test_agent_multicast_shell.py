@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.agent_shell import BUSYBOX, agent_function
-from tests.integration.conftest_boot import boot_token
+from tests.integration.conftest_boot import agent_credential
 from tests.integration.mc_harness import running_server
 
 SQL_N1 = "52:54:00:00:10:01"
@@ -97,7 +97,7 @@ async def test_a_clean_multicast_copy_is_verified(bin_dir, tmp_path):
         disk = tmp_path / "disk.img"
         disk.write_bytes(b"\0" * (4 << 20))
         out = await run_agent(
-            bin_dir, tmp_path, server, await boot_token(server.url, SQL_N1), disk,
+            bin_dir, tmp_path, server, await agent_credential(server.url, SQL_N1), disk,
             'receive_multicast && verify_disk && echo "RESULT $HOW $SUM"',
         )  # fmt: skip
         assert "RESULT multicast session " in out and out.rstrip().endswith(server.sha256), out
@@ -130,7 +130,7 @@ async def test_missed_ranges_are_fetched_by_http_and_merged(bin_dir, tmp_path):
         disk = tmp_path / "disk.img"
         disk.write_bytes(bytes(damaged))
         out = await run_agent(
-            stub, tmp_path, server, await boot_token(server.url, SQL_N1), disk,
+            stub, tmp_path, server, await agent_credential(server.url, SQL_N1), disk,
             'receive_multicast && verify_disk && echo "RESULT $HOW"',
         )  # fmt: skip
         # the first two holes are less than 1 MiB apart: one request for both
@@ -141,7 +141,7 @@ async def test_missed_ranges_are_fetched_by_http_and_merged(bin_dir, tmp_path):
 
 async def test_a_join_answered_with_unicast_falls_back_to_http(bin_dir, tmp_path):
     async with running_server(tmp_path, max_wait=0.2) as server:
-        token = await boot_token(server.url, SQL_N1)
+        token = await agent_credential(server.url, SQL_N1)
         server.disable_multicast()
         disk = tmp_path / "disk.img"
         disk.write_bytes(b"")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from tests.integration.conftest_boot import boot_token, curl
+from tests.integration.conftest_boot import agent_credential, boot_token, curl
 from tests.integration.mc_harness import IMAGE, running_server
 
 SQL_N1, WEB_1 = "52:54:00:00:10:01", "52:54:00:00:20:01"
@@ -23,7 +23,7 @@ async def shell_plan(url: str, mac: str, token: str) -> dict[str, str]:
 
 async def test_a_multicast_cluster_node_is_told_where_to_join(tmp_path):
     async with running_server(tmp_path) as server:
-        token = await boot_token(server.url, SQL_N1)
+        token = await agent_credential(server.url, SQL_N1)
         auth = f"Authorization: Bearer {token}"
         plan = await shell_plan(server.url, SQL_N1, token)
         assert plan["ND_MODE"] == "image" and plan["ND_IMAGE"] == IMAGE
@@ -46,11 +46,11 @@ async def test_a_multicast_cluster_node_is_told_where_to_join(tmp_path):
 
 async def test_standalone_nodes_and_disabled_multicast_stream_over_http(tmp_path):
     async with running_server(tmp_path) as server:
-        token = await boot_token(server.url, WEB_1)
+        token = await agent_credential(server.url, WEB_1)
         assert (await shell_plan(server.url, WEB_1, token))["ND_MULTICAST"] == ""
 
         server.disable_multicast()
-        token = await boot_token(server.url, SQL_N1)
+        token = await agent_credential(server.url, SQL_N1)
         assert (await shell_plan(server.url, SQL_N1, token))["ND_MULTICAST"] == ""
         got = await curl(
             f"{server.url}/api/nodes/{SQL_N1}/plan", "-H", f"Authorization: Bearer {token}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import configparser
 import json
+import re
+import secrets
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,16 +15,36 @@ import yaml
 
 from netdeploy.boot.tftp import virtual_file
 from netdeploy.inventory import NodeState, mac_hyphens
-from tests.integration.conftest_boot import ROOT, Server, boot_server, curl, need, token_in
+from netdeploy.tokens import token_matches
+from tests.integration.conftest_boot import (
+    ROOT,
+    Server,
+    agent_credential,
+    boot_server,
+    claim,
+    curl,
+    need,
+    token_in,
+)
 
 SQL_N1, SQL_N2 = "52:54:00:00:10:01", "52:54:00:00:10:02"
 
 
 async def boot(srv: Server, mac: str) -> str:
-    """Fetch the node's boot script as iPXE would; return the token it carries."""
+    """Boot as the agent does: fetch the boot script (as iPXE), claim the node with its token
+    and a secret of our own; return the secret, the agent's credential for this phase."""
+    return await agent_credential(srv.url, mac_hyphens(mac))
+
+
+async def boot_token_of(srv: Server, mac: str) -> str:
+    """Only the boot script's token, unclaimed."""
     got = await curl(f"{srv.url}/boot/{mac_hyphens(mac)}.ipxe")
     assert got.status == 200
     return token_in(got.text)
+
+
+async def secrets_hex() -> str:
+    return secrets.token_hex(24)
 
 
 def files_url(srv: Server, mac: str, name: str) -> str:
@@ -31,41 +53,57 @@ def files_url(srv: Server, mac: str, name: str) -> str:
 
 async def test_secret_file_token_rules(tmp_path: Path) -> None:
     async with boot_server(tmp_path) as srv:
-        token = await boot(srv, SQL_N1)
+        boot_token = await boot_token_of(srv, SQL_N1)
         url = files_url(srv, SQL_N1, "sysprep.inf")
         refused = await curl(url)
-        assert refused.status == 403 and "no token" in refused.text
-        served = await curl(url, "-H", f"Authorization: Bearer {token}")
+        assert refused.status == 401 and "node credential" in refused.text
+        # the boot token alone opens nothing (anyone can fetch a boot script) and alarms
+        unclaimed = await curl(url, "-H", f"Authorization: Bearer {boot_token}")
+        assert unclaimed.status == 403 and "without a claim" in unclaimed.text
+        secret = await secrets_hex()
+        assert (await claim(srv.url, SQL_N1, boot_token, secret)).status == 200
+        served = await curl(url, "-H", f"Authorization: Bearer {secret}")
         assert served.status == 200
         assert "Cache-Control: no-store" in served.headers
         assert b'AdminPassword="Demo-Only-Admin-1"' in served.body
-        assert token.encode() in served.body  # the GuiRunOnce report carries it
-        again = await curl(url, "-H", f"Authorization: Bearer {token}")
-        assert again.status == 403 and "already used" in again.text
-        # the same token still opens each other secret file once (query form for iPXE/wget)
-        xml = await curl(files_url(srv, SQL_N1, "unattend.xml") + f"?token={token}")
+        report = re.search(rb"report\.vbs \S+ (\S+) health", served.body)
+        assert report, served.body  # the GuiRunOnce report carries the report token ...
+        assert report.group(1) not in (secret.encode(), boot_token.encode())  # ... its own
+        node = await srv.node(SQL_N1)
+        assert node is not None and token_matches(report.group(1).decode(), node.report_token)
+        again = await curl(url, "-H", f"Authorization: Bearer {secret}")
+        assert again.status == 403 and "already served" in again.text
+        # the same claim still opens each other secret file once (query form for iPXE/wget)
+        xml = await curl(files_url(srv, SQL_N1, "unattend.xml") + f"?token={secret}")
         assert xml.status == 200
         other = await boot(srv, SQL_N2)
         cross = await curl(
-            files_url(srv, SQL_N2, "sysprep.inf"), "-H", f"Authorization: Bearer {token}"
+            files_url(srv, SQL_N2, "sysprep.inf"), "-H", f"Authorization: Bearer {secret}"
         )
-        assert cross.status == 403 and "another node" in cross.text
+        assert cross.status == 403 and "wrong or stale" in cross.text
         assert (await curl(files_url(srv, SQL_N2, "sysprep.inf") + f"?token={other}")).status == 200
-        new = await boot(srv, SQL_N1)  # a reboot: new script, new token, the old one is stale
-        stale = await curl(files_url(srv, SQL_N1, "unattend.xml") + f"?token={token}")
-        assert stale.status == 403 and "stale or forged" in stale.text
+        new = await boot(srv, SQL_N1)  # a reboot: new script, new claim; the old one is stale
+        stale = await curl(files_url(srv, SQL_N1, "unattend.xml") + f"?token={secret}")
+        assert stale.status == 403 and "earlier boot phase" in stale.text  # two machines?
         assert (await curl(files_url(srv, SQL_N1, "unattend.xml") + f"?token={new}")).status == 200
+        await asyncio.sleep(1)  # declared auth's refusals are written off the request path
         auth = await srv.events("auth")
-        assert [(e.mac, e.detail["file"], e.detail["reason"].split(" (")[0]) for e in auth] == [
-            (SQL_N1, "sysprep.inf", "no token"),
-            (SQL_N1, "sysprep.inf", "token already used for this file; reboot the node"),
-            (SQL_N2, "sysprep.inf", "token of another node"),
-            (SQL_N1, "unattend.xml", "not the node's current token"),
+        assert all(e.detail.get("ip") == "127.0.0.1" for e in auth)  # who asked
+        routes = [e.detail["route"] for e in auth]
+        assert routes.count("/nodes/{mac}/files/{name}") == 1  # the 401 of declared auth
+        assert [
+            (e.mac, e.detail["route"]) for e in auth if e.detail["route"].startswith("file")
+        ] == [
+            (SQL_N1, "file sysprep.inf"),
+            (SQL_N1, "file sysprep.inf"),
+            (SQL_N2, "file sysprep.inf"),
+            (SQL_N1, "file unattend.xml"),
         ]
-        assert auth[2].detail["token_of"] == SQL_N1
+        alarms = await srv.events("alarm")
+        assert [e.mac for e in alarms] == [SQL_N1, SQL_N1]
         every = json.dumps([e.detail for e in await srv.events()])
-        for secret in (token, other, new, "Demo-Only-Admin-1", "Demo-Only-Secret-1"):
-            assert secret not in every  # never recorded
+        for value in (boot_token, secret, other, new, "Demo-Only-Admin-1", "Demo-Only-Secret-1"):
+            assert value not in every  # never recorded
 
 
 async def test_secret_files_only_while_imaging(tmp_path: Path) -> None:
@@ -76,12 +114,17 @@ async def test_secret_files_only_while_imaging(tmp_path: Path) -> None:
         assert got.status == 403 and "only while imaging" in got.text
 
 
-async def test_plain_files_are_public(tmp_path: Path) -> None:
+async def test_plain_files_need_the_claim_and_the_listing_is_read_access(tmp_path: Path) -> None:
     async with boot_server(tmp_path) as srv:
+        secret = await boot(srv, SQL_N2)
         for name in ("AssignDriveLetters.bat", "diskpartparams.txt", "report.vbs"):
-            got = await curl(files_url(srv, SQL_N2, name))
+            assert (await curl(files_url(srv, SQL_N2, name))).status == 401, name
+            got = await curl(files_url(srv, SQL_N2, name), "-H", f"Authorization: Bearer {secret}")
             assert got.status == 200, name
-        listing = json.loads((await curl(f"{srv.url}/nodes/{SQL_N2}/files")).body)
+        listing_url = f"{srv.url}/nodes/{SQL_N2}/files"
+        assert (await curl(listing_url)).status == 401  # [dashboard] public_read = false
+        admin = f"Authorization: Bearer {srv.ctx.admin_token}"
+        listing = json.loads((await curl(listing_url, "-H", admin)).body)
         assert [(f["name"], f["secret"]) for f in listing["files"]] == [
             ("sysprep.inf", True),
             ("unattend.xml", True),
@@ -89,9 +132,11 @@ async def test_plain_files_are_public(tmp_path: Path) -> None:
             ("diskpartparams.txt", False),
             ("report.vbs", False),
         ]
-        assert (await curl(files_url(srv, SQL_N2, "cloud-init.yaml"))).status == 404
-        assert (await curl(files_url(srv, SQL_N2, "..%2Fnetdeploy.toml"))).status == 404
-        unknown = await curl(f"{srv.url}/nodes/aa-bb-cc-dd-ee-ff/files/sysprep.inf")
+        bearer = f"Authorization: Bearer {secret}"
+        assert (await curl(files_url(srv, SQL_N2, "cloud-init.yaml"), "-H", bearer)).status == 404
+        bad = files_url(srv, SQL_N2, "..%2Fnetdeploy.toml")
+        assert (await curl(bad, "-H", bearer)).status == 404
+        unknown = await curl(f"{srv.url}/nodes/aa-bb-cc-dd-ee-ff/files/sysprep.inf", "-H", bearer)
         assert unknown.status == 404 and "not in the config" in unknown.text
 
 

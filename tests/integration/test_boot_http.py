@@ -45,7 +45,8 @@ def image_boots(metrics: str) -> float:
 
 async def test_every_mac_notation_reaches_the_same_node(tmp_path: Path) -> None:
     async with boot_server(tmp_path) as srv:
-        before = image_boots((await curl(f"{srv.url}/metrics")).text)
+        admin = ("-H", f"Authorization: Bearer {srv.ctx.admin_token}")  # [metrics] public = false
+        before = image_boots((await curl(f"{srv.url}/metrics", *admin)).text)
         tokens = []
         for notation in NOTATIONS:
             got = await curl(f"{srv.url}/boot/{notation}.ipxe")
@@ -54,7 +55,7 @@ async def test_every_mac_notation_reaches_the_same_node(tmp_path: Path) -> None:
             assert "BOOTIF=01-52-54-00-00-10-01" in got.text
             tokens.append(token_in(got.text))
         assert len(set(tokens)) == len(tokens)  # a fresh token per render
-        after = image_boots((await curl(f"{srv.url}/metrics")).text)
+        after = image_boots((await curl(f"{srv.url}/metrics", *admin)).text)
         assert after - before == len(NOTATIONS)
         node = await srv.node(SQL_N1)
         assert node is not None and node.state == NodeState.PXE

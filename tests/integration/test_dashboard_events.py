@@ -244,7 +244,8 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
         async with srv.ctx.sessions() as session:
             (await session.get(Cluster, "sqlclu")).gate = "formed"
             await session.commit()
-        async with client.get(srv.url + "/api/nodes/52:54:00:99:99:99") as r:
+        admin = {"Authorization": f"Bearer {srv.ctx.admin_token}"}  # public_read = false
+        async with client.get(srv.url + "/api/nodes/52:54:00:99:99:99", headers=admin) as r:
             assert r.status == 404
         token = await agent_token(srv.ctx, SQL_N3)  # sql-n3 held: its agent waits at the gate
         waiting = asyncio.create_task(
@@ -255,7 +256,7 @@ async def test_metrics_count_nodes_per_state_and_gates(tmp_path):
         )
         while not len(srv.ctx.rollout.waiters):
             await asyncio.sleep(0.02)
-        async with client.get(srv.url + "/metrics") as r:
+        async with client.get(srv.url + "/metrics", headers=admin) as r:  # [metrics] public
             text = await r.text()
     lines = set(text.splitlines())
     # counters are process-wide (other tests add to them): the series must exist, counting up

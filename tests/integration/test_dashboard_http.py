@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import ClientSession, CookieJar
 from markupsafe import escape
+from sqlalchemy import select
 
 from netdeploy.http.session import new_cookie, parse_cookie
+from netdeploy.store.models import Event
 from tests.integration.dashboard_helpers import (
     SQL_N2,
     csrf_of,
@@ -83,6 +87,12 @@ async def test_html_in_node_messages_is_escaped(tmp_path):
     assert "<img src=x" not in filtered and "no node with MAC or host name" in filtered
 
 
+async def latest_events(ctx, count: int):
+    async with ctx.sessions() as session:
+        rows = await session.scalars(select(Event).order_by(Event.id.desc()).limit(count))
+        return list(rows)
+
+
 async def test_actions_refuse_without_login_bad_csrf_and_unknown_targets(tmp_path):
     async with running_server(tmp_path, public_read=True) as srv, client_session() as client:
         await move(srv.ctx, SQL_N2, "held")
@@ -130,7 +140,11 @@ async def test_actions_refuse_without_login_bad_csrf_and_unknown_targets(tmp_pat
         async with client.post(srv.url + "/actions/explode", data={"csrf": csrf}) as r:
             assert r.status == 404
         assert await state_of(srv.ctx, SQL_N2) == "held"
-        assert await event_count(srv.ctx) == before
+        # nothing changed: the only new rows are the recorded refusal of the first request
+        await asyncio.sleep(1)  # refusals of declared auth are written off the request path
+        assert await event_count(srv.ctx) == before + 1
+        (refusal,) = await latest_events(srv.ctx, 1)
+        assert refusal.kind == "auth" and refusal.detail["ip"] == "127.0.0.1"
 
 
 async def test_logout_needs_the_csrf_token_and_ends_the_session(tmp_path):

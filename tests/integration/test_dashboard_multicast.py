@@ -81,11 +81,13 @@ def section_of(page: str) -> Section:
     return parser
 
 
-async def silent_join(url: str, mac: str) -> dict:
+async def silent_join(url: str, mac: str, headers: dict[str, str]) -> dict:
     """A node that joins, listens once (one STATUS) and then says nothing: it is dropped."""
     async with (
         ClientSession() as http,
-        http.post(f"{url}/api/multicast/join", json={"image": IMAGE, "mac": mac}) as r,
+        http.post(
+            f"{url}/api/multicast/join", json={"image": IMAGE, "mac": mac}, headers=headers
+        ) as r,
     ):
         assert r.status == 200, await r.text()
         answer = await r.json()
@@ -134,7 +136,7 @@ async def test_section_shows_the_session_its_receivers_and_the_dropped_one(tmp_p
         joined = [e for e in joined if e["detail"].get("what") == "receiver_joined"]
         assert joined and all(e["id"] is None and e["kind"] == "multicast" for e in joined)
         assert {e["mac"] for e in joined} <= {SQL["sql-n1"], SQL["sql-n2"]}
-        await silent_join(server.url, SQL["sql-n3"])
+        await silent_join(server.url, SQL["sql-n3"], server.admin)
         for status, output in await asyncio.gather(*copies):
             assert status == 0, output
         await wait_for(lambda: server.service.finished, message=server.service.status)

@@ -62,6 +62,15 @@ def headers_of(dump: str) -> tuple[int, dict[str, str]]:
     return status, headers
 
 
+def admin(lab: Lab) -> tuple[str, str]:
+    """curl arguments for the admin token: GET /images/{name} needs it, or a node's claim."""
+    return ("-H", f"Authorization: Bearer {lab.ctx.admin_token}")
+
+
+def admin_headers(lab: Lab) -> dict[str, str]:
+    return {"Authorization": f"Bearer {lab.ctx.admin_token}"}
+
+
 async def fetch(
     lab: Lab, path: str, *curl_args: str, out: Path | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -69,7 +78,9 @@ async def fetch(
     target = out or lab.root / "body.bin"
     dump.unlink(missing_ok=True)
     target.unlink(missing_ok=True)
-    rc, _, err = await curl("-D", str(dump), "-o", str(target), *curl_args, lab.url + path)
+    rc, _, err = await curl(
+        "-D", str(dump), "-o", str(target), *admin(lab), *curl_args, lab.url + path
+    )  # fmt: skip
     assert rc == 0, err
     status, headers = headers_of(dump.read_bytes().decode())
     return status, headers, target.read_bytes() if target.exists() else b""
@@ -89,7 +100,10 @@ async def test_get_and_head_carry_size_etag_and_checksum(lab: Lab) -> None:
     assert h["accept-ranges"] == "bytes"
     assert h["x-image-format"] == "raw"
 
-    async with aiohttp.ClientSession() as s, s.head(lab.url + "/images/base") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.head(lab.url + "/images/base", headers=admin_headers(lab)) as r,
+    ):
         assert r.status == 200 and await r.read() == b""
         assert r.headers["Content-Length"] == str(IMAGE_SIZE)
         assert r.headers["ETag"] == h["etag"]
@@ -120,7 +134,7 @@ async def test_resume_with_curl_after_killed_transfer(lab: Lab) -> None:
     out = lab.root / "resumed.img"
     url = f"{lab.url}/images/base?mac={MAC_N2}"
     slow = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--limit-rate", "512K", "-o", str(out), url
+        "curl", "-sS", "--limit-rate", "512K", *admin(lab), "-o", str(out), url
     )
     while not out.exists() or out.stat().st_size < 256 * 1024:
         await asyncio.sleep(0.02)
@@ -128,7 +142,7 @@ async def test_resume_with_curl_after_killed_transfer(lab: Lab) -> None:
     await slow.wait()
     partial = out.stat().st_size
     assert 0 < partial < big
-    rc, _, err = await curl("-C", "-", "-o", str(out), url)
+    rc, _, err = await curl("-C", "-", *admin(lab), "-o", str(out), url)
     assert rc == 0, err
     assert sha256_of(out) == sha
     for _ in range(200):  # the aborted stream's handler finishes its accounting
@@ -142,7 +156,7 @@ async def test_resume_with_curl_after_killed_transfer(lab: Lab) -> None:
 
 
 async def json_get(lab: Lab, path: str, key: str | None = None):  # type: ignore[no-untyped-def]
-    async with aiohttp.ClientSession() as s, s.get(lab.url + path) as r:
+    async with aiohttp.ClientSession() as s, s.get(lab.url + path, headers=admin_headers(lab)) as r:
         body = await r.json()
     return body[key] if key else body
 
@@ -153,6 +167,7 @@ async def test_parallel_aiohttp_downloads_all_verify(lab: Lab) -> None:
 
     async def download(session: aiohttp.ClientSession, mac: str | None) -> str:
         headers = {"X-Netdeploy-Mac": mac} if mac else {}
+        headers.update(admin_headers(lab))
         h = hashlib.sha256()
         async with session.get(f"{lab.url}/images/base", headers=headers) as r:
             assert r.status == 200
@@ -187,7 +202,10 @@ ACTIVE = "netdeploy_image_streams_active"
 
 
 async def metric(lab: Lab, name: str) -> float:
-    async with aiohttp.ClientSession() as s, s.get(lab.url + "/metrics") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(lab.url + "/metrics", headers=admin_headers(lab)) as r,
+    ):
         for line in (await r.text()).splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[-1])
@@ -329,7 +347,8 @@ class StalledClient:
         port = int(lab.url.rsplit(":", 1)[1])
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        auth = f"Authorization: Bearer {lab.ctx.admin_token}"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n\r\n".encode())
         return cls(reader, writer, await reader.readuntil(b"\r\n\r\n"))
 
     async def rest(self, already: int = 0) -> bytes:

@@ -20,10 +20,13 @@ def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp
     server = start_server(state_dir)
     try:
         url = f"{server.url}/images/{IMAGE}?mac=52:54:00:00:10:01"
+        # the admin token (a node's agent sends its claim instead)
+        auth = ("-H", "Authorization: " + server.admin_headers()["Authorization"])
         offset = 1024 * 1024
         tail = subprocess.run(
             [
                 "curl",
+                *auth,
                 "-fsS",
                 "-D",
                 str(tmp_path / "h"),
@@ -40,13 +43,20 @@ def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp
         assert tail == data[offset:]
         # a bounded range, as the multicast agent fills what its session missed
         middle = subprocess.run(
-            ["curl", "-fsS", "-o", "-", f"{url}&offset=5&length=11816&sha256={sha}"],
+            ["curl", "-fsS", *auth, "-o", "-", f"{url}&offset=5&length=11816&sha256={sha}"],
             capture_output=True,
             check=True,
         ).stdout
         assert middle == data[5 : 5 + 11816]
         last = subprocess.run(
-            ["curl", "-fsS", "-o", "-", f"{url}&offset={len(data) - 3}&length=3&sha256={sha}"],
+            [
+                "curl",
+                "-fsS",
+                *auth,
+                "-o",
+                "-",
+                f"{url}&offset={len(data) - 3}&length=3&sha256={sha}",
+            ],
             capture_output=True,
             check=True,
         ).stdout
@@ -62,7 +72,7 @@ def test_offset_resume_returns_the_tail_and_refuses_another_image(state_dir, tmp
             (f"offset=0&length=%C2%B2&sha256={sha}", 416),
         ]:
             code = subprocess.run(
-                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{url}&{query}"],
+                ["curl", "-sS", *auth, "-o", "/dev/null", "-w", "%{http_code}", f"{url}&{query}"],
                 capture_output=True,
                 text=True,
             ).stdout

@@ -104,7 +104,9 @@ async def test_joining_twice_keeps_one_place(tmp_path):
         answers = []
         for _ in range(2):
             async with http.post(
-                f"{server.url}/api/multicast/join", json={"image": IMAGE, "name": "twice"}
+                f"{server.url}/api/multicast/join",
+                json={"image": IMAGE, "name": "twice"},
+                headers=server.admin,
             ) as r:
                 assert r.status == 200
                 answers.append(await r.json())
@@ -122,16 +124,19 @@ async def test_joining_twice_keeps_one_place(tmp_path):
 async def test_join_errors_say_what_to_do(tmp_path):
     async with running_server(tmp_path) as server, aiohttp.ClientSession() as http:
         url = f"{server.url}/api/multicast/join"
-        async with http.post(url, json={"image": "nope"}) as r:
+        async with http.post(url, json={"image": "nope"}, headers=server.admin) as r:
             assert r.status == 404
             assert "configured images" in (await r.json())["error"]
-        async with http.post(url, json={"image": "debian-12"}) as r:  # no file, no sha256
+        # no file, no sha256
+        async with http.post(url, json={"image": "debian-12"}, headers=server.admin) as r:
             assert r.status == 409
             assert "netdeploy image add" in (await r.json())["error"]
-        async with http.post(url, json={"image": IMAGE, "mac": "zz:zz"}) as r:
+        async with http.post(url, json={"image": IMAGE, "mac": "zz:zz"}, headers=server.admin) as r:
             assert r.status == 400
-        async with http.post(url, json={}) as r:
+        async with http.post(url, json={}, headers=server.admin) as r:
             assert r.status == 400
+        async with http.post(url, json={"image": IMAGE}) as r:
+            assert r.status == 401  # a join needs a node's claim or the admin token
         async with http.post(f"{server.url}/api/multicast/sessions", json={"image": IMAGE}) as r:
             assert r.status == 401
 
@@ -166,7 +171,11 @@ async def ghost_join(server, name="ghost"):
     dropped as silent (slow_receiver_timeout), so a late join is really late."""
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"{server.url}/api/multicast/join", json={"image": IMAGE, "name": name}) as r,
+        http.post(
+            f"{server.url}/api/multicast/join",
+            json={"image": IMAGE, "name": name},
+            headers=server.admin,
+        ) as r,
     ):
         assert r.status == 200
         answer = await r.json()

@@ -41,6 +41,7 @@ async def join_args(server, name: str) -> list[str]:
         http.post(
             f"{server.url}/api/multicast/join",
             params={"image": IMAGE, "name": name, "format": "args"},
+            headers=server.admin,
         ) as r,
     ):
         assert r.status == 200, await r.text()

@@ -32,7 +32,10 @@ async def test_three_receivers_get_verified_copies(tmp_path):
             rows = (await db.scalars(select(Event).where(Event.kind == "multicast"))).all()
         whats = sorted(e.detail["what"] for e in rows)
         assert whats == sorted(["session_started", "session_finished"] + ["receiver_done"] * 3)
-        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.url}/metrics", headers=server.admin) as r,  # [metrics] public
+        ):
             metrics = await r.text()
         assert 'netdeploy_multicast_sessions_total{result="finished"}' in metrics
         assert 'netdeploy_multicast_receivers_total{state="done"}' in metrics

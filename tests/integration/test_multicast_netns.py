@@ -54,6 +54,8 @@ def one_run(tmp_path, clean: int, lossy: bool, tag: str) -> tuple[dict, list[dic
             stdout=subprocess.PIPE,
         )
         url, sha256 = wait_line(server, b"READY ").split()
+        # receivers that are not nodes join with the admin token (docs/security.md)
+        admin = (state / "state" / "admin-token").read_text().strip()  # mc_harness layout
         receivers = [
             net.spawn(
                 ns,
@@ -72,6 +74,7 @@ def one_run(tmp_path, clean: int, lossy: bool, tag: str) -> tuple[dict, list[dic
                     f"r{i}",
                     "--json",
                     "--quiet",
+                    f"--token={admin}",  # a token may begin with "-"
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -188,7 +188,7 @@ async def _last_id(url: str) -> int:
 async def _parked(http: aiohttp.ClientSession, url: str, count: int) -> None:
     """Wait until ``count`` long-polls wait at the gate on that server (its /metrics)."""
     for _ in range(200):
-        async with http.get(f"{url}/metrics") as response:
+        async with http.get(f"{url}/metrics", headers=ADMIN) as response:  # [metrics] public
             text = await response.text()
         if re.search(rf"^netdeploy_rollout_gate_waiters {count}\.0$", text, re.M):
             return

@@ -17,7 +17,10 @@ from netdeploy.rollout.errors import Forbidden, NotFound, Refused, Unavailable
 from netdeploy.rollout.reports import AgentReport, HealthReport
 from netdeploy.server import open_context
 from netdeploy.store.models import Cluster, Event, Node, utcnow
+from tests.integration.credentials import seed_credentials
 from tests.integration.rollout_support import lab_config, mac_of, prepare_nodes
+
+AGENT_IP = "127.0.0.1"  # where prepare_nodes' seeded claims come from (tests/credentials.py)
 
 
 class Lab:
@@ -29,13 +32,21 @@ class Lab:
 
     async def report(self, i: int, state: str, progress: float | None = None):
         mac = mac_of(i)
-        action = actions.agent_report(mac, self.tokens[mac], AgentReport(S(state), progress), None)
+        report = AgentReport(S(state), progress)
+        action = actions.agent_report(mac, self.tokens[mac], report, AGENT_IP)
         return await self.engine.run(action, [mac])
 
     async def health(self, i: int, healthy: bool = True):
         mac = mac_of(i)
-        action = actions.health(mac, self.tokens[mac], HealthReport(healthy), None)
+        action = actions.health(mac, self.tokens[mac], HealthReport(healthy), AGENT_IP)
         return await self.engine.run(action, [mac])
+
+    async def reseed(self, i: int) -> None:
+        """New credentials, as a new PXE boot and claim would give the node."""
+        async with self.ctx.sessions() as session, session.begin():
+            node = await session.get(Node, mac_of(i))
+            cluster = await session.get(Cluster, node.cluster) if node.cluster else None
+            self.tokens[node.mac] = seed_credentials(node, cluster.rollout if cluster else 0)
 
     async def image(self, *nodes: int) -> None:
         for i in nodes:
@@ -108,9 +119,13 @@ async def test_three_nodes_sequential_with_an_event_row_per_transition(lab: Lab)
 async def test_health_twice_forms_the_cluster_once(lab: Lab) -> None:
     await lab.image(1, 2, 3)
     await lab.report(1, "starting")
-    first, second = await asyncio.gather(lab.health(1), lab.health(1))  # same batch
-    third = await lab.health(1)  # a later batch
-    assert [first.changed, second.changed, third.changed] == [True, False, False]
+    first, second = await asyncio.gather(lab.health(1), lab.health(1), return_exceptions=True)
+    # the report token dies with the join it caused (docs/security.md): a repeat, in the same
+    # batch or a later one, is refused and changes nothing
+    assert first.changed is True
+    assert isinstance(second, Forbidden)
+    with pytest.raises(Forbidden):
+        await lab.health(1)  # a later batch
     assert await lab.count(kind="gate", to_state="formed") == 1
     assert await lab.count(kind="state", to_state="released") == 2  # n1 and n2 only
 
@@ -150,7 +165,7 @@ async def test_first_node_failing_stops_everything_until_retried(lab: Lab) -> No
     await lab.image(1, 2, 3)
     await lab.report(1, "failed")
     assert (await lab.cluster()).gate == "stopped"
-    with pytest.raises(Refused):
+    with pytest.raises(Forbidden):  # every credential of n1 died with its failure
         await lab.health(1)
     await service.sweep(lab.ctx, utcnow() + timedelta(hours=5))  # settles every gate
     assert await lab.states() == {"n1": "failed", "n2": "held", "n3": "held"}
@@ -160,6 +175,7 @@ async def test_first_node_failing_stops_everything_until_retried(lab: Lab) -> No
     node = await service.retry(lab.ctx, "n1", "admin:test")
     assert node.state == "registered"
     await lab.ctx.rollout.run(_pxe(mac_of(1)))
+    await lab.reseed(1)  # its new boot script and claim
     await lab.image(1)
     await lab.health(1)
     assert await lab.states() == {"n1": "joined", "n2": "released", "n3": "held"}
@@ -239,9 +255,9 @@ async def test_reset_starts_a_new_rollout(lab: Lab) -> None:
 
 async def test_wrong_tokens_and_unknown_nodes_are_refused_and_recorded(lab: Lab) -> None:
     bad = actions.agent_report(mac_of(1), "guess", AgentReport(S.IMAGING, 1.0), "10.0.0.9")
-    with pytest.raises(Forbidden, match="wrong token"):
+    with pytest.raises(Forbidden, match="wrong or stale credential"):
         await lab.engine.run(bad, [mac_of(1)])
-    with pytest.raises(Forbidden, match="no node token"):
+    with pytest.raises(Forbidden, match="no credential"):
         await lab.engine.run(actions.gate_check(mac_of(1), None, None), [mac_of(1)])
     ghost = mac_of(99)
     with pytest.raises(NotFound, match=ghost):

@@ -46,14 +46,16 @@ def test_bad_and_unknown_macs_get_clear_json_errors(server):
         ("/api/nodes/zz", 400, "not a MAC address"),
         ("/api/nodes/52:54:00:12:34:56", 404, "no node with MAC"),
     ]:
+        request = urllib.request.Request(server.url + path, headers=server.admin_headers())
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(server.url + path, timeout=10)
+            urllib.request.urlopen(request, timeout=10)
         assert caught.value.code == status
         assert words in caught.value.read().decode()
 
 
 def test_metrics_are_prometheus_text(server):
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+    request = urllib.request.Request(server.url + "/metrics", headers=server.admin_headers())
+    with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         assert b"# TYPE" in response.read()
 
@@ -81,7 +83,10 @@ def test_admin_token_generated_once_and_private(state_dir):
     token = token_file.read_text()
     assert len(token.strip()) >= 32
     assert token_file.stat().st_mode & 0o077 == 0
-    assert f"generated the admin token {token.strip()}" in server.log.read_text()
+    logged = server.log.read_text()
+    assert "generated the admin token; read it from" in logged
+    assert token.strip() not in logged  # never the token itself: logs reach the journal
+    assert state_dir.stat().st_mode & 0o077 == 0  # the state dir is 0700
     again = start_server(state_dir)
     again.stop()
     assert token_file.read_text() == token

@@ -121,6 +121,16 @@ def test_a_failed_first_node_stops_everything_for_good() -> None:
         assert "first node n1 failed" in d.detail and "netdeploy retry n1" in d.detail
 
 
+def test_an_identity_alarm_stops_the_gate_whatever_the_states() -> None:
+    """docs/security.md: two machines speak for one node: release nobody, fail safe."""
+    alarmed = ClusterView("clu", "n1", parse_policy("waves:5"), True, alarm="mac1: second claim")
+    for states in [(S.JOINED, S.HELD, S.HELD), (S.STARTING, S.HELD), (S.IMAGING, S.IMAGING)]:
+        d = decide(alarmed, nodes(*states))
+        assert d.gate is Gate.STOPPED and d.release == ()
+        assert "identity alarm: mac1: second claim" in d.detail and "netdeploy retry" in d.detail
+    assert decide(cluster(), nodes(S.JOINED, S.HELD)).release == ("mac2",)  # without: released
+
+
 def test_a_failure_stops_automatic_releases_until_the_admin_decides() -> None:
     d = decide(cluster(), nodes(S.JOINED, S.FAILED, S.HELD, blocking={2}))
     assert d.gate is Gate.STOPPED and d.release == () and "n2 failed" in d.detail
