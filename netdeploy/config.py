@@ -28,7 +28,10 @@ from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.tomlpos import line_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config" / "netdeploy.toml"
+# the demo lab in the source tree: what `./dev serve` and the tests pass explicitly
+DEMO_CONFIG = REPO_ROOT / "config" / "netdeploy.toml"
+# where an installed host keeps its config (systemd/netdeploy.service, the CLI's default)
+SYSTEM_CONFIG = Path("/etc/netdeploy/netdeploy.toml")
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _RELEASE = re.compile(r"^(sequential|manual|waves:([1-9][0-9]*))$")
@@ -387,7 +390,13 @@ def _pydantic_problems(exc: ValidationError, file: str, source: str) -> list[Pro
     return problems
 
 
-def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
+def _cross_check(
+    cfg: Config, file: str, source: str, node_index: list[int] | None = None
+) -> list[Problem]:
+    """References between entries: unknown clusters, images, profiles, duplicates.
+
+    ``node_index`` maps ``cfg.nodes`` back to their places in the file when only some of them
+    validated (see :func:`_cross_check_valid_parts`)."""
     problems: list[Problem] = []
 
     def add(loc: tuple[str | int, ...], message: str) -> None:
@@ -395,7 +404,7 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
 
     seen_mac: dict[str, int] = {}
     seen_host: dict[str, int] = {}
-    for i, node in enumerate(cfg.nodes):
+    for i, node in zip(node_index or range(len(cfg.nodes)), cfg.nodes, strict=True):
         if node.mac in seen_mac:
             add(("nodes", i, "mac"), f"{node.mac} is already used by nodes[{seen_mac[node.mac]}]")
         seen_mac.setdefault(node.mac, i)
@@ -478,13 +487,59 @@ def _cross_check(cfg: Config, file: str, source: str) -> list[Problem]:
     return problems
 
 
-def load_config(path: Path | str | None = None, **server_overrides: Any) -> Config:
+_ENTRY_MODELS: dict[str, type[_Section]] = {
+    "images": ImageConfig,
+    "hardware": HardwareProfile,
+    "clusters": ClusterConfig,
+}
+
+
+def _cross_check_valid_parts(data: dict[str, Any], file: str, source: str) -> list[Problem]:
+    """The cross-reference problems among the entries that did validate, so that one run names
+    every problem: a bad field and an unknown cluster together (README: "every problem at
+    once"). A reference to an entry that is itself broken is not reported twice."""
+    parts: dict[str, dict[str, Any]] = {}
+    broken: set[str] = set()  # names of images, profiles and clusters that failed validation
+    for section, model in _ENTRY_MODELS.items():
+        raw = data.get(section)
+        parts[section] = {}
+        for name, entry in raw.items() if isinstance(raw, dict) else ():
+            try:
+                parts[section][name] = model.model_validate(entry)
+            except ValidationError:
+                broken.add(name)
+    nodes, index, clusters_of_broken = [], [], set()
+    raw_nodes = data.get("nodes")
+    for i, entry in enumerate(raw_nodes if isinstance(raw_nodes, list) else ()):
+        try:
+            nodes.append(NodeConfig.model_validate(entry))
+            index.append(i)
+        except ValidationError:
+            if isinstance(entry, dict) and isinstance(entry.get("cluster"), str):
+                clusters_of_broken.add(entry["cluster"])
+    partial = Config.model_construct(
+        nodes=nodes, images=parts["images"], hardware=parts["hardware"], clusters=parts["clusters"]
+    )
+    problems = _cross_check(partial, file, source, node_index=index)
+
+    def follows_from_a_field_error(problem: Problem) -> bool:
+        if any(repr(name) in problem.message for name in broken):
+            return True  # "unknown cluster 'x'" where [clusters.x] itself is broken
+        # a member that failed validation is missing from the cluster's member list
+        return any(
+            problem.key in (f"clusters.{c}", f"clusters.{c}.first_node") for c in clusters_of_broken
+        )
+
+    return [p for p in problems if not follows_from_a_field_error(p)]
+
+
+def load_config(path: Path | str, **server_overrides: Any) -> Config:
     """Read, validate and cross-check a config file; raise :class:`ConfigError` on any problem.
 
     ``server_overrides`` (from the command line) replace keys of ``[server]`` before validation,
     so they are checked exactly like values from the file.
     """
-    path = Path(path) if path else DEFAULT_CONFIG
+    path = Path(path)
     file = str(path)
     try:
         source = path.read_text(encoding="utf-8")
@@ -523,7 +578,7 @@ def load_config(path: Path | str | None = None, **server_overrides: Any) -> Conf
             Problem("command line", None, flags[p.key], p.message) if p.key in flags else p
             for p in problems
         ]
-        raise ConfigError(problems) from None
+        raise ConfigError(problems + _cross_check_valid_parts(data, file, source)) from None
     problems = _cross_check(cfg, file, source)
     if problems:
         raise ConfigError(problems)

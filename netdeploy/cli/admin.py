@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import http.client
 import json
 import os
 import urllib.error
@@ -60,16 +61,12 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
     cfg = config_from_args(args)
     url = server_url(args, cfg)
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url + path,
-        data=data,
-        method=method,
-        headers={
-            "Authorization": f"Bearer {admin_token(args, cfg)}",
-            "Content-Type": "application/json",
-        },
-    )
+    headers = {
+        "Authorization": f"Bearer {admin_token(args, cfg)}",
+        "Content-Type": "application/json",
+    }
     try:
+        request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
@@ -78,11 +75,13 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
         except ValueError:
             message = exc.reason
         raise CommandError(f"{message} (HTTP {exc.code} from {url})") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise CommandError(
             f"cannot reach netdeploy at {url} ({reason}); is `netdeploy serve` running? pass --url"
         ) from None
+    except ValueError as exc:  # "unknown url type", a port that is not a number, bad JSON
+        raise CommandError(f"cannot use {url}: {exc}; pass --url http://HOST:PORT") from None
 
 
 def _actor() -> str:

@@ -252,3 +252,25 @@ def test_overrides_are_validated_and_blamed_on_the_command_line():
     assert str(caught.value) == (
         "command line: --http-port: Input should be greater than or equal to 1"
     )
+
+
+def test_field_errors_and_cross_references_are_reported_in_one_pass(tmp_path):
+    """A bad value and an unknown reference elsewhere: both at once, not one after the other."""
+    text = (
+        DEMO.replace('hardware = "dl380-g4"\nvars', 'hardware = "nope"\nvars')
+        .replace('mac = "52:54:00:00:20:01"', 'mac = "zz"')
+        .replace("max_per_client", "max_per_cl")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    keys = {p.key for p in caught.value.problems}
+    assert keys == {"nodes[3].mac", "tftp.max_per_cl", "nodes[2].hardware"}
+    hardware = next(p for p in caught.value.problems if p.key == "nodes[2].hardware")
+    assert hardware.line == line_number(text, 'hardware = "nope"')
+
+
+def test_a_broken_cluster_is_not_also_reported_as_unknown(tmp_path):
+    text = DEMO.replace('release = "sequential"', 'release = "sometimes"')
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert [p.key for p in caught.value.problems] == ["clusters.sqlclu.release"]
