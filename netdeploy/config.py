@@ -90,6 +90,9 @@ class DashboardConfig(_Section):
 
     public_read: bool = False  # true: a wall screen shows the read-only view without the token
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # admin login lifetime
+    # a node imaging (or waiting at the gate) unheard of this long is marked stale, long
+    # before its phase timeout fails it (netdeploy/rollout/liveness.py)
+    stale_after: Seconds = 90.0
 
 
 class RolloutConfig(_Section):

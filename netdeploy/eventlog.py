@@ -204,8 +204,45 @@ def describe(ev: dict[str, Any]) -> str:
     return "; ".join(part for part in parts if part) or str(ev.get("kind"))
 
 
+# How loudly a row speaks in the log: an admin scanning 100 routine lines must see the failure.
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+
+def severity(ev: dict[str, Any]) -> str:
+    """``error`` (something failed or was refused for its credentials), ``warning`` (something
+    went wrong that may heal: a refused request, a timed-out transfer) or ``info``."""
+    kind, detail = ev.get("kind"), ev.get("detail") or {}
+    if kind == "state":
+        return ERROR if ev.get("to") == "failed" else INFO
+    if kind == "gate":
+        return ERROR if ev.get("to") == "stopped" else INFO
+    if kind in ("auth", "alarm"):
+        return ERROR
+    if kind == "rejected":
+        return WARNING
+    if kind == "answer" and detail.get("refused"):
+        return ERROR
+    if kind == "tftp" and detail.get("outcome") not in (None, "ok"):
+        return WARNING
+    if kind == "http" and detail.get("complete") is False:
+        return WARNING
+    if kind == "image" and detail.get("status") in ("bad", "missing"):
+        return ERROR
+    if kind == "multicast" and detail.get("what") == "receiver_bad":
+        return ERROR
+    if kind == "multicast" and detail.get("what") == "receiver_dropped":
+        return WARNING
+    if kind == "dhcp" and detail.get("warning"):
+        return WARNING
+    if kind == "health" and detail.get("healthy") is False:
+        return WARNING
+    if kind == "admin" and detail.get("action") == "fail":
+        return WARNING
+    return INFO
+
+
 def with_text(ev: dict[str, Any]) -> dict[str, Any]:
-    return {**ev, "text": describe(ev)}
+    return {**ev, "text": describe(ev), "severity": severity(ev)}
 
 
 async def resolve_node(session: AsyncSession, text: str) -> str:

@@ -20,6 +20,7 @@ from netdeploy.http import (
     events_routes,
     image_routes,
     multicast_routes,
+    node_page,
 )
 from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
 from netdeploy.images.streams import ImageStreams
@@ -38,6 +39,7 @@ ROUTE_MODULES = [
     events_routes,
     multicast_routes,
     image_routes,
+    node_page,
 ]
 
 
