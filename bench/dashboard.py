@@ -23,6 +23,7 @@ from aiohttp import ClientSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netdeploy.http.dashboard import STATIC
 from netdeploy.store.models import Event, Node
 from tests.integration.dashboard_helpers import (
     SQL_N1,
@@ -52,9 +53,14 @@ async def main(nodes: int, clients: int, events: int, rate: float) -> None:
                 encoding = r.headers.get("Content-Encoding", "none")
             async with http.get(srv.url + "/api/nodes") as r:
                 poll_bytes = len(await r.read())
+            static = sum(p.stat().st_size for p in STATIC.glob("dashboard.*"))
             print(
                 f"GET / with {nodes + 4} nodes: median {statistics.median(times) * 1000:.1f} ms, "
                 f"{plain / 1024:.0f} KiB HTML ({wire / 1024:.0f} KiB {encoding} on the wire)"
+            )
+            print(
+                f"page weight with {nodes + 4} nodes: {(plain + static) / 1024:.0f} KiB "
+                f"(HTML + dashboard.js + dashboard.css, uncompressed; budget 300 KiB)"
             )
 
             received: list[list[float]] = [[] for _ in range(clients)]
