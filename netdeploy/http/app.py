@@ -16,6 +16,7 @@ from netdeploy.http import (
     agent_routes,
     api,
     boot_routes,
+    cluster_page,
     dashboard,
     events_routes,
     image_routes,
@@ -40,6 +41,7 @@ ROUTE_MODULES = [
     multicast_routes,
     image_routes,
     node_page,
+    cluster_page,
 ]
 
 

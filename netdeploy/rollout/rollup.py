@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.gate import BadPolicy, natural_key, parse_policy
 
-IMAGING = frozenset({S.REGISTERED, S.PXE, S.IMAGING, S.IMAGED})
+IMAGING = frozenset({S.PXE, S.IMAGING, S.IMAGED})
 IN_FLIGHT = frozenset({S.RELEASED, S.STARTING})
 
 
@@ -34,6 +34,7 @@ def rollup(
     flying = sum(s in IN_FLIGHT for _, s in others)
     failed = sum(s is S.FAILED for _, s in others)
     imaging = sum(s in IMAGING for _, s in others)
+    waiting = sum(s is S.REGISTERED for _, s in others)
     held = sorted((h for h, s in others if s is S.HELD), key=natural_key)
     parts = [f"first node {first_node}: {first or 'missing'}"]
     if others:
@@ -41,11 +42,16 @@ def rollup(
             parts.append(f"manual: {joined}/{len(others)} joined, {len(held)} held")
         else:
             waves = -(-len(others) // policy.wave)
-            started = joined + flying + failed
+            started = joined + flying  # a failed node may never have been released
             wave = min(waves, -(-started // policy.wave) if started else 0)
             this_wave = started - (wave - 1) * policy.wave if wave else 0
             done_here = max(0, this_wave - flying) if wave else 0
-            head = f"wave {wave} of {waves}" if wave else f"{waves} waves of {policy.wave}"
+            if wave:
+                head = f"wave {wave} of {waves}"
+            elif policy.wave == 1:
+                head = f"{waves} to release one at a time"
+            else:
+                head = f"{waves} waves of {policy.wave}"
             parts.append(
                 f"{head}: {done_here}/{this_wave} joined, {len(held)} held"
                 if wave
@@ -53,6 +59,8 @@ def rollup(
             )
         if imaging:
             parts.append(f"{imaging} imaging")
+        if waiting:
+            parts.append(f"{waiting} not booted yet")
         if failed:
             parts.append(f"{failed} failed")
         parts.append(f"{joined + (first == S.JOINED)}/{len(members)} joined in all")

@@ -161,3 +161,45 @@ async def test_node_page_shows_the_boot_path(browser, tmp_path):  # noqa: F811
         await unknown.goto(srv.url + "/node/52:54:00:de:ad:01")
         await expect(unknown.locator("#x-causes li").first).to_contain_text("ProxyDHCP is off")
         await shot(unknown, "node-never-seen", full_page=True)
+
+
+async def test_cluster_page_draws_the_rollout_from_the_event_stream(browser, tmp_path):  # noqa: F811
+    async with running_server(tmp_path, public_read=True) as srv:
+        macs = await seed_nodes(srv.ctx, 40)
+        for mac in macs[:30]:
+            await move(srv.ctx, mac, "imaging", reason="agent started")
+        for mac in macs[:20]:
+            await move(srv.ctx, mac, "held", reason="imaged, held")
+        async with srv.ctx.sessions() as session:
+            for mac in macs[:20]:
+                session.add(
+                    eventlog.transfer(
+                        "http", mac, "sqlclu", what="image", sent=64 << 20, seconds=2.0
+                    )
+                )
+            await session.commit()
+        page = await (await browser.new_context(viewport=SCREEN)).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.url + "/cluster/sqlclu")
+        await expect(page.locator("#live")).to_have_text("live")
+        for state in ("held", "imaging", "registered"):
+            await expect(page.locator(f"#chart-states path.a-{state}")).to_have_count(1)
+        await expect(page.locator("#chart-legend")).to_contain_text("held 20")
+        assert await page.locator("#chart-bytes rect.bar").count() > 0
+        # a change on the stream moves the chart without a reload
+        await move(srv.ctx, macs[0], "released", reason="released by the gate")
+        await expect(page.locator("#chart-legend")).to_contain_text("held 19")
+        await expect(page.locator("#chart-states path.a-released")).to_have_count(1)
+        await expect(page.locator("#chart-states")).to_have_attribute(
+            "aria-label", "nodes per state now: 13 registered, 10 imaging, 19 held, 1 released"
+        )
+        assert errors == []
+        await shot(page, "cluster-chart", full_page=False)
+        # no third-party anything: every request went to this server
+        assert all(
+            u.startswith(srv.url)
+            for u in await page.evaluate(
+                "performance.getEntriesByType('resource').map(e => e.name)"
+            )
+        )

@@ -35,6 +35,31 @@
       const badge = byId("x-state");
       badge.className = "state s-" + ev.to;
       badge.textContent = ev.to;
+      refresh();
+    }
+  }
+  // a new state changes what the machine does next: ask again (the same answer as on load)
+  async function refresh() {
+    try {
+      const answer = await fetch(`/api/nodes/${encodeURIComponent(data.mac)}/explain`, {
+        headers: { Accept: "application/json" },
+      });
+      if (!answer.ok) return;
+      const x = await answer.json();
+      byId("x-next").textContent = x.machine_next;
+      byId("x-next-boot").textContent = x.next_boot;
+      const causes = byId("x-causes");
+      if (causes) {
+        causes.replaceChildren(
+          ...x.causes.map((c) => {
+            const item = document.createElement("li");
+            item.textContent = c;
+            return item;
+          }),
+        );
+      }
+    } catch (err) {
+      // the server is restarting: the next state event asks again
     }
   }
   function connect() {
