@@ -169,6 +169,30 @@ def _multicast_text(d: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:.1f} MiB" if isinstance(n, int | float) else "?"
+
+
+def _image_text(d: dict[str, Any]) -> str:
+    """One image download (http/image_routes.py), in the admin's words."""
+    part = f" from byte {d['offset']:,}" if d.get("offset") else ""
+    done = "complete" if d.get("complete") else f"incomplete: {_mib(d.get('sent'))} of the range"
+    size, seconds = _mib(d.get("length")), d.get("seconds", "?")
+    text = f"image {d.get('image', '?')}: {size}{part} in {seconds} s, {done}"
+    return text + (f" ({d['aborted']})" if d.get("aborted") else "")
+
+
+def _tftp_text(d: dict[str, Any]) -> str:
+    """One TFTP transfer (tftp/transfer.py TransferStats.detail), in the admin's words."""
+    text = (
+        f"{d['file']} to {d.get('client', '?')}: {d['outcome']}, {d.get('bytes', 0):,} bytes in "
+        f"{d.get('seconds', '?')} s (blksize {d.get('blksize', '?')}, windowsize "
+        f"{d.get('windowsize', '?')}"
+    )
+    text += f", {d['retransmits']} retransmitted)" if d.get("retransmits") else ")"
+    return text + (f": {d['message']}" if d.get("message") else "")
+
+
 class LogFilterError(ValueError):
     """A filter names a node or cluster that does not exist; the message says which."""
 
@@ -185,6 +209,10 @@ def describe(ev: dict[str, Any]) -> str:
         return f"{text}: {extra}" if extra else text
     if ev.get("kind") == "multicast" and detail.get("what"):
         return _multicast_text(dict(ev["detail"]))
+    if ev.get("kind") == "http" and detail.get("what") == "image" and "sent" in detail:
+        return _image_text(detail)
+    if ev.get("kind") == "tftp" and "file" in detail and "outcome" in detail:
+        return _tftp_text(detail)
     error = str(detail.pop("error", "") or "")
     if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
         head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"

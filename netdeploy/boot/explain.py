@@ -182,13 +182,18 @@ async def _first_stages(session: AsyncSession, own: list[dict[str, Any]]) -> lis
             .limit(2000)
         )
     ).all()
-    found = []
-    for row in rows:
-        ip = (row.detail or {}).get("ip") or (row.detail or {}).get("client")
-        at = as_utc(row.at)
-        if any(ip == a_ip and timedelta(0) <= t - at <= FIRST_STAGE_WINDOW for t, a_ip in anchors):
-            found.append(event_json(row))
-    return found
+    # for each per-MAC request, the latest first stage from its address before it: several
+    # machines behind one address (NAT, QEMU slirp) must not all be drawn into one timeline
+    found: dict[int, Event] = {}
+    for t, a_ip in anchors:
+        best = None
+        for row in rows:
+            ip = (row.detail or {}).get("ip") or (row.detail or {}).get("client")
+            if ip == a_ip and timedelta(0) <= t - as_utc(row.at) <= FIRST_STAGE_WINDOW:
+                best = row  # rows are in id order: the last match is the latest
+        if best is not None:
+            found[best.id] = best
+    return [event_json(row) for row in found.values()]
 
 
 async def _unknown_first_stages(session: AsyncSession, now: datetime) -> int:
@@ -412,13 +417,14 @@ async def _advise(
                 answer.causes.append(
                     "the machine hung or lost its network while imaging; its console shows why"
                 )
-            act("fail", f"Fail {name} (give it up)", f"netdeploy fail {name}")
+        act("fail", f"Fail {name} (give it up)", f"netdeploy fail {name}")
         return
     if state in (NodeState.IMAGED, NodeState.HELD):
         gate = f" (gate {answer.gate}: {answer.gate_detail})" if answer.gate else ""
         answer.machine_next = f"wait at the gate in the agent until it is released{gate}"
         if answer.gate in ("formed", "releasing", "stopped") or cluster is None:
             act("release", f"Release {name} now", f"netdeploy release {name}")
+        act("fail", f"Fail {name} (go on without it)", f"netdeploy fail {name}")
         return
     if state == NodeState.FAILED:
         failed = _last(own, "state", "failed")
@@ -441,7 +447,7 @@ async def _advise(
                 f"nothing heard from it for {quiet}: its OS has not reported; look at its "
                 "console (mini-setup, first logon)"
             )
-            act("fail", f"Fail {name} (go on without it)", f"netdeploy fail {name}")
+        act("fail", f"Fail {name} (go on without it)", f"netdeploy fail {name}")
         return
     if state == NodeState.JOINED:
         answer.machine_next = "nothing: it joined; every network boot goes to its local disk"

@@ -7,16 +7,17 @@ a change reaches the open page without a reload. Screenshots land in ``test-arti
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from playwright.async_api import expect
 
 from netdeploy import eventlog
-from netdeploy.store.models import Event, Node, utcnow
+from netdeploy.store.models import Event
 from tests.browser.test_dashboard_browser import browser, row, shot  # noqa: F401 (fixture)
 from tests.integration.dashboard_helpers import (
+    FAILED,
     SQL_N2,
+    STALE,
+    mixed_rack,
     move,
     running_server,
     seed_nodes,
@@ -25,35 +26,6 @@ from tests.integration.dashboard_helpers import (
 pytestmark = pytest.mark.browser
 
 SCREEN = {"width": 1400, "height": 1000}
-FAILED = [17, 230, 488]
-STALE = [5, 301, 402, 499]
-
-
-async def mixed_rack(ctx) -> list[str]:  # type: ignore[no-untyped-def]
-    """500 members in mixed states: most imaging or held, 3 failed, 4 frozen while imaging."""
-    macs = await seed_nodes(ctx, 500)
-    now = utcnow()
-    async with ctx.sessions() as session:
-        for i, mac in enumerate(macs):
-            node = await session.get(Node, mac)
-            assert node is not None
-            if i in FAILED:
-                node.state, node.message = "failed", "image checksum mismatch"
-                session.add(
-                    eventlog.state_change(mac, "sqlclu", "imaging", "failed", "bad checksum")
-                )
-            elif i in STALE:
-                node.state, node.progress, node.message = "imaging", 12.0, "writing disk"
-                node.state_since = node.last_seen = now - timedelta(seconds=900)
-            elif i < 200:
-                node.state, node.progress = "imaging", float(i % 100)
-                node.state_since = node.last_seen = now - timedelta(seconds=5)
-            elif i < 450:
-                node.state, node.last_seen = "held", now
-            else:
-                node.state = "joined"
-        await session.commit()
-    return macs
 
 
 async def test_first_screen_shows_failed_stale_and_the_whole_rack(browser, tmp_path):  # noqa: F811

@@ -144,8 +144,9 @@
 
   // ---------------------------------------------------------------- node rows
   function renderActions(row, state) {
-    const cell = row.querySelector("td.act");
-    if (!cell || !data.admin) return;
+    if (!data.admin || !row.closest("table").querySelector("thead th.act-h")) return;
+    let cell = row.querySelector("td.act");
+    if (!cell) row.append((cell = el("td", undefined, "act")));
     const label = row.dataset.label;
     const wanted = Object.keys(data.nodeActions).filter((a) => data.nodeActions[a].includes(state));
     const have = [...cell.querySelectorAll("button")].map((b) => b.dataset.action);
@@ -702,6 +703,7 @@
     if (lim !== undefined && row.querySelector("td.role").textContent !== "unknown") row.dataset.lim = lim;
     const tile = tileOf(row.dataset.mac);
     if (tile) tile.title = `${row.dataset.label}: ${row.dataset.state}`;
+    renderActions(row, row.dataset.state);
   }
   for (const row of document.querySelectorAll("table.nodes tbody tr[id^='n-']")) prepare(row);
   tick();
