@@ -441,10 +441,10 @@ def report(results: dict, failures: dict, args: argparse.Namespace) -> None:  # 
     print("\nthroughput relative to in.tftpd (higher is better; time(in.tftpd) / time(x))")
     keys = [k for k in results["fbtftp" if "fbtftp" in results else "netdeploy"] if k in base]
     keys = [k for k in keys if not k.startswith("c)")]
-    header = f"{'scenario':26}" + "".join(f"{n:>12}" for n in results)
+    header = f"{'scenario':26}" + "".join(f"{n:>16}" for n in results)
     print(header)
     for key in keys:
-        cells = "".join(f"{base[key] / results[n][key]:11.2f}x" for n in results)
+        cells = "".join(f"{base[key] / results[n][key]:15.2f}x" for n in results)
         print(f"{key:26}{cells}")
     window = results["netdeploy"]["c) one transfer"]
     same = base["c) one transfer"] / window  # atftp against both: only the server differs
