@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from netdeploy.boot.explain import ExplainSettings, Explanation, explain
+from netdeploy.boot.explain import explain
+from netdeploy.boot.explanation import ExplainSettings, Explanation
 from netdeploy.context import Context
 from netdeploy.eventlog import LogFilterError
 from netdeploy.http import session as auth
