@@ -213,6 +213,10 @@ def describe(ev: dict[str, Any]) -> str:
         return _image_text(detail)
     if ev.get("kind") == "tftp" and "file" in detail and "outcome" in detail:
         return _tftp_text(detail)
+    if ev.get("kind") == "dhcp" and message:
+        # the ProxyDHCP worded it already (dhcp/pxe.py); the reason and any warning follow
+        parts = [message, str(detail.get("why") or ""), str(detail.get("warning") or "")]
+        return "; ".join(part for part in parts if part)
     error = str(detail.pop("error", "") or "")
     if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
         head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"

@@ -114,17 +114,26 @@ async def _first_stages(session: AsyncSession, own: list[dict[str, Any]]) -> lis
             .limit(2000)
         )
     ).all()
-    # for each per-MAC request, the latest first stage from its address before it: several
-    # machines behind one address (NAT, QEMU slirp) must not all be drawn into one timeline
+    # for each per-MAC request: the latest first stage from its address before it, and the
+    # TFTP transfers to that address since its previous request (the PXE firmware's boot
+    # program). Several machines behind one address (NAT, QEMU slirp) must not all be drawn
+    # into one timeline, hence the latest only.
     found: dict[int, Event] = {}
-    for t, a_ip in anchors:
-        best = None
+    previous: dict[str, datetime] = {}
+    for t, a_ip in sorted(anchors, key=lambda anchor: anchor[0]):
+        since = max(t - FIRST_STAGE_WINDOW, previous.get(a_ip, t - FIRST_STAGE_WINDOW))
+        previous[a_ip] = t
+        latest = None
         for row in rows:
             ip = (row.detail or {}).get("ip") or (row.detail or {}).get("client")
-            if ip == a_ip and timedelta(0) <= t - as_utc(row.at) <= FIRST_STAGE_WINDOW:
-                best = row  # rows are in id order: the last match is the latest
-        if best is not None:
-            found[best.id] = best
+            if ip != a_ip or not since <= as_utc(row.at) <= t:
+                continue
+            if row.kind == "tftp":
+                found[row.id] = row
+            else:
+                latest = row  # rows are in id order: the last match is the latest
+        if latest is not None:
+            found[latest.id] = latest
     return [event_json(row) for row in found.values()]
 
 

@@ -83,3 +83,19 @@ def test_transfers_and_severity_read_as_an_admin_reads_them():
     assert severity({"kind": "gate", "to": "stopped"}) == "error"
     assert severity({"kind": "auth", "detail": {}}) == "error"
     assert severity({"kind": "state", "to": "held"}) == "info"
+
+
+def test_a_proxydhcp_answer_reads_as_its_message_and_reason():
+    ev = {
+        "kind": "dhcp",
+        "detail": {
+            "message": "DHCPDISCOVER on port 67 from uefi (x64 UEFI): offer media/snponly.efi",
+            "why": "UEFI PXE firmware, not iPXE: chainload iPXE",
+            "arch": 7,
+            "guid": "00" * 17,
+        },
+    }
+    assert describe(ev) == (
+        "DHCPDISCOVER on port 67 from uefi (x64 UEFI): offer media/snponly.efi; "
+        "UEFI PXE firmware, not iPXE: chainload iPXE"
+    )
