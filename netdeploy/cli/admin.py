@@ -208,7 +208,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- options
 
 
-def _client_options(parser: argparse.ArgumentParser) -> None:
+def client_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
     parser.add_argument("--url", help="the server's base URL (default: found from the state dir)")
     parser.add_argument("--token", help="admin token (default: from config or the state dir)")
@@ -217,7 +217,7 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 def _with(*extra: tuple[tuple[str, ...], dict[str, Any]]) -> Any:
     def add(parser: argparse.ArgumentParser) -> None:
-        _client_options(parser)
+        client_options(parser)
         for names, options in extra:
             parser.add_argument(*names, **options)
 

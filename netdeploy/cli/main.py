@@ -15,8 +15,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
-
 import netdeploy
 from netdeploy.addresses import choose_ports
 from netdeploy.answers.check import check_answer_files, find_node, render_checked, server_url
@@ -24,13 +22,12 @@ from netdeploy.answers.render import PLACEHOLDER_TOKEN, TemplateProblem
 from netdeploy.answers.validate import InvalidAnswerFile
 from netdeploy.boot.check import check_boot_templates
 from netdeploy.cli import admin, images, media, receive
+from netdeploy.cli import nodes as node_list
 from netdeploy.cli.common import CommandError, add_config_options, config_from_args
 from netdeploy.config import Config, ConfigError
 from netdeploy.context import ServiceError
-from netdeploy.http.api import node_json
 from netdeploy.media.build import media_status
-from netdeploy.rollout.inventory import import_config
-from netdeploy.store import Node, StoreError, open_store
+from netdeploy.store import StoreError
 
 # ---------------------------------------------------------------- serve
 
@@ -136,21 +133,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- nodes
 
 
-async def _nodes(cfg: Config) -> list[dict]:
-    engine, sessions = await open_store(cfg.database_url)
-    try:
-        await import_config(sessions, cfg)
-        async with sessions() as session:
-            rows = (await session.scalars(select(Node).order_by(Node.cluster, Node.hostname))).all()
-        return [node_json(n) for n in rows]
-    finally:
-        await engine.dispose()
-
-
 def cmd_nodes(args: argparse.Namespace) -> int:
-    nodes = asyncio.run(_nodes(config_from_args(args)))
+    nodes = node_list.nodes(args, config_from_args(args))
     if args.json:
-        print(json.dumps(nodes, indent=2))
+        node_list.print_json(nodes)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -242,10 +228,10 @@ COMMANDS: list[Command] = [
     ),
     (
         "nodes",
-        "list nodes and their rollout states",
+        "list nodes and their rollout states (asks the running server; never writes the store)",
         cmd_nodes,
         lambda p: (
-            add_config_options(p),
+            admin.client_options(p),
             _json_option(p),
         ),
     ),

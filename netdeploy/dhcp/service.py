@@ -30,9 +30,15 @@ from netdeploy.dhcp.packet import MalformedPacket
 
 # the boot program for one firmware client (BootService.program_for)
 Decide = Callable[[FirmwareClient], Awaitable[BootChoice]]
-# requests waiting for their boot decision at once; past this a flood is dropped and counted,
-# and PXE clients retransmit (PXE 2.1: after 4, 8, 16 and 32 s)
+# Machines whose boot decision is being asked at once, and requests waiting for those decisions
+# (all machines together, ~1 KiB each): a retransmit storm of one MAC costs one decision,
+# answered to every request. Past these a flood is dropped and counted; PXE clients retransmit
+# (PXE 2.1: after 4, 8, 16 and 32 s).
 MAX_PENDING = 256
+MAX_WAITING = 4096
+
+# one request waiting for its machine's decision: what it asked, where to answer
+Waiting = tuple[p.DhcpPacket, pxe.Pending, tuple[str, int], bool, asyncio.DatagramTransport]
 
 log = logging.getLogger("netdeploy.dhcp")
 
@@ -105,7 +111,9 @@ class ProxyDhcpServer:
         self.writer = writer  # closed (what it holds written) when the server stops
         self.decide = decide
         self.on_answer = on_answer
-        self.pending: set[asyncio.Task[None]] = set()
+        self.pending: dict[str, list[Waiting]] = {}  # MAC -> requests awaiting its decision
+        self.waiting = 0  # requests in ``pending``, all machines together
+        self.tasks: set[asyncio.Task[None]] = set()
         self.client_port = client_port
         self.transports: list[asyncio.DatagramTransport] = []
         self.ports: tuple[int, int] = (0, 0)
@@ -130,9 +138,9 @@ class ProxyDhcpServer:
         for transport in self.transports:
             transport.close()
         self.transports = []
-        for task in list(self.pending):
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self.pending, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.writer is not None:
             await self.writer.close()
 
@@ -144,7 +152,8 @@ class ProxyDhcpServer:
         transport: asyncio.DatagramTransport,
     ) -> None:
         """One datagram: parse and classify now; a PXE request gets its answer once the boot
-        service decided (a task, at most :data:`MAX_PENDING` at once). Never raises."""
+        service decided for its MAC (one task per MAC, at most :data:`MAX_PENDING` MACs at
+        once; repeats of a MAC join the decision in flight). Never raises."""
         port_label = "pxe" if pxe_port else "dhcp"
         try:
             request = p.parse(data)
@@ -157,31 +166,35 @@ class ProxyDhcpServer:
         if isinstance(found, pxe.Answer):
             self.finish(request, found, addr, pxe_port, transport)
             return
-        if len(self.pending) >= MAX_PENDING:
+        mac = found.client.mac
+        waiting = self.pending.get(mac)
+        if self.waiting >= MAX_WAITING or (waiting is None and len(self.pending) >= MAX_PENDING):
             record.REQUESTS.labels(port_label, "busy").inc()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._decide(request, found, addr, pxe_port, transport)
-        )
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _decide(
-        self,
-        request: p.DhcpPacket,
-        pending: pxe.Pending,
-        addr: tuple[str, int],
-        pxe_port: bool,
-        transport: asyncio.DatagramTransport,
-    ) -> None:
-        try:
-            choice = await self.decide(pending.client.firmware_client)
-        except Exception as exc:  # the store is down: no answer now; the client retransmits
-            log.warning("no boot decision for %s: %s", pending.client.mac, exc)
-            record.REQUESTS.labels("pxe" if pxe_port else "dhcp", "undecided").inc()
+        self.waiting += 1
+        if waiting is not None:
+            waiting.append((request, found, addr, pxe_port, transport))
             return
-        answer = pxe.reply_with(request, pending, choice, self.server_ip)
-        self.finish(request, answer, addr, pxe_port, transport)
+        self.pending[mac] = [(request, found, addr, pxe_port, transport)]
+        task = asyncio.get_running_loop().create_task(self._decide(found.client))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _decide(self, client: pxe.PxeClient) -> None:
+        """Ask the boot service once for ``client``'s MAC, answer every request waiting on it."""
+        try:
+            choice: BootChoice | None = await self.decide(client.firmware_client)
+        except Exception as exc:  # the store is down: no answer now; the client retransmits
+            log.warning("no boot decision for %s: %s", client.mac, exc)
+            choice = None
+        waiting = self.pending.pop(client.mac, [])
+        self.waiting -= len(waiting)
+        for request, pending, addr, pxe_port, transport in waiting:
+            if choice is None:
+                record.REQUESTS.labels("pxe" if pxe_port else "dhcp", "undecided").inc()
+                continue
+            answer = pxe.reply_with(request, pending, choice, self.server_ip)
+            self.finish(request, answer, addr, pxe_port, transport)
 
     def finish(
         self,

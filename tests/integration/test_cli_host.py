@@ -28,9 +28,11 @@ def test_netdeploy_config_is_honoured_and_no_config_is_one_line(tmp_path):
 
 
 def test_state_dir_from_the_environment(tmp_path):
-    result = run_cli("nodes", "--json", env={"NETDEPLOY_STATE_DIR": str(tmp_path / "st")})
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "st" / "netdeploy.db").exists()
+    # the admin commands look for the server's admin token in the state dir
+    env = {"NETDEPLOY_STATE_DIR": str(tmp_path / "st"), "NETDEPLOY_URL": "http://127.0.0.1:9"}
+    result = run_cli("clusters", env=env)
+    assert result.returncode == 1
+    assert f"cannot read {tmp_path / 'st' / 'admin-token'}" in result.stderr, result.stderr
 
 
 def test_a_bad_database_url_is_one_line():

@@ -128,4 +128,4 @@ def test_bad_database_url_is_one_clear_line(tmp_path):
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "cannot open or upgrade database" in result.stderr
+    assert "cannot open" in result.stderr and "a-file is not a directory" in result.stderr
