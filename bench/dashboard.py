@@ -19,14 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiohttp import ClientSession
+from aiohttp import ClientSession, CookieJar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netdeploy.http.dashboard import STATIC
 from netdeploy.store.models import Event, Node
 from tests.integration.dashboard_helpers import (
     SQL_N1,
     Running,
+    mixed_rack,
     move,
     running_server,
     seed_nodes,
@@ -36,7 +38,10 @@ from tests.integration.dashboard_helpers import (
 async def main(nodes: int, clients: int, events: int, rate: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with running_server(Path(tmp), public_read=True) as srv, ClientSession() as http:
-            macs = await seed_nodes(srv.ctx, nodes)
+            if nodes == 500:  # the rack of the browser test: imaging, held, 3 failed, 4 stale
+                macs = await mixed_rack(srv.ctx)
+            else:
+                macs = await seed_nodes(srv.ctx, nodes)
             await move(srv.ctx, SQL_N1, "imaging")
             times = []
             for _ in range(10):
@@ -52,9 +57,19 @@ async def main(nodes: int, clients: int, events: int, rate: float) -> None:
                 encoding = r.headers.get("Content-Encoding", "none")
             async with http.get(srv.url + "/api/nodes") as r:
                 poll_bytes = len(await r.read())
+            static = sum(p.stat().st_size for p in STATIC.glob("dashboard.*"))
             print(
                 f"GET / with {nodes + 4} nodes: median {statistics.median(times) * 1000:.1f} ms, "
                 f"{plain / 1024:.0f} KiB HTML ({wire / 1024:.0f} KiB {encoding} on the wire)"
+            )
+            async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as admin:
+                await srv.login(admin)  # action buttons on every row that has one
+                async with admin.get(srv.url + "/", headers={"Accept-Encoding": "identity"}) as r:
+                    logged_in = len(await r.read())
+            print(
+                f"page weight with {nodes + 4} nodes: {(plain + static) / 1024:.0f} KiB "
+                f"(HTML + dashboard.js + dashboard.css, uncompressed; budget 300 KiB); "
+                f"logged in as admin: {(logged_in + static) / 1024:.0f} KiB"
             )
 
             received: list[list[float]] = [[] for _ in range(clients)]

@@ -4,6 +4,13 @@
     .venv/bin/pip install -e '.[bench]'     # fbtftp
     sudo .venv/bin/python bench/tftp.py     # in.tftpd -s needs root (chroot)
     ./dev bench tftp
+    ./dev bench tftp --storms 500 --repeat 1 --skip-fbtftp   # quicker
+
+As root it also runs netdeploy the way systemd/netdeploy.service does: as an unprivileged user
+(nobody) with no capabilities at all, so no CAP_NET_ADMIN (``netdeploy-unit``, via setpriv),
+and prints the socket buffer each netdeploy got (SO_RCVBUFFORCE needs CAP_NET_ADMIN; without it
+the kernel caps SO_RCVBUF at net.core.rmem_max: systemd/netdeploy-sysctl.conf raises that).
+Run without root, the bench measures the storms of that unprivileged netdeploy alone.
 
 Scenarios (all on loopback, each server in its own process, the same clients for all):
   (a) one 32 MiB file with curl at blksize 512 and 1468;
@@ -39,7 +46,16 @@ REPO = Path(__file__).resolve().parent.parent
 def serve_netdeploy(root: str, port: int) -> None:
     sys.path.insert(0, str(REPO))
     from netdeploy.config import TftpConfig
-    from netdeploy.tftp.engine import TftpServer
+    from netdeploy.tftp.engine import TftpServer, _listen_socket
+
+    probe = _listen_socket(socket.AF_INET, "127.0.0.1", 0)  # what the engine's socket gets
+    facts = {
+        "uid": os.getuid(),
+        "rcvbuf": probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        "cap_net_admin": _has_cap_net_admin(),
+    }
+    probe.close()
+    print(json.dumps(facts), flush=True)
 
     async def main() -> None:
         server = TftpServer(Path(root), TftpConfig(max_transfers=5000, max_per_client=1000))
@@ -50,6 +66,32 @@ def serve_netdeploy(root: str, port: int) -> None:
         await server.stop()
 
     asyncio.run(main())
+
+
+def _has_cap_net_admin() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 12))  # CAP_NET_ADMIN = 12
+    return False
+
+
+def rmem_max() -> int:
+    return int(Path("/proc/sys/net/core/rmem_max").read_text())
+
+
+UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+NO_CAPS = ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+
+
+def unit_python() -> tuple[str, dict[str, str]]:
+    """An interpreter user nobody may run, with this checkout and its packages on the path."""
+    import sysconfig
+
+    exe = os.path.realpath(sys.executable)
+    if exe.startswith("/root/") or not os.access(exe, os.X_OK):
+        exe = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return exe, {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def serve_fbtftp(root: str, port: int) -> None:
@@ -93,14 +135,31 @@ class Server:
 
     def __init__(self, name: str, root: Path):
         self.name, self.port = name, free_port()
+        self.facts: dict[str, object] = {}
+        env = None
         if name == "in.tftpd":
             argv = ["in.tftpd", "-L", "-s", "-a", f"127.0.0.1:{self.port}", str(root)]
+        elif name == "netdeploy-unit":  # as systemd/netdeploy.service runs it, minus even
+            python, env = unit_python()  # CAP_NET_BIND_SERVICE (a high port needs none)
+            argv = [*UNPRIVILEGED, *NO_CAPS, python, __file__, "--serve-netdeploy"]
+            argv += [str(root), str(self.port)]
         else:
             mode = "--serve-netdeploy" if name == "netdeploy" else "--serve-fbtftp"
             argv = [sys.executable, __file__, mode, str(root), str(self.port)]
         # fbtftp logs every lingering session to stderr; its failures are counted client-side
         quiet = subprocess.DEVNULL if name == "fbtftp" else None
-        self.proc = subprocess.Popen(argv, start_new_session=True, stderr=quiet)
+        talks = name.startswith("netdeploy")
+        self.proc = subprocess.Popen(
+            argv,
+            start_new_session=True,
+            stderr=quiet,
+            stdout=subprocess.PIPE if talks else None,
+            env=env,
+        )
+        if talks and self.proc.stdout is not None:
+            line = self.proc.stdout.readline()
+            if line:
+                self.facts = json.loads(line)
         time.sleep(1.0)
         if self.proc.poll() is not None:
             raise SystemExit(f"bench: {name} did not start (exit {self.proc.returncode})")
@@ -253,14 +312,20 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=32, help="size of file (a) (default 32)")
     parser.add_argument("--skip-fbtftp", action="store_true", help="leave stock fbtftp out")
     args = parser.parse_args()
+    root_run = os.geteuid() == 0
     missing = [tool for tool in ("in.tftpd", "curl", "atftp") if not shutil.which(tool)]
-    if missing:
+    if missing and root_run:
         raise SystemExit(
             f"bench: install {', '.join(missing)} (apt-get install tftpd-hpa curl atftp)"
         )
-    if os.geteuid() != 0:
-        raise SystemExit("bench: run as root: in.tftpd -s chroots into the files' directory")
+    if not root_run:
+        # in.tftpd -s needs root to chroot; the unit's conditions are this user's own
+        print("bench: not root: only netdeploy, as this unprivileged user (the unit's way)")
+        unprivileged(args)
+        return
     names = ["in.tftpd", "fbtftp", "netdeploy"]
+    if shutil.which("setpriv"):
+        names.append("netdeploy-unit")
     if args.skip_fbtftp:
         names.remove("fbtftp")
     else:
@@ -287,6 +352,42 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
         report(results, failures, args)
+        buffers(servers)
+
+
+def buffers(servers: dict) -> None:  # type: ignore[type-arg]
+    """What each netdeploy's listening socket got, and why."""
+    print(f"\nnet.core.rmem_max on this host: {rmem_max():,} bytes (kernel default 212,992)")
+    for name, server in servers.items():
+        f = server.facts
+        if not f:
+            continue
+        who = "root" if f["uid"] == 0 else f"uid {f['uid']}"
+        cap = "with" if f["cap_net_admin"] else "without"
+        print(
+            f"{name}: {who}, {cap} CAP_NET_ADMIN: listening SO_RCVBUF {f['rcvbuf']:,} bytes "
+            f"(asked for 4 MiB; the kernel reports twice the usable size)"
+        )
+
+
+def unprivileged(args: argparse.Namespace) -> None:
+    """The storms against netdeploy run by this (unprivileged) user, absolute figures only."""
+    with tempfile.TemporaryDirectory(prefix="bench-tftp-") as tmp:
+        root = Path(tmp)
+        (root / "storm.bin").write_bytes(os.urandom(MiB))
+        server = Server("netdeploy", root)
+        try:
+            for clients in map(int, args.storms.split(",")):
+                runs = [storm(server.port, root / "storm.bin", clients) for _ in range(args.repeat)]
+                best = min(seconds for seconds, _ in runs)
+                failed = sum(bad for _, bad in runs)
+                print(
+                    f"  b) storm {clients:<5} netdeploy (unprivileged) best {best:.3f} s, "
+                    f"{failed} failed fetches"
+                )
+        finally:
+            server.stop()
+        buffers({"netdeploy": server})
 
 
 def run_all(servers, args, root, out, big, results, failures):  # type: ignore[no-untyped-def]
@@ -325,6 +426,7 @@ def run_all(servers, args, root, out, big, results, failures):  # type: ignore[n
             },
         )
     hpa, nd = servers["in.tftpd"].port, servers["netdeploy"].port
+    # (c) compares the engines; the unit's conditions matter for storms (the listening buffer)
     measure(
         "c) one transfer",
         {
@@ -339,10 +441,10 @@ def report(results: dict, failures: dict, args: argparse.Namespace) -> None:  # 
     print("\nthroughput relative to in.tftpd (higher is better; time(in.tftpd) / time(x))")
     keys = [k for k in results["fbtftp" if "fbtftp" in results else "netdeploy"] if k in base]
     keys = [k for k in keys if not k.startswith("c)")]
-    header = f"{'scenario':26}" + "".join(f"{n:>12}" for n in results)
+    header = f"{'scenario':26}" + "".join(f"{n:>16}" for n in results)
     print(header)
     for key in keys:
-        cells = "".join(f"{base[key] / results[n][key]:11.2f}x" for n in results)
+        cells = "".join(f"{base[key] / results[n][key]:15.2f}x" for n in results)
         print(f"{key:26}{cells}")
     window = results["netdeploy"]["c) one transfer"]
     same = base["c) one transfer"] / window  # atftp against both: only the server differs

@@ -30,7 +30,10 @@ from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.tomlpos import line_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config" / "netdeploy.toml"
+# the demo lab in the source tree: what `./dev serve` and the tests pass explicitly
+DEMO_CONFIG = REPO_ROOT / "config" / "netdeploy.toml"
+# where an installed host keeps its config (systemd/netdeploy.service, the CLI's default)
+SYSTEM_CONFIG = Path("/etc/netdeploy/netdeploy.toml")
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _RELEASE = re.compile(r"^(sequential|manual|waves:([1-9][0-9]*))$")
@@ -93,6 +96,9 @@ class DashboardConfig(_Section):
 
     public_read: bool = False  # true: a wall screen shows the read-only view without the token
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0  # admin login lifetime
+    # a node imaging (or waiting at the gate) unheard of this long is marked stale, long
+    # before its phase timeout fails it (netdeploy/rollout/liveness.py)
+    stale_after: Seconds = 90.0
 
 
 class MetricsConfig(_Section):
@@ -471,7 +477,13 @@ def _pydantic_problems(exc: ValidationError, where: _Locator) -> list[Problem]:
     return problems
 
 
-def _cross_check(cfg: Config, where: _Locator) -> list[Problem]:
+def _cross_check(
+    cfg: Config, where: _Locator, node_index: list[int] | None = None
+) -> list[Problem]:
+    """References between entries: unknown clusters, images, profiles, duplicates.
+
+    ``node_index`` maps ``cfg.nodes`` back to their places in the file when only some of them
+    validated (see :func:`_cross_check_valid_parts`)."""
     problems: list[Problem] = []
 
     def add(loc: tuple[str | int, ...], message: str) -> None:
@@ -479,7 +491,7 @@ def _cross_check(cfg: Config, where: _Locator) -> list[Problem]:
 
     seen_mac: dict[str, int] = {}
     seen_host: dict[str, int] = {}
-    for i, node in enumerate(cfg.nodes):
+    for i, node in zip(node_index or range(len(cfg.nodes)), cfg.nodes, strict=True):
         if node.mac in seen_mac:
             add(("nodes", i, "mac"), f"{node.mac} is already used by nodes[{seen_mac[node.mac]}]")
         seen_mac.setdefault(node.mac, i)
@@ -580,6 +592,52 @@ def _cross_check(cfg: Config, where: _Locator) -> list[Problem]:
     return problems
 
 
+_ENTRY_MODELS: dict[str, type[_Section]] = {
+    "images": ImageConfig,
+    "hardware": HardwareProfile,
+    "clusters": ClusterConfig,
+}
+
+
+def _cross_check_valid_parts(data: dict[str, Any], where: _Locator) -> list[Problem]:
+    """The cross-reference problems among the entries that did validate, so that one run names
+    every problem: a bad field and an unknown cluster together (README: "every problem at
+    once"). A reference to an entry that is itself broken is not reported twice."""
+    parts: dict[str, dict[str, Any]] = {}
+    broken: set[str] = set()  # names of images, profiles and clusters that failed validation
+    for section, model in _ENTRY_MODELS.items():
+        raw = data.get(section)
+        parts[section] = {}
+        for name, entry in raw.items() if isinstance(raw, dict) else ():
+            try:
+                parts[section][name] = model.model_validate(entry)
+            except ValidationError:
+                broken.add(name)
+    nodes, index, clusters_of_broken = [], [], set()
+    raw_nodes = data.get("nodes")
+    for i, entry in enumerate(raw_nodes if isinstance(raw_nodes, list) else ()):
+        try:
+            nodes.append(NodeConfig.model_validate(entry))
+            index.append(i)
+        except ValidationError:
+            if isinstance(entry, dict) and isinstance(entry.get("cluster"), str):
+                clusters_of_broken.add(entry["cluster"])
+    partial = Config.model_construct(
+        nodes=nodes, images=parts["images"], hardware=parts["hardware"], clusters=parts["clusters"]
+    )
+    problems = _cross_check(partial, where, node_index=index)
+
+    def follows_from_a_field_error(problem: Problem) -> bool:
+        if any(repr(name) in problem.message for name in broken):
+            return True  # "unknown cluster 'x'" where [clusters.x] itself is broken
+        # a member that failed validation is missing from the cluster's member list
+        return any(
+            problem.key in (f"clusters.{c}", f"clusters.{c}.first_node") for c in clusters_of_broken
+        )
+
+    return [p for p in problems if not follows_from_a_field_error(p)]
+
+
 def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
     """The text and the parsed table of one TOML file, or :class:`ConfigError` with its line."""
     file = str(path)
@@ -651,7 +709,7 @@ def _merge_includes(
 
 
 def load_config(
-    path: Path | str | None = None, *, extra_includes: Sequence[Path] = (), **server_overrides: Any
+    path: Path | str, *, extra_includes: Sequence[Path] = (), **server_overrides: Any
 ) -> Config:
     """Read, validate and cross-check a config file and the inventory files it includes; raise
     :class:`ConfigError` on any problem.
@@ -661,7 +719,7 @@ def load_config(
     ``include`` named them (`netdeploy adopt` validates a new inventory file before it is put
     where ``include`` finds it).
     """
-    path = Path(path) if path else DEFAULT_CONFIG
+    path = Path(path)
     file = str(path)
     source, data = _read_toml(path)
     overrides = {k: v for k, v in server_overrides.items() if v is not None}
@@ -691,7 +749,7 @@ def load_config(
             Problem("command line", None, flags[p.key], p.message) if p.key in flags else p
             for p in problems
         ]
-        raise ConfigError(problems) from None
+        raise ConfigError(problems + _cross_check_valid_parts(data, where)) from None
     problems = _cross_check(cfg, where)
     if problems:
         raise ConfigError(problems)

@@ -209,6 +209,30 @@ def _multicast_text(d: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:.1f} MiB" if isinstance(n, int | float) else "?"
+
+
+def _image_text(d: dict[str, Any]) -> str:
+    """One image download (http/image_routes.py), in the admin's words."""
+    part = f" from byte {d['offset']:,}" if d.get("offset") else ""
+    done = "complete" if d.get("complete") else f"incomplete: {_mib(d.get('sent'))} of the range"
+    size, seconds = _mib(d.get("length")), d.get("seconds", "?")
+    text = f"image {d.get('image', '?')}: {size}{part} in {seconds} s, {done}"
+    return text + (f" ({d['aborted']})" if d.get("aborted") else "")
+
+
+def _tftp_text(d: dict[str, Any]) -> str:
+    """One TFTP transfer (tftp/transfer.py TransferStats.detail), in the admin's words."""
+    text = (
+        f"{d['file']} to {d.get('client', '?')}: {d['outcome']}, {d.get('bytes', 0):,} bytes in "
+        f"{d.get('seconds', '?')} s (blksize {d.get('blksize', '?')}, windowsize "
+        f"{d.get('windowsize', '?')}"
+    )
+    text += f", {d['retransmits']} retransmitted)" if d.get("retransmits") else ")"
+    return text + (f": {d['message']}" if d.get("message") else "")
+
+
 class LogFilterError(ValueError):
     """A filter names a node or cluster that does not exist; the message says which."""
 
@@ -225,6 +249,14 @@ def describe(ev: dict[str, Any]) -> str:
         return f"{text}: {extra}" if extra else text
     if ev.get("kind") == "multicast" and detail.get("what"):
         return _multicast_text(dict(ev["detail"]))
+    if ev.get("kind") == "http" and detail.get("what") == "image" and "sent" in detail:
+        return _image_text(detail)
+    if ev.get("kind") == "tftp" and "file" in detail and "outcome" in detail:
+        return _tftp_text(detail)
+    if ev.get("kind") == "dhcp" and message:
+        # the ProxyDHCP worded it already (dhcp/pxe.py); the reason and any warning follow
+        parts = [message, str(detail.get("why") or ""), str(detail.get("warning") or "")]
+        return "; ".join(part for part in parts if part)
     error = str(detail.pop("error", "") or "")
     if ev.get("kind") == "admin" and detail.get("action"):  # release/retry/fail/reset by whom
         head = f"{detail.pop('action')} by {detail.pop('actor', 'an admin')}"
@@ -244,8 +276,45 @@ def describe(ev: dict[str, Any]) -> str:
     return "; ".join(part for part in parts if part) or str(ev.get("kind"))
 
 
+# How loudly a row speaks in the log: an admin scanning 100 routine lines must see the failure.
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+
+def severity(ev: dict[str, Any]) -> str:
+    """``error`` (something failed or was refused for its credentials), ``warning`` (something
+    went wrong that may heal: a refused request, a timed-out transfer) or ``info``."""
+    kind, detail = ev.get("kind"), ev.get("detail") or {}
+    if kind == "state":
+        return ERROR if ev.get("to") == "failed" else INFO
+    if kind == "gate":
+        return ERROR if ev.get("to") == "stopped" else INFO
+    if kind in ("auth", "alarm"):
+        return ERROR
+    if kind == "rejected":
+        return WARNING
+    if kind == "answer" and detail.get("refused"):
+        return ERROR
+    if kind == "tftp" and detail.get("outcome") not in (None, "ok"):
+        return WARNING
+    if kind == "http" and detail.get("complete") is False:
+        return WARNING
+    if kind == "image" and detail.get("status") in ("bad", "missing"):
+        return ERROR
+    if kind == "multicast" and detail.get("what") == "receiver_bad":
+        return ERROR
+    if kind == "multicast" and detail.get("what") == "receiver_dropped":
+        return WARNING
+    if kind == "dhcp" and detail.get("warning"):
+        return WARNING
+    if kind == "health" and detail.get("healthy") is False:
+        return WARNING
+    if kind == "admin" and detail.get("action") == "fail":
+        return WARNING
+    return INFO
+
+
 def with_text(ev: dict[str, Any]) -> dict[str, Any]:
-    return {**ev, "text": describe(ev)}
+    return {**ev, "text": describe(ev), "severity": severity(ev)}
 
 
 async def resolve_node(session: AsyncSession, text: str) -> str:

@@ -163,13 +163,18 @@ def server(state_dir: Path) -> Iterator[ServerProcess]:
     proc.stop()
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `netdeploy` command as a developer runs it: ``NETDEPLOY_CONFIG`` names the demo lab
+    unless ``env`` says otherwise (an installed host reads /etc/netdeploy/netdeploy.toml)."""
     return subprocess.run(
         [sys.executable, "-m", "netdeploy", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=120,
+        env={**os.environ, "NETDEPLOY_CONFIG": str(DEMO_CONFIG), **(env or {})},
     )
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import http.client
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -60,16 +62,12 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
     cfg = config_from_args(args)
     url = server_url(args, cfg)
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url + path,
-        data=data,
-        method=method,
-        headers={
-            "Authorization": f"Bearer {admin_token(args, cfg)}",
-            "Content-Type": "application/json",
-        },
-    )
+    headers = {
+        "Authorization": f"Bearer {admin_token(args, cfg)}",
+        "Content-Type": "application/json",
+    }
     try:
+        request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
@@ -81,11 +79,13 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
         except ValueError:
             message = exc.reason
         raise CommandError(f"{message} (HTTP {exc.code} from {url})", problems) from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise CommandError(
             f"cannot reach netdeploy at {url} ({reason}); is `netdeploy serve` running? pass --url"
         ) from None
+    except ValueError as exc:  # "unknown url type", a port that is not a number, bad JSON
+        raise CommandError(f"cannot use {url}: {exc}; pass --url http://HOST:PORT") from None
 
 
 def server_given(args: argparse.Namespace, cfg: Config) -> bool:
@@ -212,6 +212,37 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """The boot path of one machine, from the running server's record (docs/boot.md)."""
+    x = call(args, "GET", f"/api/nodes/{urllib.parse.quote(args.node, safe='')}/explain")
+    if args.json:
+        print(json.dumps(x, indent=2))
+        return 0
+    name = x["hostname"] or "unknown machine"
+    state = x["state"] or "never heard from"
+    print(f"{name} ({x['mac']}): {state}" + (f", cluster {x['cluster']}" if x["cluster"] else ""))
+    if x["stale"]:
+        print(f"  stale: nothing heard for {x['quiet_for']:.0f} s (limit {x['stale_limit']:.0f} s)")
+    if x["gate"]:
+        print(f"  gate {x['gate']}: {x['gate_detail']}")
+    print()
+    if not x["steps"]:
+        print("  nothing recorded for this MAC: no DHCP, TFTP or HTTP request, no report")
+    marks = {"error": "!!", "warning": "! ", "info": "  "}
+    for step in x["steps"]:
+        when = (step["at"] or "")[:19].replace("T", " ")
+        print(f"{marks.get(step['severity'], '  ')}{when}  {step['phase']:<15} {step['text']}")
+    print()
+    print(f"next network boot: {x['next_boot']}")
+    print(f"the machine should: {x['machine_next']}")
+    for cause in x["causes"]:
+        print(f"likely cause: {cause}")
+    for advice in x["admin"]:
+        command = f": {advice['command']}" if advice["command"] else ""
+        print(f"you can: {advice['label']}{command}")
+    return 0
+
+
 # ---------------------------------------------------------------- options
 
 
@@ -234,6 +265,16 @@ def _with(*extra: tuple[tuple[str, ...], dict[str, Any]]) -> Any:
 NODE = (("node",), {"metavar": "NODE", "help": "MAC address or host name"})
 
 COMMANDS = [
+    (
+        "explain",
+        "why did a machine (not) boot: its boot path as a timeline, what it does next, likely "
+        "causes (from the running server)",
+        cmd_explain,
+        _with(
+            (("node",), {"metavar": "NODE", "help": "MAC address (any notation) or host name"}),
+            (("--json",), {"action": "store_true", "help": "print JSON"}),
+        ),
+    ),
     (
         "clusters",
         "show each cluster's gate and its nodes' rollout states (from the running server)",

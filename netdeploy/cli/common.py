@@ -1,12 +1,22 @@
-"""What every command shares: its one error type and the config options. A leaf: it imports
-the config and nothing of the commands, so each command module can import it."""
+"""What every command shares: its one error type, the config options and where the config is
+found. A leaf: it imports the config and nothing of the commands, so each command module can
+import it.
+
+Which config a command reads, first match wins: ``--config PATH``; ``$NETDEPLOY_CONFIG``;
+``/etc/netdeploy/netdeploy.toml`` (an installed host). The state dir: ``--state-dir``;
+``$NETDEPLOY_STATE_DIR``; ``[server] state_dir`` of the config. The repository's demo lab is
+never a silent default: ``./dev serve`` passes it explicitly."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from netdeploy.config import DEFAULT_CONFIG, Config, load_config
+from netdeploy.config import DEMO_CONFIG, SYSTEM_CONFIG, Config, ConfigError, Problem, load_config
+
+CONFIG_ENV = "NETDEPLOY_CONFIG"
+STATE_DIR_ENV = "NETDEPLOY_STATE_DIR"
 
 
 class CommandError(Exception):
@@ -26,7 +36,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, server: bool = False)
         type=Path,
         default=None,
         metavar="PATH",
-        help=f"config file (default: {DEFAULT_CONFIG})",
+        help=f"config file (default: ${CONFIG_ENV}, else {SYSTEM_CONFIG})",
     )
     parser.add_argument(
         "--db",
@@ -40,7 +50,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, server: bool = False)
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the database, admin token and images live",
+        help=f"where the database, admin token and images live (default: ${STATE_DIR_ENV}, "
+        "else [server] state_dir)",
     )
     if server:
         parser.add_argument(
@@ -71,13 +82,37 @@ def add_config_options(parser: argparse.ArgumentParser, *, server: bool = False)
         )
 
 
+def config_path(explicit: Path | None) -> Path:
+    """The config file a command reads (see the module docstring); a one-line error if none."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    raise ConfigError(
+        [
+            Problem(
+                str(SYSTEM_CONFIG),
+                None,
+                "",
+                f"no such file; pass --config PATH or set {CONFIG_ENV} "
+                f"(the demo lab of a source tree: {DEMO_CONFIG})",
+            )
+        ]
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir is None and os.environ.get(STATE_DIR_ENV):
+        state_dir = Path(os.environ[STATE_DIR_ENV])
     overrides = {
         "database": getattr(args, "db", None),
-        "state_dir": args.state_dir.resolve() if getattr(args, "state_dir", None) else None,
+        "state_dir": state_dir.resolve() if state_dir else None,
         "bind": getattr(args, "bind", None),
         "http_port": getattr(args, "http_port", None),
         "tftp_port": getattr(args, "tftp_port", None),
         "public_url": getattr(args, "public_url", None),
     }
-    return load_config(args.config, **overrides)
+    return load_config(config_path(getattr(args, "config", None)), **overrides)

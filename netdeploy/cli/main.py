@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import netdeploy
 from netdeploy.addresses import choose_ports
@@ -63,25 +67,54 @@ def reported_facts(args: argparse.Namespace, cfg: Config) -> dict[str, dict]:
     return {mac: dict(row.facts) for mac, row in found.items()}
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    problems = check_config(cfg, reported_facts(args, cfg))
-    if problems:
-        for line in problems:
-            print(f"{cfg.source}: {line}", file=sys.stderr)
-        return 1
-    missing = [n for n in cfg.images if not cfg.image_path(n).exists()]
-    print(
-        f"OK: {cfg.source}: {len(cfg.nodes)} nodes, {len(cfg.clusters)} clusters, "
-        f"{len(cfg.images)} images, {len(cfg.hardware)} hardware profiles"
-    )
+def _check(args: argparse.Namespace) -> dict[str, Any]:
+    """Every problem of the config in one pass: fields and references (``load_config``), then
+    paths, boot templates and every answer file of every node; and what is merely missing."""
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        return {
+            "ok": False,
+            "config": exc.problems[0].file if exc.problems else None,
+            "problems": [str(p) for p in exc.problems],
+            "notes": [],
+        }
+    problems = [f"{cfg.source}: {line}" for line in check_config(cfg, reported_facts(args, cfg))]
+    notes = []
     if status := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
-        print(f"note: {status}")
-    for name in missing:
-        print(
-            f"note: image {name!r} has no file yet at {cfg.image_path(name)}; "
+        notes.append(status)
+    for name in (n for n in cfg.images if not cfg.image_path(n).exists()):
+        notes.append(
+            f"image {name!r} has no file yet at {cfg.image_path(name)}; "
             f"capture it, then `netdeploy image add {name} PATH`"
         )
+    return {
+        "ok": not problems,
+        "config": str(cfg.source),
+        "problems": problems,
+        "notes": notes,
+        "nodes": len(cfg.nodes),
+        "clusters": len(cfg.clusters),
+        "images": len(cfg.images),
+        "hardware_profiles": len(cfg.hardware),
+    }
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    result = _check(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
+    for line in result["problems"]:
+        print(line, file=sys.stderr)
+    if not result["ok"]:
+        return 1
+    print(
+        f"OK: {result['config']}: {result['nodes']} nodes, {result['clusters']} clusters, "
+        f"{result['images']} images, {result['hardware_profiles']} hardware profiles"
+    )
+    for note in result["notes"]:
+        print(f"note: {note}")
     return 0
 
 
@@ -151,6 +184,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- main
 
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
 # Each entry: (name, help, handler, function that adds the command's own options).
 Command = tuple[
     str, str, Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]
@@ -169,7 +207,7 @@ COMMANDS: list[Command] = [
         "check",
         "validate the config, templates and reported hardware; exit 1 with one line per problem",
         cmd_check,
-        admin.client_options,
+        lambda p: (admin.client_options(p), _json_option(p)),
     ),
     (
         "render",
@@ -192,7 +230,7 @@ COMMANDS: list[Command] = [
         cmd_nodes,
         lambda p: (
             admin.client_options(p),
-            p.add_argument("--json", action="store_true", help="print JSON instead of a table"),
+            _json_option(p),
             p.add_argument(
                 "--facts",
                 action="store_true",
@@ -240,18 +278,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """One line on stderr, even when stderr is the pipe that just closed."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. The one place errors become exit codes: every failure is one line on
+    stderr, never a traceback (``NETDEPLOY_DEBUG=1`` shows the traceback of an unexpected one)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            _say(str(problem))
         return 1
     except (CommandError, StoreError) as exc:
         for line in getattr(exc, "problems", []):
-            print(line, file=sys.stderr)
-        print(f"netdeploy: {exc}", file=sys.stderr)
+            _say(line)
+        _say(f"netdeploy: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `netdeploy clusters --json | head -c1`: the reader is gone; stop quietly, and keep
+        # Python from failing again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _say(f"netdeploy {args.command}: output closed early (broken pipe)")
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+    except Exception as exc:
+        if os.environ.get("NETDEPLOY_DEBUG"):
+            raise
+        _say(
+            f"netdeploy {args.command}: unexpected {type(exc).__name__}: {exc} "
+            "(NETDEPLOY_DEBUG=1 shows where; please report it)"
+        )
+        return 1

@@ -18,11 +18,13 @@ from netdeploy.http import (
     auth,
     boot_routes,
     capture_routes,
+    cluster_page,
     dashboard,
     events_routes,
     image_admin_routes,
     image_routes,
     multicast_routes,
+    node_page,
     outage,
     sparse_routes,
 )
@@ -47,6 +49,8 @@ ROUTE_MODULES = [
     capture_routes,
     sparse_routes,
     image_admin_routes,
+    node_page,
+    cluster_page,
 ]
 
 

@@ -91,6 +91,10 @@ ROUTES: dict[tuple[str, str], Level] = {
     ("GET", "/api/images"): R,
     ("GET", "/api/images/{name}"): R,
     ("GET", "/api/transfers"): R,
+    # the operator's view (issue 19): pages show the login form to who may not read (handler)
+    ("GET", "/node/{node}"): P,
+    ("GET", "/cluster/{name}"): P,
+    ("GET", "/api/nodes/{node}/explain"): R,
     # network capture (issue 17): the admin marks, the claimed agent streams its disk
     ("GET", "/api/admin/captures"): A,
     ("POST", "/api/admin/captures"): A,

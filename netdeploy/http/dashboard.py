@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from sqlalchemy import select
 
 from netdeploy.http import auth as declared
 from netdeploy.http import session as auth
@@ -25,10 +26,10 @@ from netdeploy.http.agent_routes import STATUS as ROLLOUT_STATUS
 from netdeploy.http.api import facts_by_mac, facts_json
 from netdeploy.http.auth import LOGINS
 from netdeploy.http.common import ctx_of, multicast_of, reloader_of
-from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view
+from netdeploy.http.dashboard_view import GATE_LABELS, NODE_ACTIONS, load_view, stale_limits
 from netdeploy.http.multicast_view import multicast_view
 from netdeploy.images import capture
-from netdeploy.inventory import BadMac, normalize_mac
+from netdeploy.inventory import BadMac, NodeState, normalize_mac
 from netdeploy.reload import ReloadRefused
 from netdeploy.rollout import service as rollout
 from netdeploy.rollout.errors import RolloutError
@@ -67,6 +68,14 @@ def _since(when: datetime | None) -> str:
     return _duration((datetime.now(UTC) - when).total_seconds()) if when else "—"
 
 
+def _epoch(when: datetime | None) -> str:
+    return str(int(when.timestamp())) if when else ""
+
+
+def _ago(seconds: float) -> str:
+    return _duration(seconds) + " ago"
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "—"
@@ -91,7 +100,7 @@ ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(since=_since, size=_size)
+ENV.filters.update(since=_since, size=_size, epoch=_epoch, ago=_ago)
 ENV.globals.update(static_version=_static_version(), gate_labels=GATE_LABELS)
 
 
@@ -115,12 +124,18 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     session = auth.session_of(request)
     if not auth.may_read(request):
         return render("login.html", error="", public_read=False)
+    state_filter = request.query.get("state", "").strip()
+    if state_filter not in {*NodeState, "stale"}:
+        state_filter = ""
     async with ctx.sessions() as db:
         view = await load_view(
             db,
             log_node=request.query.get("node", "").strip(),
             log_cluster=request.query.get("cluster", "").strip(),
+            config=ctx.config,
+            state_filter=state_filter,
         )
+        limits = stale_limits(ctx.config, list((await db.scalars(select(Cluster))).all()))
     service = multicast_of(request)
     multicast = multicast_view(
         service.status() if service is not None else None,
@@ -134,6 +149,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "gateLabels": GATE_LABELS,
         "nodeActions": NODE_ACTIONS,
         "logFilter": {"node": view.log_node, "cluster": view.log_cluster},
+        "stateFilter": state_filter,
+        "staleLimits": limits,
         # the section polls /api/multicast/sessions only while a session is under way
         "multicast": {"available": multicast.available, "active": bool(multicast.sessions)},
     }

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from netdeploy.config import Config
 from netdeploy.eventlog import LogFilterError, query_events
 from netdeploy.inventory import NodeState
+from netdeploy.rollout import liveness
+from netdeploy.rollout.gate import natural_key
 from netdeploy.rollout.membership import membership_json
+from netdeploy.rollout.rollup import rollup
 from netdeploy.store.db import newest_event_id
 from netdeploy.store.models import Cluster, Image, Node
 
@@ -41,6 +46,31 @@ NODE_ACTIONS: dict[str, list[str]] = {
 }
 
 
+# The gate's own words name CLI commands (`netdeploy retry NODE` ...); the page has buttons for
+# them, so it shows the sentence without the commands (dashboard.js strips live updates alike).
+_COMMAND_ASIDE = re.compile(r"\s*\(`netdeploy[^)]*\)")
+_COMMAND_CLAUSE = re.compile(r"[;:]\s*[^;:]*`netdeploy[^`]*`[^;]*$")
+
+
+def without_commands(text: str) -> str:
+    return _COMMAND_CLAUSE.sub("", _COMMAND_ASIDE.sub("", text))
+
+
+# Clusters in the order an admin must look at them (lower first).
+def _urgency(gate: str, nodes: list[NodeView]) -> int:
+    if gate == "stopped" or any(n.alarm for n in nodes):
+        return 0
+    if any(n.state == NodeState.FAILED for n in nodes):
+        return 1
+    if any(n.stale for n in nodes):
+        return 2
+    if gate == "complete":
+        return 5
+    if any(n.state not in (NodeState.REGISTERED, NodeState.JOINED) for n in nodes):
+        return 3
+    return 4
+
+
 def actions_for(state: str) -> list[str]:
     return [action for action, states in NODE_ACTIONS.items() if state in states]
 
@@ -57,6 +87,30 @@ class NodeView:
     message: str
     last_ip: str | None
     in_cluster: str = ""  # its membership as the cluster reports it (issue 16), "" unknown
+    heard: datetime | None = None  # the later of its last request and its last change of state
+    quiet: float = 0.0  # seconds since then
+    quiet_limit: float | None = None  # stale after this much quiet (None: nobody should talk)
+    alarm: str = ""  # a second claim of the node (issue 22 fills this); shown first
+
+    @property
+    def stale(self) -> bool:
+        return liveness.is_stale(self.quiet, self.quiet_limit)
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.state == NodeState.FAILED or self.stale or bool(self.alarm)
+
+    @property
+    def attention_rank(self) -> tuple[int, float]:
+        rank = 0 if self.alarm else 1 if self.state == NodeState.FAILED else 2
+        return (rank, -self.quiet)
+
+    @property
+    def tile_fill(self) -> int:
+        """Progress as a tenth (the rack tile's fill): imaging shows its %, later states full."""
+        if self.state == NodeState.IMAGING:
+            return min(10, int((self.progress or 0) // 10))
+        return 10 if self.state in _FULL else 0
 
     @property
     def dom_id(self) -> str:
@@ -69,6 +123,11 @@ class NodeView:
     @property
     def actions(self) -> list[str]:
         return actions_for(self.state)
+
+
+_FULL = frozenset(
+    {NodeState.IMAGED, NodeState.HELD, NodeState.RELEASED, NodeState.STARTING, NodeState.JOINED}
+)
 
 
 @dataclass
@@ -97,10 +156,32 @@ class ClusterView:
         return f"the cluster lists: {members or 'nobody'} (reported by {seen['reported_by']})"
 
     alarm: str = ""  # an identity alarm (docs/security.md): the gate is stopped
+    rollup: str = ""
+    release_order: tuple[str, ...] = ()
 
     @property
     def gate_label(self) -> str:
         return GATE_LABELS.get(self.gate, self.gate)
+
+    @property
+    def gate_text(self) -> str:
+        return without_commands(self.gate_detail)
+
+    @property
+    def urgency(self) -> int:
+        return _urgency(self.gate, self.nodes)
+
+    @property
+    def blockers(self) -> list[NodeView]:
+        """Failed nodes the gate waits on an admin for: their buttons go by the gate."""
+        return [n for n in self.nodes if n.state == NodeState.FAILED]
+
+    @property
+    def next_release(self) -> NodeView | None:
+        """With the manual policy, the held node the gate would release next."""
+        if not self.release_order or self.gate not in ("formed", "releasing"):
+            return None
+        return next((n for n in self.nodes if n.label == self.release_order[0]), None)
 
 
 @dataclass
@@ -116,13 +197,32 @@ class DashboardView:
     log_cluster: str = ""
     log_error: str = ""
     all_nodes: list[NodeView] = field(default_factory=list)
+    state_filter: str = ""
+
+    @property
+    def attention(self) -> list[NodeView]:
+        """Alarmed, failed and stale nodes: what the first screen shows before anything else."""
+        return sorted(
+            (n for n in self.all_nodes if n.needs_attention), key=lambda n: n.attention_rank
+        )
+
+    @property
+    def stale_count(self) -> int:
+        return sum(n.stale for n in self.all_nodes)
+
+    def shown(self, node: NodeView) -> bool:
+        """Whether the state filter (``?state=``, the clickable counts) keeps ``node``."""
+        f = self.state_filter
+        return not f or node.state == f or (f == "stale" and node.stale)
 
     @property
     def labels(self) -> dict[str, str]:
         return {n.mac: n.label for n in self.all_nodes}
 
 
-def _node_view(node: Node, clusters: dict[str, Cluster]) -> NodeView:
+def _node_view(
+    node: Node, clusters: dict[str, Cluster], config: Config | None, now: datetime
+) -> NodeView:
     if node.state == NodeState.DISCOVERED or not node.in_config:
         role = "unknown"
     elif node.cluster and node.cluster in clusters:
@@ -130,6 +230,15 @@ def _node_view(node: Node, clusters: dict[str, Cluster]) -> NodeView:
         role = "first node" if (node.hostname or "").lower() == first.lower() else "member"
     else:
         role = "standalone"
+    cluster = clusters.get(node.cluster) if node.cluster else None
+    limit = None
+    if config is not None and role != "unknown":
+        limit = liveness.quiet_limit(
+            node.state,
+            stale_after=config.dashboard.stale_after,
+            gate_poll=config.http.gate_poll_timeout,
+            timeouts=(cluster.settings or {}).get("timeouts") if cluster else None,
+        )
     return NodeView(
         mac=node.mac,
         hostname=node.hostname,
@@ -140,20 +249,54 @@ def _node_view(node: Node, clusters: dict[str, Cluster]) -> NodeView:
         progress=node.progress,
         message=node.message or "",
         last_ip=node.last_ip,
+        heard=liveness.last_heard(node.last_seen, node.state_since),
+        quiet=liveness.quiet_for(node.last_seen, node.state_since, now),
+        quiet_limit=limit,
     )
 
 
+def stale_limits(config: Config, clusters: list[Cluster]) -> dict[str, dict[str, float]]:
+    """Per cluster ("" for nodes without one), the quiet limit of each state: the page marks
+    nodes stale as the seconds pass, and after a change of state, without asking us."""
+
+    def limits(timeouts: dict[str, Any] | None) -> dict[str, float]:
+        out = {}
+        for state in NodeState:
+            limit = liveness.quiet_limit(
+                state,
+                stale_after=config.dashboard.stale_after,
+                gate_poll=config.http.gate_poll_timeout,
+                timeouts=timeouts,
+            )
+            if limit is not None:
+                out[str(state)] = limit
+        return out
+
+    table = {"": limits(None)}
+    for c in clusters:
+        table[c.name] = limits((c.settings or {}).get("timeouts"))
+    return table
+
+
 async def load_view(
-    session: AsyncSession, *, log_node: str = "", log_cluster: str = "", log_limit: int = 100
+    session: AsyncSession,
+    *,
+    log_node: str = "",
+    log_cluster: str = "",
+    log_limit: int = 100,
+    config: Config | None = None,
+    now: datetime | None = None,
+    state_filter: str = "",
 ) -> DashboardView:
     # the newest event id first: the page's live stream resumes after it, so a change committed
     # while the rest is read is replayed rather than lost (replaying one twice is harmless)
     last_event_id = await newest_event_id(session)
     clusters = {c.name: c for c in (await session.scalars(select(Cluster))).all()}
     nodes = (await session.scalars(select(Node))).all()
-    views = [_node_view(n, clusters) for n in nodes]
+    now = now or datetime.now(UTC)
+    views = [_node_view(n, clusters, config, now) for n in nodes]
     # first node on top, then by host name: the order an admin reads a rollout in
-    views.sort(key=lambda v: (v.role != "first node", v.label))
+    views.sort(key=lambda v: (v.role != "first node", natural_key(v.label)))
     by_cluster: dict[str, list[NodeView]] = {name: [] for name in clusters}
     membership_of: dict[str, dict[str, Any]] = {}
     standalone, discovered = [], []
@@ -184,8 +327,17 @@ async def load_view(
         )
     except LogFilterError as exc:
         events, log_error = [], str(exc)
-    return DashboardView(
-        clusters=[
+    cluster_views = []
+    for c in clusters.values():
+        members = by_cluster[c.name]
+        for view in members:  # an identity alarm names its node: "MAC: what happened"
+            if c.alarm and c.alarm.startswith(f"{view.mac}:"):
+                # not a node's state: the page's copy of the cluster's alarm that names it
+                view.alarm = c.alarm
+        summary = rollup(
+            c.release_policy, c.first_node, [(n.hostname or n.mac, n.state) for n in members]
+        )
+        cluster_views.append(
             ClusterView(
                 name=c.name,
                 image=c.image,
@@ -193,12 +345,17 @@ async def load_view(
                 release_policy=c.release_policy,
                 gate=c.gate,
                 gate_detail=c.gate_detail or "",
-                nodes=by_cluster[c.name],
+                nodes=members,
                 membership=membership_of[c.name],
                 alarm=c.alarm or "",
+                rollup=summary.text,
+                release_order=summary.release_order,
             )
-            for c in sorted(clusters.values(), key=lambda c: c.name)
-        ],
+        )
+    # the stopped cluster with its failed node first, the finished ones last
+    cluster_views.sort(key=lambda c: (c.urgency, c.name))
+    return DashboardView(
+        clusters=cluster_views,
         standalone=standalone,
         discovered=discovered,
         images=list((await session.scalars(select(Image).order_by(Image.name))).all()),
@@ -208,5 +365,6 @@ async def load_view(
         log_node=log_node,
         log_cluster=log_cluster,
         log_error=log_error,
-        all_nodes=sorted(views, key=lambda v: v.label),
+        all_nodes=sorted(views, key=lambda v: natural_key(v.label)),
+        state_filter=state_filter,
     )

@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -78,6 +79,20 @@ def _private_file(path: Path) -> None:
 
 
 def create_engine(url: str) -> AsyncEngine:
+    try:
+        return _create_engine(url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except ArgumentError:
+            shown = url
+        raise StoreError(
+            f"database URL {shown!r} is not usable ({exc}); use sqlite:///PATH or "
+            "postgresql://USER@HOST/DATABASE"
+        ) from None
+
+
+def _create_engine(url: str) -> AsyncEngine:
     url = _async_url(url)
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):

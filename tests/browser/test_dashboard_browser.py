@@ -95,7 +95,7 @@ async def test_page_lists_the_demo_cluster_and_progress_moves_without_reload(bro
     async with running_server(tmp_path, public_read=True) as srv:
         page = await open_live(browser, srv.url)
         cluster = page.locator("article.cluster[data-cluster=sqlclu]")
-        await expect(cluster.get_by_role("heading", name="sqlclu")).to_be_visible()
+        await expect(cluster.get_by_role("heading", name="sqlclu", exact=True)).to_be_visible()
         await expect(cluster.locator(".gate")).to_have_text("waiting for first node")
         await expect(row(page, SQL_N1).locator(".role")).to_have_text("first node")
         await expect(row(page, SQL_N2).locator(".role")).to_have_text("member")
@@ -320,14 +320,14 @@ async def test_netdeploy_serve_asks_for_the_token_then_shows_the_demo(browser, t
         token = (tmp_path / "state" / "admin-token").read_text().strip()
         page = await (await browser.new_context(viewport=WALL)).new_page()
         await page.goto(server.url + "/")
-        await expect(page.get_by_role("heading", name="sqlclu")).to_have_count(0)
+        await expect(page.get_by_role("heading", name="sqlclu", exact=True)).to_have_count(0)
         await page.get_by_label("Admin token").fill("not-the-token")
         await page.get_by_role("button", name="Log in").click()
         await expect(page.get_by_role("alert")).to_contain_text("not the admin token")
         await page.get_by_label("Admin token").fill(token)
         await page.get_by_role("button", name="Log in").click()
         await expect(page.locator("#live")).to_have_text("live")
-        await expect(page.get_by_role("heading", name="sqlclu")).to_be_visible()
+        await expect(page.get_by_role("heading", name="sqlclu", exact=True)).to_be_visible()
         for host in ("sql-n1", "sql-n2", "sql-n3", "web-1"):
             await expect(page.locator(f"tr[data-label={host}]")).to_have_count(1)
         await page.get_by_role("button", name="Log out").click()
@@ -355,7 +355,7 @@ async def test_every_state_is_readable_text_with_aa_contrast(browser, tmp_path):
         await login(page, srv.ctx.admin_token)
         await move(srv.ctx, "52:54:00:00:20:01", "held")  # standalone: buttons appear live
         await expect(page.get_by_role("button", name="Release web-1")).to_be_visible()
-        await page.get_by_role("button", name="Retry sql-n2").focus()
+        await row(page, SQL_N2).get_by_role("button", name="Retry sql-n2").focus()
         low = await page.evaluate(CONTRAST_JS)
         assert low == [], f"text below WCAG AA contrast (4.5:1): {low}"
         await shot(page, "admin-states")

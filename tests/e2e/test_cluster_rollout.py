@@ -217,8 +217,33 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
     server = start_server(state_dir, http_port=free_port())
     try:
         events = api(server, "/api/events/log?limit=1000", admin)["events"][::-1]
+        # "why did it (not) boot?" answered from that record: sql-n2's boot path, first
+        # request to joined, and a machine that never booted gets the likely causes
+        common = ("--url", server.url, "--token", admin, "--state-dir", str(state_dir))
+        explained = run_cli("explain", "sql-n2", *common)
+        never = run_cli("explain", "52:54:00:00:99:99", *common)
     finally:
         server.stop()
+    artifacts = REPO / "test-artifacts"
+    (artifacts / "e2e-explain-sql-n2.txt").write_text(explained.stdout + explained.stderr)
+    assert explained.returncode == 0, explained.stderr
+    lines = explained.stdout.splitlines()
+    assert lines[0] == "sql-n2 (52:54:00:00:10:02): joined, cluster sqlclu", lines[0]
+
+    def line_of(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    first_stage = line_of("first stage")  # GET /boot.ipxe, placed by the client's address
+    script = line_of("/boot/52-54-00-00-10-02.ipxe")
+    imaging = line_of("→ imaging")
+    held = line_of("→ held")
+    local = line_of(": local (")
+    joined = line_of("→ joined")
+    assert first_stage < script < imaging < held < local < joined, explained.stdout
+    assert "image download" in explained.stdout  # the image fetch with its bytes
+    assert "next network boot: local" in explained.stdout
+    assert never.returncode == 0, never.stderr
+    assert "never heard from" in never.stdout and "likely cause:" in never.stdout
     by_mac = {mac: [e for e in events if e["mac"] == mac] for mac in NODES.values()}
 
     def first_id(mac: str, **match) -> int:

@@ -129,4 +129,19 @@ def test_uefi_firmware_pxe_chainloads_ipxe_once(net: Lan, tmp_path: Path) -> Non
         ("ipxe", 67, "offer", f"{URL}/boot.ipxe"),  # snponly.efi, now iPXE
     ], got
     assert [g for g in got if g[0] == "uefi" and g[1] == 67] == [got[0]]  # chainloaded once
+    # `netdeploy explain`'s timeline of it, from the first DHCPDISCOVER to the agent's plan
+    token = (net.workdir / "state" / "admin-token").read_text().strip()
+    steps = net.request("/api/nodes/sql-n2/explain", token=token)["steps"]  # type: ignore[index]
+    path = [(s["phase"], s["text"]) for s in steps]
+    (REPO / "test-artifacts").mkdir(exist_ok=True)
+    (REPO / "test-artifacts" / "e2e-explain-uefi-pxe.txt").write_text(
+        "\n".join(f"{phase:15} {text}" for phase, text in path)
+    )
+
+    def first(phase: str, text: str = "") -> int:
+        return next(i for i, (p, t) in enumerate(path) if p == phase and text in t)
+
+    dhcp, tftp = first("ProxyDHCP"), first("TFTP", "media/snponly.efi")
+    stage, script = first("first stage", "/boot.ipxe"), first("boot decision", "image")
+    assert dhcp < tftp < stage < script, path
     print(f"\nOVMF PXE: boot.ipxe at {ran_first_stage:.1f}s, agent plan at {plan_at:.1f}s")

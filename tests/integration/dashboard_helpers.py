@@ -11,12 +11,14 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, web
 from sqlalchemy import select
 
+from netdeploy import eventlog
 from netdeploy.config import DashboardConfig, load_config
 from netdeploy.context import Context, Ports
 from netdeploy.events import EventBus
@@ -172,3 +174,35 @@ async def form_cluster(ctx: Context, name: str = "sqlclu") -> None:
         cluster.formed_at, cluster.gate = utcnow(), "formed"
         await session.commit()
     ctx.bus.publish(event)
+
+
+# a 500-node rack in mixed states (tests/browser/test_triage_browser.py, bench/dashboard.py)
+FAILED = [17, 230, 488]
+STALE = [5, 301, 402, 499]
+
+
+async def mixed_rack(ctx: Context) -> list[str]:
+    """500 members in mixed states: most imaging or held, 3 failed, 4 frozen while imaging."""
+    macs = await seed_nodes(ctx, 500)
+    now = utcnow()
+    async with ctx.sessions() as session:
+        for i, mac in enumerate(macs):
+            node = await session.get(Node, mac)
+            assert node is not None
+            if i in FAILED:
+                node.state, node.message = "failed", "image checksum mismatch"
+                session.add(
+                    eventlog.state_change(mac, "sqlclu", "imaging", "failed", "bad checksum")
+                )
+            elif i in STALE:
+                node.state, node.progress, node.message = "imaging", 12.0, "writing disk"
+                node.state_since = node.last_seen = now - timedelta(seconds=900)
+            elif i < 200:
+                node.state, node.progress = "imaging", float(i % 100)
+                node.state_since = node.last_seen = now - timedelta(seconds=5)
+            elif i < 450:
+                node.state, node.last_seen = "held", now
+            else:
+                node.state = "joined"
+        await session.commit()
+    return macs

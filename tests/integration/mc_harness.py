@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netdeploy.config import DEFAULT_CONFIG, MulticastConfig, load_config
+from netdeploy.config import DEMO_CONFIG, MulticastConfig, load_config
 from netdeploy.context import Context, Ports
 from netdeploy.http.app import build_app
 from netdeploy.multicast.service import MulticastService, start_multicast
@@ -127,7 +127,7 @@ async def running_server(
     """netdeploy (HTTP + multicast) on ``bind``; the demo image filled with ``size`` bytes."""
     http_port = http_port or free_port()
     cfg = load_config(
-        DEFAULT_CONFIG,
+        DEMO_CONFIG,
         state_dir=tmp / "state",
         database=f"sqlite+aiosqlite:///{tmp}/state/db.sqlite",
         http_port=http_port,

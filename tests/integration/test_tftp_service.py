@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from netdeploy.boot.service import BootService
-from netdeploy.config import DEFAULT_CONFIG, load_config
+from netdeploy.config import DEMO_CONFIG, load_config
 from netdeploy.context import Context, Ports, ServiceError
 from netdeploy.server import open_context
 from netdeploy.store.models import Event, Node
@@ -30,7 +30,7 @@ def free_udp_port() -> int:
 @pytest.fixture
 async def ctx(tmp_path: Path) -> Context:
     cfg = load_config(
-        DEFAULT_CONFIG,
+        DEMO_CONFIG,
         state_dir=tmp_path / "state",
         database=f"sqlite:///{tmp_path}/db.sqlite",
         bootfiles_dir=make_root(tmp_path),

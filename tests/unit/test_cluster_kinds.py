@@ -10,14 +10,14 @@ import pytest
 from netdeploy.answers.check import check_answer_files
 from netdeploy.answers.render import render_answer
 from netdeploy.clusterkinds import KINDS, formation, var_problems
-from netdeploy.config import DEFAULT_CONFIG, ConfigError, load_config
+from netdeploy.config import DEMO_CONFIG, ConfigError, load_config
 from tests.conftest import demo_variant
 
 URL = "http://10.0.2.2:8080"
 
 
 def render(host: str, name: str) -> str:
-    cfg = load_config(DEFAULT_CONFIG)
+    cfg = load_config(DEMO_CONFIG)
     node = cfg.node_by_hostname(host)
     assert node is not None
     return render_answer(cfg, node, name, server_url=URL).text
@@ -67,7 +67,7 @@ def test_pacemaker_first_boot_sets_up_or_joins(name: str) -> None:
 
 
 def test_the_demo_lab_with_its_three_kinds_passes_check() -> None:
-    cfg = load_config(DEFAULT_CONFIG)
+    cfg = load_config(DEMO_CONFIG)
     assert {c.kind for c in cfg.clusters.values()} == {"windows2003", "windows", "pacemaker"}
     assert check_answer_files(cfg) == []
 

@@ -289,3 +289,25 @@ def test_an_included_file_holds_nodes_only(tmp_path: Path) -> None:
         load_config(main)
     (problem,) = caught.value.problems
     assert problem.line == 1 and "holds [[nodes]] only" in problem.message
+
+
+def test_field_errors_and_cross_references_are_reported_in_one_pass(tmp_path):
+    """A bad value and an unknown reference elsewhere: both at once, not one after the other."""
+    text = (
+        DEMO.replace('hardware = "dl380-g4"\nvars', 'hardware = "nope"\nvars')
+        .replace('mac = "52:54:00:00:20:01"', 'mac = "zz"')
+        .replace("max_per_client", "max_per_cl")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    keys = {p.key for p in caught.value.problems}
+    assert keys == {"nodes[3].mac", "tftp.max_per_cl", "nodes[2].hardware"}
+    hardware = next(p for p in caught.value.problems if p.key == "nodes[2].hardware")
+    assert hardware.line == line_number(text, 'hardware = "nope"')
+
+
+def test_a_broken_cluster_is_not_also_reported_as_unknown(tmp_path):
+    text = DEMO.replace('release = "sequential"', 'release = "sometimes"')
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert [p.key for p in caught.value.problems] == ["clusters.sqlclu.release"]

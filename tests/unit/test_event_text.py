@@ -39,3 +39,63 @@ def test_session_events_count_receivers_and_bytes():
         "session_failed", receivers=0, bytes_sent=0, repair_slices=0, detail="no receivers"
     )
     assert describe(failed).endswith("; no receivers")
+
+
+def test_transfers_and_severity_read_as_an_admin_reads_them():
+    from netdeploy.eventlog import severity
+
+    image = {
+        "kind": "http",
+        "detail": {
+            "what": "image",
+            "image": "w2k3",
+            "offset": 0,
+            "length": 64 << 20,
+            "sent": 64 << 20,
+            "complete": True,
+            "seconds": 3.4,
+        },
+    }
+    assert describe(image) == "image w2k3: 64.0 MiB in 3.4 s, complete"
+    assert severity(image) == "info"
+    cut = {**image, "detail": {**image["detail"], "sent": 1 << 20, "complete": False}}
+    assert describe(cut) == "image w2k3: 64.0 MiB in 3.4 s, incomplete: 1.0 MiB of the range"
+    assert severity(cut) == "warning"
+    tftp = {
+        "kind": "tftp",
+        "detail": {
+            "file": "media/undionly.kpxe",
+            "client": "10.0.0.9",
+            "outcome": "timeout",
+            "bytes": 1468,
+            "seconds": 6.0,
+            "retransmits": 5,
+            "blksize": 1468,
+            "windowsize": 1,
+        },
+    }
+    assert describe(tftp) == (
+        "media/undionly.kpxe to 10.0.0.9: timeout, 1,468 bytes in 6.0 s "
+        "(blksize 1468, windowsize 1, 5 retransmitted)"
+    )
+    assert severity(tftp) == "warning"
+    assert severity({"kind": "state", "to": "failed"}) == "error"
+    assert severity({"kind": "gate", "to": "stopped"}) == "error"
+    assert severity({"kind": "auth", "detail": {}}) == "error"
+    assert severity({"kind": "state", "to": "held"}) == "info"
+
+
+def test_a_proxydhcp_answer_reads_as_its_message_and_reason():
+    ev = {
+        "kind": "dhcp",
+        "detail": {
+            "message": "DHCPDISCOVER on port 67 from uefi (x64 UEFI): offer media/snponly.efi",
+            "why": "UEFI PXE firmware, not iPXE: chainload iPXE",
+            "arch": 7,
+            "guid": "00" * 17,
+        },
+    }
+    assert describe(ev) == (
+        "DHCPDISCOVER on port 67 from uefi (x64 UEFI): offer media/snponly.efi; "
+        "UEFI PXE firmware, not iPXE: chainload iPXE"
+    )

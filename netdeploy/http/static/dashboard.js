@@ -7,6 +7,10 @@
   const data = JSON.parse(document.getElementById("nd-data").textContent);
   const byId = (id) => document.getElementById(id);
   const rowOf = (mac) => byId("n-" + mac.replaceAll(":", ""));
+  const tileOf = (mac) => byId("t" + mac.replaceAll(":", ""));
+  // the gate's words name CLI commands; the page has buttons (as dashboard_view.without_commands)
+  const withoutCommands = (text) =>
+    text.replace(/\s*\(`netdeploy[^)]*\)/, "").replace(/[;:]\s*[^;:]*`netdeploy[^`]*`[^;]*$/, "");
   const rates = new Map(); // mac -> {t, amount, unit, rate}: successive progress reports
   const MAX_LOG_ROWS = 300;
   let lastId = data.lastEventId;
@@ -37,13 +41,98 @@
     return isNaN(when) ? "" : when.toLocaleTimeString([], { hour12: false });
   }
 
-  // ---------------------------------------------------------------- time in state
+  // ---------------------------------------------------------------- time in state, staleness
+  // Rows carry data-heard (epoch s of the node's last request or change of state) and data-lim
+  // (seconds of quiet after which it is stale; netdeploy/rollout/liveness.py). Ticking them
+  // here marks a frozen node within a second of its limit, without asking the server.
+  const epoch = (iso) => Math.floor(Date.parse(iso) / 1000);
+  let attentionKey = null;
+
   function tick() {
-    const now = Date.now();
+    const now = Date.now() / 1000;
     for (const cell of document.querySelectorAll("td.since[data-since]")) {
-      const since = Date.parse(cell.dataset.since);
-      if (!isNaN(since)) setText(cell, duration((now - since) / 1000));
+      const since = Number(cell.dataset.since);
+      if (since) setText(cell, duration(now - since));
     }
+    let stale = 0;
+    for (const row of document.querySelectorAll("table.nodes tr[data-heard]")) {
+      const heard = Number(row.dataset.heard);
+      if (!heard) continue;
+      const quiet = now - heard;
+      setText(row.querySelector("td.seen"), duration(quiet) + " ago");
+      const lim = row.dataset.lim === undefined ? null : Number(row.dataset.lim);
+      const isStale = lim !== null && quiet > lim;
+      stale += isStale;
+      if (row.classList.contains("stale") !== isStale) {
+        row.classList.toggle("stale", isStale);
+        const tile = tileOf(row.dataset.mac);
+        if (tile) tile.classList.toggle("stale", isStale);
+      }
+    }
+    const count = byId("stale-count");
+    count.hidden = stale === 0 && filter !== "stale";
+    setText(count.querySelector("b"), String(stale));
+    renderAttention();
+  }
+
+  // ---------------------------------------------------------------- needs attention
+  function renderAttention() {
+    const rows = [...document.querySelectorAll("table.nodes tr[data-state]")].filter(
+      (r) => r.dataset.state === "failed" || r.classList.contains("stale") || r.querySelector(".alarm"),
+    );
+    const rank = (r) => (r.querySelector(".alarm") ? 0 : r.dataset.state === "failed" ? 1 : 2);
+    rows.sort((a, b) => rank(a) - rank(b) || Number(a.dataset.heard) - Number(b.dataset.heard));
+    const key = rows.map((r) => r.dataset.mac + r.dataset.state + r.className).join();
+    if (key === attentionKey) {
+      for (const item of byId("attention-list").children) {
+        const row = rowOf(item.dataset.mac);
+        if (row) setText(item.querySelector(".ago"), "last report " + row.querySelector("td.seen").textContent);
+      }
+      return;
+    }
+    attentionKey = key;
+    byId("attention-list").replaceChildren(
+      ...rows.map((row) => {
+        const item = el("li");
+        item.dataset.mac = row.dataset.mac;
+        const link = el("a", row.dataset.label);
+        link.href = "/node/" + encodeURIComponent(row.dataset.label);
+        const state = row.dataset.state;
+        item.append(link, " ", el("span", state, "state s-" + state));
+        if (row.classList.contains("stale")) item.append(" ", el("span", "stale", "stale-mark"));
+        const card = row.closest("article.cluster");
+        const where = card ? card.dataset.cluster + " · " : "";
+        item.append(" ", el("span", where, "meta"), el("span", "last report " + row.querySelector("td.seen").textContent, "meta ago"));
+        item.append(" ", el("span", row.querySelector("td.msg").textContent, "msg"));
+        return item;
+      }),
+    );
+    setText(byId("attention-n"), String(rows.length));
+    document.querySelector("#attention .empty").hidden = rows.length > 0;
+  }
+
+  // ---------------------------------------------------------------- filter by state
+  let filter = data.stateFilter || "";
+  function setFilter(state) {
+    filter = filter === state ? "" : state;
+    for (const row of document.querySelectorAll("table.nodes tr[data-state]")) {
+      row.hidden = !!filter && !(row.dataset.state === filter || (filter === "stale" && row.classList.contains("stale")));
+    }
+    for (const tile of document.querySelectorAll(".tiles a")) {
+      const row = rowOf(tile.id.slice(1).match(/../g).join(":"));
+      tile.classList.toggle("dim", !!row && row.hidden);
+    }
+    for (const link of document.querySelectorAll("#counts a.count")) {
+      const on = !!filter && link.dataset.state === filter;
+      link.classList.toggle("on", on);
+      if (on) link.setAttribute("aria-current", "true");
+      else link.removeAttribute("aria-current");
+    }
+    document.querySelector("#counts a.all").hidden = !filter;
+    const query = new URLSearchParams(location.search);
+    if (filter) query.set("state", filter);
+    else query.delete("state");
+    history.replaceState(null, "", (query.toString() ? "?" + query : location.pathname) + location.hash);
   }
 
   // ---------------------------------------------------------------- live status
@@ -55,8 +144,9 @@
 
   // ---------------------------------------------------------------- node rows
   function renderActions(row, state) {
-    const cell = row.querySelector("td.act");
-    if (!cell || !data.admin) return;
+    if (!data.admin || !row.closest("table").querySelector("thead th.act-h")) return;
+    let cell = row.querySelector("td.act");
+    if (!cell) row.append((cell = el("td", undefined, "act")));
     const label = row.dataset.label;
     const wanted = Object.keys(data.nodeActions).filter((a) => data.nodeActions[a].includes(state));
     const have = [...cell.querySelectorAll("button")].map((b) => b.dataset.action);
@@ -75,9 +165,15 @@
   }
 
   function showProgress(row, ev, percent, detail) {
-    const bar = row.querySelector("progress");
-    if (!bar) return;
+    let bar = row.querySelector("progress");
+    if (!bar) {
+      bar = el("progress");
+      bar.max = 100;
+      row.querySelector("td.prog").prepend(bar);
+    }
     bar.hidden = false;
+    const tile = tileOf(row.dataset.mac);
+    if (tile) tile.className = tile.className.replace(/\bp\d+\b/, "p" + Math.min(10, Math.floor(percent / 10)));
     bar.value = Math.max(0, Math.min(100, percent));
     // rate and ETA from successive reports, timed by the server's clock (ev.at), smoothed
     const mac = row.dataset.mac;
@@ -122,40 +218,42 @@
     head.scope = "row";
     head.append(el("span", "—", "host"), " ", el("span", ev.mac, "mac"));
     const cells = [
-      ["Role", "unknown", "role"],
-      ["State", "", ""],
-      ["Progress", "", "prog"],
-      ["In state", "", "since"],
-      ["Last message", "", "msg"],
-    ].map(([h, text, cls]) => {
-      const cell = el("td", text, cls);
-      cell.dataset.h = h;
-      return cell;
-    });
+      ["unknown", "role"],
+      ["", ""],
+      ["", "prog"],
+      ["", "since"],
+      ["", "seen"],
+      ["", "msg"],
+    ].map(([text, cls]) => el("td", text, cls));
     cells[1].append(el("span", ev.to || "discovered", "state s-" + (ev.to || "discovered")));
-    const bar = el("progress");
-    Object.assign(bar, { max: 100, value: 0, hidden: true });
-    bar.setAttribute("aria-label", `${ev.mac} imaging progress`);
-    cells[2].append(bar, el("span", "—", "rate"));
-    cells[3].dataset.since = ev.at;
+    cells[2].append(el("span", "—", "rate"));
+    cells[3].dataset.since = epoch(ev.at);
+    row.dataset.heard = epoch(ev.at);
     row.append(head, ...cells);
     body.append(row);
     document.querySelector("#discovered .empty").hidden = true;
     return row;
   }
 
+  const STATES = ["discovered", "registered", "pxe", "imaging", "imaged", "held", "released", "starting", "joined", "failed"];
   function recount() {
     const counts = new Map();
     for (const row of document.querySelectorAll("table.nodes tr[data-state]")) {
       counts.set(row.dataset.state, (counts.get(row.dataset.state) || 0) + 1);
     }
     const list = byId("counts");
+    const keep = [...list.querySelectorAll("a.count[data-state='stale'], a.count.all")].map((a) => a.parentElement);
     list.replaceChildren(
-      ...[...counts].map(([state, n]) => {
+      ...STATES.filter((state) => counts.has(state)).map((state) => {
         const item = el("li");
-        item.append(el("span", state, "state s-" + state), " ", el("b", String(n)));
+        const link = el("a", undefined, "count" + (filter === state ? " on" : ""));
+        link.href = `?state=${state}#overview`;
+        link.dataset.state = state;
+        link.append(el("span", state, "state s-" + state), " ", el("b", String(counts.get(state))));
+        item.append(link);
         return item;
       }),
+      ...keep,
     );
   }
 
@@ -166,12 +264,24 @@
       if (ev.to !== "discovered" && ev.kind !== "discovered") return;
       row = addDiscovered(ev);
     }
+    if (HEARD.has(ev.kind) && ev.at) row.dataset.heard = epoch(ev.at);
     if (ev.kind === "state" && ev.to) {
       row.dataset.state = ev.to;
       const badge = row.querySelector(".state");
       badge.className = "state s-" + ev.to;
       setText(badge, ev.to);
-      row.querySelector("td.since").dataset.since = ev.at;
+      row.querySelector("td.since").dataset.since = epoch(ev.at);
+      const card = row.closest("article.cluster");
+      const limits = data.staleLimits[(card && card.dataset.cluster) || ""] || {};
+      if (limits[ev.to] === undefined || row.querySelector("td.role").textContent === "unknown") delete row.dataset.lim;
+      else row.dataset.lim = limits[ev.to];
+      const tile = tileOf(ev.mac);
+      if (tile) {
+        const full = ["imaged", "held", "released", "starting", "joined"].includes(ev.to) ? 10 : 0;
+        tile.className = `s-${ev.to} p${full}` + (row.classList.contains("stale") ? " stale" : "");
+        tile.title = `${row.dataset.label}: ${ev.to}`;
+      }
+      if (filter) row.hidden = !(row.dataset.state === filter || (filter === "stale" && row.classList.contains("stale")));
       if (ev.to !== "imaging") hideProgress(row);
       else if (typeof detail.progress !== "number") showProgress(row, ev, 0, {}); // the bar, at 0
       renderActions(row, ev.to);
@@ -195,12 +305,18 @@
     if (typeof gate !== "string") return;
     const card = document.querySelector(`article.cluster[data-cluster="${CSS.escape(ev.cluster)}"]`);
     if (!card) return;
-    const badge = card.querySelector(".gate");
-    badge.className = "gate g-" + gate;
-    badge.dataset.gate = gate;
-    setText(badge, data.gateLabels[gate] || gate);
+    const rack = document.querySelector(`.rackgroup[data-cluster="${CSS.escape(ev.cluster)}"]`);
+    for (const badge of [card.querySelector(".gate"), rack && rack.querySelector(".gate")]) {
+      if (!badge) continue;
+      badge.className = "gate g-" + gate;
+      badge.dataset.gate = gate;
+      setText(badge, data.gateLabels[gate] || gate);
+    }
+    // buttons rendered for another gate (Retry the blocker, Release next) would mislead now
+    const actions = card.querySelector(".gate-actions");
+    if (actions) actions.hidden = actions.dataset.gate !== gate;
     const text = detail.gate_detail ?? detail.message ?? detail.reason;
-    if (typeof text === "string") setText(card.querySelector(".gdetail"), text);
+    if (typeof text === "string") setText(card.querySelector(".gdetail"), withoutCommands(text));
   }
 
   // issue 16: the member list the cluster itself reported (event kind "members"), beside
@@ -256,8 +372,12 @@
     time.dateTime = ev.at || "";
     const first = el("td");
     first.append(time);
+    row.className = "sev-" + (ev.severity || "info");
     row.append(first, el("td", labelOf(ev.mac)), el("td", ev.cluster || ""));
-    row.append(el("td", ev.kind), el("td", ev.text));
+    const kind = el("td");
+    kind.append(el("span", ev.kind, "kind"));
+    if (ev.severity && ev.severity !== "info") kind.append(" ", el("span", ev.severity, "sev"));
+    row.append(kind, el("td", ev.text));
     return row;
   }
 
@@ -533,7 +653,8 @@
 
   async function act(button) {
     const action = button.dataset.action;
-    const label = button.dataset.label;
+    const row = button.closest("tr");
+    const label = button.dataset.label || (row && row.dataset.label) || button.value;
     const body = new URLSearchParams({ csrf: data.csrf });
     body.set(button.name, button.value);
     if (action === "fail") {
@@ -558,7 +679,16 @@
     }
   }
 
+  // events that mean the node itself (or its firmware) was heard from
+  const HEARD = new Set(["state", "progress", "report", "health", "boot", "dhcp", "tftp", "http", "answer"]);
+
   document.addEventListener("click", (event) => {
+    const count = event.target.closest("#counts a.count");
+    if (count) {
+      event.preventDefault();
+      setFilter(count.dataset.state);
+      return;
+    }
     const button = event.target.closest("button[data-action]");
     if (!button) return;
     event.preventDefault();
@@ -585,6 +715,22 @@
   addEventListener("pagehide", () => {
     sessionStorage.setItem("nd-rates", JSON.stringify(Object.fromEntries(rates)));
   });
+  // The rows are rendered lean (500 of them); give each what the script reads: its MAC, label,
+  // when it was last heard from and after how much quiet it is stale.
+  function prepare(row) {
+    row.dataset.mac = row.id.slice(2).match(/../g).join(":");
+    const host = row.querySelector("th a, th .host");
+    row.dataset.label = host && host.textContent !== "—" ? host.textContent : row.dataset.mac;
+    if (!row.dataset.heard) row.dataset.heard = row.querySelector("td.since").dataset.since;
+    const card = row.closest("article.cluster");
+    const limits = data.staleLimits[(card && card.dataset.cluster) || ""] || {};
+    const lim = limits[row.dataset.state];
+    if (lim !== undefined && row.querySelector("td.role").textContent !== "unknown") row.dataset.lim = lim;
+    const tile = tileOf(row.dataset.mac);
+    if (tile) tile.title = `${row.dataset.label}: ${row.dataset.state}`;
+    renderActions(row, row.dataset.state);
+  }
+  for (const row of document.querySelectorAll("table.nodes tbody tr[id^='n-']")) prepare(row);
   tick();
   setInterval(tick, 1000);
   if (data.multicast.active) mc.timer = setTimeout(refreshMulticast, MC_POLL_MS);
