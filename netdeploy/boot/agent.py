@@ -106,6 +106,9 @@ async def agent_plan(
         "image": None,
         "disk": "auto",
         "inject": [],
+        # how long the agent's gate long-poll asks for: the server's limit, so any configured
+        # [http] gate_poll_timeout is one the agent can use
+        "gate_timeout": int(ctx.config.http.gate_poll_timeout),
         "distribution": {"mode": "unicast"},
     }
     cfg = ctx.config

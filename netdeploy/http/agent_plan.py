@@ -52,6 +52,7 @@ def as_shell(body: dict[str, Any]) -> str:
             if body["distribution"]["mode"] == "multicast"
             else ""
         ),
+        "ND_GATE_TIMEOUT": str(body["gate_timeout"]),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),
