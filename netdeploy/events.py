@@ -18,17 +18,30 @@ from typing import Any
 from netdeploy.store.models import Event
 
 
-def event_json(ev: Event) -> dict[str, Any]:
-    return {
-        "id": ev.id,
-        "at": ev.at.isoformat() if ev.at else None,
-        "kind": ev.kind,
-        "mac": ev.mac,
-        "cluster": ev.cluster,
-        "from": ev.from_state,
-        "to": ev.to_state,
-        "detail": ev.detail or {},
-    }
+class Payload(dict[str, Any]):
+    """An event as listeners get it: a dict, plus room for its wire form.
+
+    Every subscriber receives the same object, so an adapter that serialises it (the SSE
+    stream) stores the bytes in ``wire`` once and every other reader reuses them: the cost of
+    an event does not grow with the number of dashboards open.
+    """
+
+    wire: bytes | None = None
+
+
+def event_json(ev: Event) -> Payload:
+    return Payload(
+        {
+            "id": ev.id,
+            "at": ev.at.isoformat() if ev.at else None,
+            "kind": ev.kind,
+            "mac": ev.mac,
+            "cluster": ev.cluster,
+            "from": ev.from_state,
+            "to": ev.to_state,
+            "detail": ev.detail or {},
+        }
+    )
 
 
 class RecentIds:

@@ -22,7 +22,7 @@ from aiohttp import web
 from sqlalchemy import or_, select
 
 from netdeploy.eventlog import LogFilterError, query_events, with_text
-from netdeploy.events import Subscription, event_json
+from netdeploy.events import Payload, Subscription, event_json
 from netdeploy.http.common import ctx_of
 from netdeploy.http.event_cursor import BadCursor, Cursor
 from netdeploy.http.session import may_read
@@ -36,6 +36,7 @@ KEEPALIVE_S = 15.0  # a comment line keeps proxies and NAT from closing an idle 
 WRITE_TIMEOUT_S = 10.0  # a client whose socket accepts nothing for this long is cut off
 RETRY_MS = 2000  # how long a browser waits before reconnecting (the SSE `retry:` field)
 REPLAY_MAX = 5000  # more missed events than this: tell the page to reload instead
+WRITE_BATCH = 256  # events per write at most, so one write stays small
 STREAMS: web.AppKey[set[Subscription]] = web.AppKey("event_streams")
 
 
@@ -88,7 +89,18 @@ def sse_frame(ev: dict[str, Any], cursor: Cursor | None = None) -> bytes:
     # Progress reports are announced without a row (no id): no `id:` line, so the browser's
     # Last-Event-ID stays at the last recorded event (WHATWG HTML §9.2.6).
     head = f"id: {cursor or ev['id']}\n" if ev.get("id") is not None else ""
-    return f"{head}data: {json.dumps(with_text(ev))}\n\n".encode()
+    return head.encode() + _data_line(ev)
+
+
+def _data_line(ev: dict[str, Any]) -> bytes:
+    """The ``data:`` line, serialised once per event however many streams send it (the bus
+    hands every subscriber the same :class:`Payload`)."""
+    wire = ev.wire if isinstance(ev, Payload) else None
+    if wire is None:
+        wire = f"data: {json.dumps(with_text(ev))}\n\n".encode()
+        if isinstance(ev, Payload):
+            ev.wire = wire
+    return wire
 
 
 def _last_event_id(request: web.Request) -> Cursor | None:
@@ -159,15 +171,24 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await _write(response, b": keep-alive\n\n")
                 continue
-            if item is None:  # cut off (slow) or server stopping: the client resumes by id
+            # whatever else is queued goes out in the same write: one syscall and one timer
+            # per wake-up, not per event, however busy the rollout is
+            frames, ended = [], item is None
+            while item is not None:
+                if item.get("id") is None or not cursor.sent(item["id"]):  # else replayed
+                    if item.get("id") is not None:
+                        cursor.add(item["id"])
+                    frames.append(sse_frame(item, cursor))
+                if sub.queue.empty() or len(frames) >= WRITE_BATCH:
+                    break
+                item = sub.queue.get_nowait()
+                ended = item is None
+            if frames:
+                await _write(response, b"".join(frames))
+            if ended:  # cut off (slow) or server stopping: the client resumes by id
                 if sub.overflowed:
                     log.info("event stream to %s fell behind and was cut off", request.remote)
                 break
-            if item.get("id") is not None:
-                if cursor.sent(item["id"]):  # replayed already
-                    continue
-                cursor.add(item["id"])
-            await _write(response, sse_frame(item, cursor))
     except (ConnectionError, TimeoutError):
         log.info("event stream to %s closed (client gone or not reading)", request.remote)
     finally:
