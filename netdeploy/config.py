@@ -77,9 +77,26 @@ class TftpConfig(_Section):
 
 class HttpConfig(_Section):
     max_image_streams: Annotated[int, Field(ge=1)] = 32
-    # seconds a client refused by max_image_streams is told to wait (Retry-After)
-    image_retry_after: Annotated[int, Field(ge=1, le=3600)] = 10
-    gate_poll_timeout: Seconds = 60.0
+    # one client address holds at most this many of those slots (its other requests queue)
+    max_streams_per_address: Annotated[int, Field(ge=1)] = 8
+    # a request over the limit waits this long for a slot before it is answered 503 with
+    # its place in line (0: answer at once)
+    image_queue_wait: Annotated[float, Field(ge=0, le=300)] = 20.0
+    # seconds a queued client is told to wait before asking again (Retry-After)
+    image_retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
+    # a stream that moves no bytes for this long is closed and its slot given to the next
+    stall_timeout: Seconds = 30.0
+    # slow or idle connections: the whole request head must arrive within header_timeout,
+    # a request body within body_timeout; an idle keep-alive connection closes after
+    # keepalive_timeout; one address keeps at most max_connections_per_address open
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 30.0
+    keepalive_timeout: Seconds = 15.0
+    max_connections_per_address: Annotated[int, Field(ge=1)] = 256
+    # The agent asks for exactly this long (the plan tells it: ND_GATE_TIMEOUT); below 5 s
+    # every held node would poll in a tight loop, above an hour proxies and NATs cut the
+    # idle connection first.
+    gate_poll_timeout: Annotated[float, Field(ge=5, le=3600)] = 60.0
 
 
 class DashboardConfig(_Section):

@@ -147,7 +147,7 @@ async def run(ctx: Context, stack: AsyncExitStack) -> None:
     boot = BootService(ctx)
     # other writers' events first, so we hear them before agents can reach us
     stack.push_async_callback(await fanout.start(ctx))
-    images = ImageStreams(ctx.config.http.max_image_streams, ctx.config.http.image_retry_after)
+    images = ImageStreams.from_config(ctx.config.http)
     multicast = MulticastService(ctx)
     app = build_app(ctx, boot=boot, images=images, multicast=multicast)
     stack.push_async_callback((await start_http(ctx, app)).cleanup)

@@ -92,9 +92,7 @@ def build_app(
     app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
-    app[IMAGES] = images or ImageStreams(
-        ctx.config.http.max_image_streams, ctx.config.http.image_retry_after
-    )
+    app[IMAGES] = images or ImageStreams.from_config(ctx.config.http)
     if multicast is not None:
         app[MULTICAST] = multicast
     for module in ROUTE_MODULES:
