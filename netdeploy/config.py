@@ -67,6 +67,13 @@ class TftpConfig(_Section):
     max_per_client: Annotated[int, Field(ge=1)] = 16
     timeout: Seconds = 1.0  # first retransmission; doubles up to `retries` times
     retries: Annotated[int, Field(ge=1, le=20)] = 5
+    # A transfer whose first ACK never comes (spoofable UDP) is dropped after this many
+    # seconds of retransmitting, whatever timeout the client asked for; such transfers hold
+    # at most max_unacked slots, the oldest given up for a new request when they are full.
+    first_ack_budget: Annotated[float, Field(gt=0, le=10)] = 10.0
+    max_unacked: Annotated[int, Field(ge=1)] = 256
+    # a client's RFC 2349 timeout above this is not acknowledged (the server's own is used)
+    max_client_timeout: Annotated[int, Field(ge=1, le=255)] = 5
     max_blksize: Annotated[int, Field(ge=512, le=65464)] = 65464
     max_windowsize: Annotated[int, Field(ge=1, le=65535)] = 64
     # Boot files up to cache_file_max_bytes are kept in memory (bounded by cache_max_bytes)
