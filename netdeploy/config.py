@@ -93,10 +93,9 @@ class HttpConfig(_Section):
     image_retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
     # a stream that moves no bytes for this long is closed and its slot given to the next
     stall_timeout: Seconds = 30.0
-    # slow or idle connections: the whole request head must arrive within header_timeout,
-    # a request body within body_timeout; an idle keep-alive connection closes after
-    # keepalive_timeout; one address keeps at most max_connections_per_address open
-    header_timeout: Seconds = 10.0
+    # slow or idle connections: a connection waiting for a request (idle keep-alive, or a
+    # request head that does not complete) closes after keepalive_timeout; a request body
+    # must arrive within body_timeout; one address keeps max_connections_per_address open
     body_timeout: Seconds = 30.0
     keepalive_timeout: Seconds = 15.0
     max_connections_per_address: Annotated[int, Field(ge=1)] = 256

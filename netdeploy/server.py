@@ -38,6 +38,7 @@ from netdeploy.context import Context, Ports, ServiceError
 from netdeploy.dhcp import service as dhcp
 from netdeploy.events import EventBus
 from netdeploy.http.app import build_app
+from netdeploy.http.limits import GuardedSite
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService, start_multicast
 from netdeploy.rollout.engine import RolloutEngine
@@ -106,11 +107,19 @@ def sd_notify(message: str) -> None:
 
 
 async def start_http(ctx: Context, app: web.Application) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    http = ctx.config.http
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=http.keepalive_timeout
+    )
     await runner.setup()
     # a rack powering on at once: 1,000 agents connecting together must not hit SYN retries
-    site = web.TCPSite(
-        runner, ctx.config.server.bind, ctx.ports.http, reuse_address=True, backlog=1024
+    site = GuardedSite(
+        runner,
+        ctx.config.server.bind,
+        ctx.ports.http,
+        per_address=http.max_connections_per_address,
+        reuse_address=True,
+        backlog=1024,
     )
     try:
         await site.start()

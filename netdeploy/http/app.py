@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
@@ -21,7 +20,8 @@ from netdeploy.http import (
     image_routes,
     multicast_routes,
 )
-from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, json_error
+from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST
+from netdeploy.http.errors import errors, quiet_protocol_errors
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService
 
@@ -39,22 +39,6 @@ ROUTE_MODULES = [
     multicast_routes,
     image_routes,
 ]
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if (
-            exc.status < 400
-            or exc.content_type == "application/json"
-            or (not request.path.startswith("/api/"))
-        ):
-            raise
-        return json_error(exc.status, exc.reason if exc.text is None else exc.text)
-    except json.JSONDecodeError as exc:
-        return json_error(400, f"request body is not valid JSON: {exc}")
 
 
 @web.middleware
@@ -89,7 +73,8 @@ def build_app(
     ``boot`` and ``images`` default to fresh ones over ``ctx`` (tests build apps alone);
     without ``multicast`` the multicast routes answer 503.
     """
-    app = web.Application(middlewares=[errors_as_json, http_metrics], client_max_size=1024**2)
+    quiet_protocol_errors()
+    app = web.Application(middlewares=[errors, http_metrics], client_max_size=1024**2)
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
     app[IMAGES] = images or ImageStreams.from_config(ctx.config.http)
