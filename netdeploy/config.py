@@ -105,6 +105,20 @@ class HttpConfig(_Section):
     gate_poll_timeout: Annotated[float, Field(ge=5, le=3600)] = 60.0
 
 
+class DiscoveryConfig(_Section):
+    """``[discovery]``: unknown MACs are recorded, but a flood of them cannot grow the store.
+
+    At most ``max_rows`` discovered machines are kept (the oldest go first); at most
+    ``events_per_minute`` newly seen MACs are logged one by one (the rest are counted in one
+    event per minute); a discovered MAC's or a first-stage address's boots are logged once
+    per ``record_interval`` seconds.
+    """
+
+    max_rows: Annotated[int, Field(ge=1)] = 1000
+    events_per_minute: Annotated[int, Field(ge=0)] = 60
+    record_interval: Seconds = 300.0
+
+
 class DashboardConfig(_Section):
     """``[dashboard]``: who may look at ``GET /`` and the event stream without logging in."""
 
@@ -303,6 +317,7 @@ class Config(_Section):
     server: ServerConfig = ServerConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     dashboard: DashboardConfig = DashboardConfig()
     rollout: RolloutConfig = RolloutConfig()
     multicast: MulticastConfig = MulticastConfig()

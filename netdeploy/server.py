@@ -45,6 +45,7 @@ from netdeploy.rollout.engine import RolloutEngine
 from netdeploy.rollout.inventory import import_action
 from netdeploy.rollout.service import start_sweeper
 from netdeploy.store import open_store
+from netdeploy.store.db import pool_for
 from netdeploy.tftp import service as tftp
 
 log = logging.getLogger("netdeploy")
@@ -73,7 +74,9 @@ async def open_context(
     """Open the store (schema upgraded), start the rollout writer and import the config through
     it (one transaction: all or nothing). The caller closes the context."""
     cfg.server.state_dir.mkdir(parents=True, exist_ok=True)
-    engine, sessions = await open_store(cfg.database_url)
+    postgresql = cfg.database_url.startswith("postgres")
+    pool = pool_for(cfg.http.max_image_streams, postgresql=postgresql)
+    engine, sessions = await open_store(cfg.database_url, pool)
     ports = ports or choose_ports(cfg)
     bus = bus or EventBus()
     settings = cfg.rollout

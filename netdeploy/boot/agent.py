@@ -19,6 +19,7 @@ from netdeploy.boot.service import facts_of
 from netdeploy.config import Config, NodeConfig
 from netdeploy.context import Context, Refusal
 from netdeploy.store.models import Cluster, Image, Node
+from netdeploy.store.retry import read_retrying
 from netdeploy.tokens import token_matches
 
 MULTICAST_OFF = (
@@ -74,13 +75,20 @@ async def agent_plan(
 ) -> dict[str, Any]:
     """The plan for ``mac``, for the holder of its current boot token; else :class:`PlanRefused`
     (recorded as an ``auth`` event with the requester's address)."""
-    async with ctx.sessions() as session:
-        node = await session.get(Node, mac)
-        if node is None:
-            raise PlanRefused(404, f"no node with MAC {mac}; boot it first to be discovered")
-        authorised = token_matches(token, node.token)
-        cluster = await session.get(Cluster, node.cluster) if node.cluster else None
-        image = await session.get(Image, node.image) if node.image else None
+
+    async def read() -> tuple[Node | None, Cluster | None, Image | None]:
+        async with ctx.sessions() as session:
+            node = await session.get(Node, mac)
+            if node is None:
+                return None, None, None
+            cluster = await session.get(Cluster, node.cluster) if node.cluster else None
+            image = await session.get(Image, node.image) if node.image else None
+            return node, cluster, image
+
+    node, cluster, image = await read_retrying(read)  # a busy store never fails an agent
+    if node is None:
+        raise PlanRefused(404, f"no node with MAC {mac}; boot it first to be discovered")
+    authorised = token_matches(token, node.token)
     if not authorised:
         event = eventlog.refusal(
             forbidden=True,

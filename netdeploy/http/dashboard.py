@@ -104,6 +104,12 @@ def render(template: str, status: int = 200, **values: Any) -> web.Response:
     return response
 
 
+def _page(raw: str) -> int:
+    """A page number from the query; anything else is the first page."""
+    raw = raw.strip()
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 7 else 0
+
+
 @routes.get("/")
 async def dashboard(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
@@ -115,6 +121,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
             db,
             log_node=request.query.get("node", "").strip(),
             log_cluster=request.query.get("cluster", "").strip(),
+            discovered_page=_page(request.query.get("discovered", "")),
         )
     service = multicast_of(request)
     multicast = multicast_view(

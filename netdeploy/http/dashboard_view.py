@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.eventlog import LogFilterError, query_events
@@ -97,6 +97,14 @@ class DashboardView:
     log_cluster: str = ""
     log_error: str = ""
     all_nodes: list[NodeView] = field(default_factory=list)
+    # discovered machines come a page at a time (a flood of unknown MACs must not make the
+    # page heavy): the newest seen first, DISCOVERED_PAGE per page
+    discovered_total: int = 0
+    discovered_page: int = 0
+
+    @property
+    def discovered_pages(self) -> int:
+        return max(1, -(-self.discovered_total // DISCOVERED_PAGE))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -124,14 +132,32 @@ def _node_view(node: Node, clusters: dict[str, Cluster]) -> NodeView:
     )
 
 
+DISCOVERED_PAGE = 50
+
+
 async def load_view(
-    session: AsyncSession, *, log_node: str = "", log_cluster: str = "", log_limit: int = 100
+    session: AsyncSession,
+    *,
+    log_node: str = "",
+    log_cluster: str = "",
+    log_limit: int = 100,
+    discovered_page: int = 0,
 ) -> DashboardView:
     # the newest event id first: the page's live stream resumes after it, so a change committed
     # while the rest is read is replayed rather than lost (replaying one twice is harmless)
     last_event_id = await newest_event_id(session)
     clusters = {c.name: c for c in (await session.scalars(select(Cluster))).all()}
-    nodes = (await session.scalars(select(Node))).all()
+    is_discovered = Node.state == NodeState.DISCOVERED
+    nodes = list((await session.scalars(select(Node).where(~is_discovered))).all())
+    discovered_total = await session.scalar(select(func.count()).where(is_discovered)) or 0
+    discovered_page = max(0, min(discovered_page, (discovered_total - 1) // DISCOVERED_PAGE))
+    page = await session.scalars(
+        select(Node)
+        .where(is_discovered)
+        .order_by(Node.last_seen.desc(), Node.mac)
+        .offset(discovered_page * DISCOVERED_PAGE)
+        .limit(DISCOVERED_PAGE)
+    )
     views = [_node_view(n, clusters) for n in nodes]
     # first node on top, then by host name: the order an admin reads a rollout in
     views.sort(key=lambda v: (v.role != "first node", v.label))
@@ -144,9 +170,12 @@ async def load_view(
             by_cluster[view.cluster].append(view)
         else:
             standalone.append(view)
+    discovered.extend(_node_view(n, clusters) for n in page)  # newest first, as queried
     counts: dict[str, int] = {}
     for view in views:
         counts[view.state] = counts.get(view.state, 0) + 1
+    if discovered_total:
+        counts[NodeState.DISCOVERED] = discovered_total
     log_error = ""
     try:
         events = await query_events(
@@ -177,4 +206,6 @@ async def load_view(
         log_cluster=log_cluster,
         log_error=log_error,
         all_nodes=sorted(views, key=lambda v: v.label),
+        discovered_total=discovered_total,
+        discovered_page=discovered_page,
     )

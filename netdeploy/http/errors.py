@@ -28,8 +28,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from sqlalchemy.exc import OperationalError
 
 from netdeploy.http.common import CTX, json_error
+from netdeploy.store.retry import is_busy
 
 log = logging.getLogger("netdeploy.http")
 
@@ -100,6 +102,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         ):
             raise
         return json_error(exc.status, exc.reason if exc.text is None else exc.text)
+    except OperationalError as exc:
+        if not is_busy(exc):
+            return _bug(request, exc)
+        # the store stayed busy past its timeout and our retries: "later", never a 500
+        log.warning("%s %s: store busy: %s", request.method, _route(request), exc.orig or exc)
+        response = json_error(503, "the server's store is busy; retry shortly", retry_after=1)
+        response.headers["Retry-After"] = "1"
+        return response
     except json.JSONDecodeError as exc:
         return json_error(400, f"request body is not valid JSON: {exc}")
     except INPUT_ERRORS as exc:
@@ -115,12 +125,21 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ConnectionError:  # the client went away mid-request: nobody reads this answer
         return json_error(400, "the connection was lost before the request was complete")
     except Exception as exc:
-        key = (_route(request), type(exc).__name__)
-        _seen[key] += 1
-        if _seen[key] == 1:
-            log.exception("%s %s failed (in full once; then one line each)", request.method, key[0])
-        else:
-            log.error(
-                "%s %s failed again with %s (%d times)", request.method, key[0], key[1], _seen[key]
-            )
-        return json_error(500, "internal error; the server log has the details")
+        return _bug(request, exc)
+
+
+def _bug(request: web.Request, exc: Exception) -> web.Response:
+    key = (_route(request), type(exc).__name__)
+    _seen[key] += 1
+    if _seen[key] == 1:
+        log.error(
+            "%s %s failed (in full once; then one line each)",
+            request.method,
+            key[0],
+            exc_info=exc,
+        )
+    else:
+        log.error(
+            "%s %s failed again with %s (%d times)", request.method, key[0], key[1], _seen[key]
+        )
+    return json_error(500, "internal error; the server log has the details")

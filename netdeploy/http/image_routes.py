@@ -45,6 +45,7 @@ from netdeploy.images.ranges import (
 from netdeploy.images.streams import ANONYMOUS, REFUSED, ImageStreams, Stream
 from netdeploy.inventory import BadMac, normalize_mac
 from netdeploy.store.models import Image, Node
+from netdeploy.store.retry import read_retrying
 
 log = logging.getLogger("netdeploy.images")
 routes = web.RouteTableDef()
@@ -114,9 +115,12 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         mac = _client_mac(request)
     except BadMac as exc:
         return _problem(400, "bad_mac", f"{exc} (in ?mac= or X-Netdeploy-Mac)")
-    async with ctx.sessions() as session:
-        row = await session.get(Image, name)
-        node = await session.get(Node, mac) if mac else None
+
+    async def read() -> tuple[Image | None, Node | None]:
+        async with ctx.sessions() as session:
+            return await session.get(Image, name), await session.get(Node, mac) if mac else None
+
+    row, node = await read_retrying(read)  # a busy store never fails an agent's download
     try:
         if row is None:
             raise NotServable(name, catalog.UNHASHED, f"image {name!r} is not in the store yet")

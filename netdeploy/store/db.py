@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -59,12 +60,40 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # a writer waits up to 30 s for the lock before SQLite answers "database is locked";
+    # with one writer task and short batches that wait is rare and brief (issue 15)
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
+@dataclass(frozen=True)
+class PoolSize:
+    """Connections kept open (``size``) and opened on demand (``overflow``).
+
+    Sized from the configured limits (:func:`pool_for`): requests hold a connection only
+    for their queries, but a boot storm, every image slot finishing at once and the
+    dashboards together must not wait out ``timeout`` for one.
+    """
+
+    size: int = 5
+    overflow: int = 10
+    timeout: float = 30.0
+
+
+def pool_for(max_image_streams: int, *, postgresql: bool) -> PoolSize:
+    want = 8 + max_image_streams
+    if postgresql:  # each server's share of PostgreSQL's max_connections (100 by default)
+        return PoolSize(size=10, overflow=min(30, want), timeout=60.0)
+    return PoolSize(size=10, overflow=min(256, want), timeout=60.0)
+
+
+def create_engine(url: str, pool: PoolSize | None = None) -> AsyncEngine:
     url = _async_url(url)
+    sizing = (
+        {"pool_size": pool.size, "max_overflow": pool.overflow, "pool_timeout": pool.timeout}
+        if pool is not None
+        else {}
+    )
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         try:
@@ -75,7 +104,8 @@ def create_engine(url: str) -> AsyncEngine:
                 f"its directory: {exc.strerror or exc}"
             ) from None
     if parsed.drivername.startswith("sqlite"):
-        engine = create_async_engine(url)
+        in_memory = parsed.database in (None, "", ":memory:")
+        engine = create_async_engine(url, **({} if in_memory else sizing))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     origin = new_origin()
@@ -83,6 +113,7 @@ def create_engine(url: str) -> AsyncEngine:
         url,
         pool_pre_ping=True,
         connect_args={"server_settings": {"application_name": origin}},
+        **sizing,  # type: ignore[arg-type]
     )
     _ORIGINS[engine.sync_engine] = origin
     return engine
@@ -117,7 +148,9 @@ async def migrate(engine: AsyncEngine) -> None:
         raise StoreError(f"cannot open or upgrade database {engine.url!r}: {exc}") from exc
 
 
-async def open_store(url: str) -> tuple[AsyncEngine, async_sessionmaker]:
-    engine = create_engine(url)
+async def open_store(
+    url: str, pool: PoolSize | None = None
+) -> tuple[AsyncEngine, async_sessionmaker]:
+    engine = create_engine(url, pool)
     await migrate(engine)
     return engine, async_sessionmaker(engine, expire_on_commit=False)
