@@ -102,7 +102,18 @@ class HttpConfig(_Section):
     # The agent asks for exactly this long (the plan tells it: ND_GATE_TIMEOUT); below 5 s
     # every held node would poll in a tight loop, above an hour proxies and NATs cut the
     # idle connection first.
-    gate_poll_timeout: Annotated[float, Field(ge=5, le=3600)] = 60.0
+    gate_poll_timeout: Seconds = 60.0
+
+    @field_validator("gate_poll_timeout")
+    @classmethod
+    def _gate_poll(cls, value: float) -> float:
+        if not 5 <= value <= 3600:
+            raise ValueError(
+                f"{value:g} s is not a long-poll the agent can use: below 5 s every held node "
+                "asks in a tight loop, above 3600 s proxies and NATs cut the idle connection; "
+                "use 5 to 3600 (default 60)"
+            )
+        return value
 
 
 class DiscoveryConfig(_Section):

@@ -252,3 +252,15 @@ def test_overrides_are_validated_and_blamed_on_the_command_line():
     assert str(caught.value) == (
         "command line: --http-port: Input should be greater than or equal to 1"
     )
+
+
+def test_a_gate_poll_timeout_the_agent_cannot_use_is_refused(tmp_path: Path) -> None:
+    """issue 15: below 5 s every held node polls in a tight loop; the agent asks for exactly
+    the configured value (the plan's ND_GATE_TIMEOUT), so any accepted value works."""
+    path = tmp_path / "c.toml"
+    for value in ("0.5", "4", "7200"):
+        path.write_text(f"[http]\ngate_poll_timeout = {value}\n")
+        with pytest.raises(ConfigError, match="not a long-poll the agent can use"):
+            load_config(path)
+    path.write_text("[http]\ngate_poll_timeout = 30\n")
+    assert load_config(path).http.gate_poll_timeout == 30
