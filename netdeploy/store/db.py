@@ -81,10 +81,11 @@ class PoolSize:
 
 
 def pool_for(max_image_streams: int, *, postgresql: bool) -> PoolSize:
-    want = 8 + max_image_streams
-    if postgresql:  # each server's share of PostgreSQL's max_connections (100 by default)
-        return PoolSize(size=10, overflow=min(30, want), timeout=60.0)
-    return PoolSize(size=10, overflow=min(256, want), timeout=60.0)
+    if postgresql:  # several servers share PostgreSQL's max_connections (100 by default)
+        return PoolSize(size=5, overflow=15, timeout=60.0)
+    # SQLite connections are cheap file handles: one per image slot on top, so a rack's
+    # streams ending together (each records its transfer) never wait out the pool timeout
+    return PoolSize(size=10, overflow=min(256, 8 + max_image_streams), timeout=60.0)
 
 
 def create_engine(url: str, pool: PoolSize | None = None) -> AsyncEngine:
