@@ -59,6 +59,9 @@ images_dir = "images"
 enabled = false
 [http]
 max_image_streams = 256
+# every curl client runs on this host: one address
+max_streams_per_address = 256
+max_connections_per_address = 1024
 [images.bench]
 file = "bench.img"
 description = "benchmark image"

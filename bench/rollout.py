@@ -15,6 +15,7 @@ release of 1,000 held nodes in < 1 s. ``--stores sqlite,postgresql`` runs each m
 stores (PostgreSQL: a private throwaway server from tests/pgserver.py; docs/decisions/0008).
 
     ./dev bench rollout [--nodes 1000] [--modes naive,group] [--stores sqlite,postgresql]
+                        [--dashboards 100]   (live SSE streams open the whole run; issue 15)
 """
 
 from __future__ import annotations
@@ -111,8 +112,32 @@ async def waiters(http: aiohttp.ClientSession, url: str) -> int:
     return int(await metric(http, url, "netdeploy_rollout_gate_waiters"))
 
 
+async def open_dashboards(url: str, count: int, stop: asyncio.Event) -> list[asyncio.Task]:
+    """``count`` dashboards' live streams (each from its own loopback address), read until
+    ``stop``; what they received is thrown away."""
+
+    async def one(i: int) -> None:
+        local = aiohttp.TCPConnector(local_addr=(f"127.0.5.{1 + i % 250}", 0))
+        headers = {"Authorization": "Bearer test-admin-token"}
+        async with (
+            aiohttp.ClientSession(connector=local) as http,
+            http.get(f"{url}/api/events", headers=headers) as r,
+        ):
+            while not stop.is_set() and await r.content.readany():
+                pass
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    await asyncio.sleep(1)
+    return tasks
+
+
 async def run_mode(
-    mode: str, held: int, workdir: Path, database: str | None = None, db_pid: int | None = None
+    mode: str,
+    held: int,
+    workdir: Path,
+    database: str | None = None,
+    db_pid: int | None = None,
+    dashboards: int = 0,
 ) -> dict[str, float]:
     state = workdir / mode
     config = lab_config(
@@ -124,6 +149,9 @@ async def run_mode(
         sweep_interval=60,
         database=database,
     )
+    # one client process plays every node, all from 127.0.0.1: lift the per-address cap
+    text = config.read_text().replace("[http]\n", "[http]\nmax_connections_per_address = 8192\n")
+    config.write_text(text)
     print(f"[{mode}] preparing {held + 1} nodes in {state}", file=sys.stderr)
     tokens = await prepare_nodes(config)
     server = start_server_process(config, log=state / "serve.log")
@@ -138,6 +166,8 @@ async def run_mode(
             first, followers = agents[0], agents[1:]
 
             await warm_up(agents)
+            stop_dashboards = asyncio.Event()
+            readers = await open_dashboards(server.url, dashboards, stop_dashboards)
 
             # 1. reports: everyone images at once
             timed = Timed()
@@ -211,8 +241,14 @@ async def run_mode(
             _, body = await first.gate(timeout=0)
             if body["gate"] != "complete":
                 raise RuntimeError(f"cluster not complete at the end: {body}")
+            stop_dashboards.set()
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
     finally:
         server.kill()
+    log = (state / "serve.log").read_text(errors="replace")
+    result["locked"] = log.count("database is locked")
     return result
 
 
@@ -229,6 +265,7 @@ ROWS = [
     ("health_ms", "health report answered (ms)", "{:.0f}", False),
     ("release_all_ms", "health → all long-polls released (ms)", "{:.0f}", False),
     ("join_events_per_s", "reports/s (starting+joined)", "{:,.0f}", True),
+    ("locked", '"database is locked" in the server log', "{:.0f}", False),
 ]
 
 
@@ -241,6 +278,9 @@ def main() -> int:
         "--pg-durable",
         action="store_true",
         help="PostgreSQL with fsync and synchronous_commit on (default: off, like a test server)",
+    )
+    parser.add_argument(
+        "--dashboards", type=int, default=0, help="live dashboard streams open during the run"
     )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -264,12 +304,15 @@ def main() -> int:
                 print(f"[{name}] store: {database or 'SQLite'}", file=sys.stderr)
                 db_pid = pg.proc.pid if pg and pg.proc and database else None
                 results[name] = asyncio.run(
-                    run_mode(mode, args.nodes, tmp / store, database, db_pid)
+                    run_mode(mode, args.nodes, tmp / store, database, db_pid, args.dashboards)
                 )
     modes = list(results)
     width = max(len(r[1]) for r in ROWS)
     what = " and ".join("SQLite" if s == "sqlite" else "PostgreSQL" for s in stores)
-    print(f"\nrollout bench: {args.nodes} held nodes + 1 first node, {what}, one client process")
+    print(
+        f"\nrollout bench: {args.nodes} held nodes + 1 first node, {what}, one client process, "
+        f"{args.dashboards} dashboards open"
+    )
     print(f"{'':{width}}  " + "  ".join(f"{m:>10}" for m in modes) + "      ratio")
     for key, label, fmt, higher_better in ROWS:
         cells = "  ".join(f"{fmt.format(results[m][key]):>10}" for m in modes)

@@ -76,6 +76,13 @@ class TftpConfig(_Section):
     max_per_client: Annotated[int, Field(ge=1)] = 16
     timeout: Seconds = 1.0  # first retransmission; doubles up to `retries` times
     retries: Annotated[int, Field(ge=1, le=20)] = 5
+    # A transfer whose first ACK never comes (spoofable UDP) is dropped after this many
+    # seconds of retransmitting, whatever timeout the client asked for; such transfers hold
+    # at most max_unacked slots, the oldest given up for a new request when they are full.
+    first_ack_budget: Annotated[float, Field(gt=0, le=10)] = 10.0
+    max_unacked: Annotated[int, Field(ge=1)] = 256
+    # a client's RFC 2349 timeout above this is not acknowledged (the server's own is used)
+    max_client_timeout: Annotated[int, Field(ge=1, le=255)] = 5
     max_blksize: Annotated[int, Field(ge=512, le=65464)] = 65464
     max_windowsize: Annotated[int, Field(ge=1, le=65535)] = 64
     # Boot files up to cache_file_max_bytes are kept in memory (bounded by cache_max_bytes)
@@ -86,9 +93,50 @@ class TftpConfig(_Section):
 
 class HttpConfig(_Section):
     max_image_streams: Annotated[int, Field(ge=1)] = 32
-    # seconds a client refused by max_image_streams is told to wait (Retry-After)
-    image_retry_after: Annotated[int, Field(ge=1, le=3600)] = 10
+    # one client address holds at most this many of those slots (its other requests queue)
+    max_streams_per_address: Annotated[int, Field(ge=1)] = 8
+    # a request over the limit waits this long for a slot before it is answered 503 with
+    # its place in line (0: answer at once)
+    image_queue_wait: Annotated[float, Field(ge=0, le=300)] = 20.0
+    # seconds a queued client is told to wait before asking again (Retry-After)
+    image_retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
+    # a stream that moves no bytes for this long is closed and its slot given to the next
+    stall_timeout: Seconds = 30.0
+    # slow or idle connections: a connection waiting for a request (idle keep-alive, or a
+    # request head that does not complete) closes after keepalive_timeout; a request body
+    # must arrive within body_timeout; one address keeps max_connections_per_address open
+    body_timeout: Seconds = 30.0
+    keepalive_timeout: Seconds = 15.0
+    max_connections_per_address: Annotated[int, Field(ge=1)] = 256
+    # The agent asks for exactly this long (the plan tells it: ND_GATE_TIMEOUT); below 5 s
+    # every held node would poll in a tight loop, above an hour proxies and NATs cut the
+    # idle connection first.
     gate_poll_timeout: Seconds = 60.0
+
+    @field_validator("gate_poll_timeout")
+    @classmethod
+    def _gate_poll(cls, value: float) -> float:
+        if not 5 <= value <= 3600:
+            raise ValueError(
+                f"{value:g} s is not a long-poll the agent can use: below 5 s every held node "
+                "asks in a tight loop, above 3600 s proxies and NATs cut the idle connection; "
+                "use 5 to 3600 (default 60)"
+            )
+        return value
+
+
+class DiscoveryConfig(_Section):
+    """``[discovery]``: unknown MACs are recorded, but a flood of them cannot grow the store.
+
+    At most ``max_rows`` discovered machines are kept (the oldest go first); at most
+    ``events_per_minute`` newly seen MACs are logged one by one (the rest are counted in one
+    event per minute); a discovered MAC's or a first-stage address's boots are logged once
+    per ``record_interval`` seconds.
+    """
+
+    max_rows: Annotated[int, Field(ge=1)] = 1000
+    events_per_minute: Annotated[int, Field(ge=0)] = 60
+    record_interval: Seconds = 300.0
 
 
 class DashboardConfig(_Section):
@@ -336,6 +384,7 @@ class Config(_Section):
     server: ServerConfig = ServerConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     dashboard: DashboardConfig = DashboardConfig()
     metrics: MetricsConfig = MetricsConfig()
     rollout: RolloutConfig = RolloutConfig()

@@ -62,6 +62,12 @@ def boot_request(
     return Event(kind="boot", mac=mac, cluster=cluster, detail=detail)
 
 
+def discovery_folded(unlogged: int, *, max_rows: int) -> Event:
+    """Unknown MACs that booted in the last minute beyond ``[discovery] events_per_minute``:
+    recorded as discovered (up to ``max_rows``), counted here instead of logged one by one."""
+    return Event(kind="discovery", detail={"unlogged": unlogged, "max_rows": max_rows})
+
+
 def refusal(
     *,
     forbidden: bool,
@@ -247,6 +253,11 @@ def describe(ev: dict[str, Any]) -> str:
         text = f"gate {text}" if ev["kind"] == "gate" else text
         extra = reason or message
         return f"{text}: {extra}" if extra else text
+    if ev.get("kind") == "discovery" and "unlogged" in detail:
+        return (
+            f"{detail['unlogged']} more unknown MACs booted in a minute: recorded as discovered "
+            f"(the newest {detail.get('max_rows')} are kept), not logged one by one"
+        )
     if ev.get("kind") == "multicast" and detail.get("what"):
         return _multicast_text(dict(ev["detail"]))
     if ev.get("kind") == "http" and detail.get("what") == "image" and "sent" in detail:

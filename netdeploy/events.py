@@ -12,23 +12,37 @@ window that may overlap); the bus publishes each event id once (:class:`RecentId
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from netdeploy.store.models import Event
 
 
-def event_json(ev: Event) -> dict[str, Any]:
-    return {
-        "id": ev.id,
-        "at": ev.at.isoformat() if ev.at else None,
-        "kind": ev.kind,
-        "mac": ev.mac,
-        "cluster": ev.cluster,
-        "from": ev.from_state,
-        "to": ev.to_state,
-        "detail": ev.detail or {},
-    }
+class Payload(dict[str, Any]):
+    """An event as listeners get it: a dict, plus room for its wire form.
+
+    Every subscriber receives the same object, so an adapter that serialises it (the SSE
+    stream) stores the bytes in ``wire`` once and every other reader reuses them: the cost of
+    an event does not grow with the number of dashboards open.
+    """
+
+    wire: bytes | None = None
+
+
+def event_json(ev: Event) -> Payload:
+    return Payload(
+        {
+            "id": ev.id,
+            "at": ev.at.isoformat() if ev.at else None,
+            "kind": ev.kind,
+            "mac": ev.mac,
+            "cluster": ev.cluster,
+            "from": ev.from_state,
+            "to": ev.to_state,
+            "detail": ev.detail or {},
+        }
+    )
 
 
 class RecentIds:
@@ -89,6 +103,84 @@ class Subscription:
         self._bus._subscribers.discard(self)
 
 
+class Feed:
+    """Every published event once, in order, in a bounded log that readers walk at their own
+    pace: publishing costs the same with 1 reader or 1,000 (no queue per reader).
+
+    A reader keeps a position (:class:`FeedReader`); one that falls more than ``size``
+    events behind is cut off (``lost``) and resumes from the store by event id, as a slow
+    subscriber always did.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: list[Payload] = []
+        self.first = 0  # position of items[0]
+        self.open: set[FeedReader] = set()
+        self._changed: asyncio.Future[None] | None = None
+
+    @property
+    def end(self) -> int:
+        return self.first + len(self.items)
+
+    def append(self, payload: Payload) -> None:
+        self.items.append(payload)
+        if len(self.items) >= 2 * self.size:  # amortised trim
+            drop = len(self.items) - self.size
+            del self.items[:drop]
+            self.first += drop
+        self.wake()
+
+    def wake(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = None
+
+    async def changed(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._changed)
+
+    def reader(self) -> FeedReader:
+        reader = FeedReader(self, self.end)
+        self.open.add(reader)
+        return reader
+
+
+class FeedReader:
+    """One reader's place in the :class:`Feed`."""
+
+    def __init__(self, feed: Feed, position: int) -> None:
+        self.feed = feed
+        self.position = position
+        self.closed = False
+        self.lost = False
+
+    def take(self, limit: int) -> list[Payload]:
+        """The events after this reader's place (at most ``limit``); sets ``lost`` when some
+        were already trimmed away."""
+        feed = self.feed
+        if self.position < feed.first:
+            self.lost = True
+            return []
+        start = self.position - feed.first
+        items = feed.items[start : start + limit]
+        self.position += len(items)
+        return items
+
+    async def wait(self, timeout: float) -> None:
+        """Until there is something to take (or ``timeout`` seconds, or :meth:`close`)."""
+        if self.position < self.feed.end or self.closed:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.feed.changed(), timeout)
+
+    def close(self) -> None:
+        self.closed = True
+        self.feed.open.discard(self)
+        self.feed.wake()
+
+
 class EventBus:
     """In-process publish/subscribe of committed events."""
 
@@ -96,6 +188,7 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._queue_size = queue_size
         self.recent = RecentIds(window)
+        self.feed = Feed(queue_size)  # the SSE streams read this: one append per event
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self, self._queue_size)
@@ -110,6 +203,7 @@ class EventBus:
                 continue  # already out (another server's event, read twice)
             published.append(ev)
             payload = event_json(ev)
+            self.feed.append(payload)
             for sub in list(self._subscribers):
                 try:
                     sub.queue.put_nowait(payload)
@@ -123,4 +217,4 @@ class EventBus:
 
     @property
     def listeners(self) -> int:
-        return len(self._subscribers)
+        return len(self._subscribers) + len(self.feed.open)

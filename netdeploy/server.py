@@ -39,6 +39,7 @@ from netdeploy.context import Context, LiveConfig, Ports, ServiceError
 from netdeploy.dhcp import service as dhcp
 from netdeploy.events import EventBus
 from netdeploy.http.app import build_app
+from netdeploy.http.limits import GuardedSite
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService, start_multicast
 from netdeploy.reload import Reloader, ReloadRefused
@@ -46,6 +47,7 @@ from netdeploy.rollout.engine import RolloutEngine
 from netdeploy.rollout.inventory import import_action
 from netdeploy.rollout.service import start_sweeper
 from netdeploy.store import hold_store, open_store
+from netdeploy.store.db import pool_for
 from netdeploy.tftp import service as tftp
 
 log = logging.getLogger("netdeploy")
@@ -97,7 +99,9 @@ async def open_context(
     """Open the store (schema upgraded), start the rollout writer and import the config through
     it (one transaction: all or nothing). The caller closes the context."""
     private_state_dir(cfg.server.state_dir)
-    engine, sessions = await open_store(cfg.database_url)
+    postgresql = cfg.database_url.startswith("postgres")
+    pool = pool_for(cfg.http.max_image_streams, postgresql=postgresql)
+    engine, sessions = await open_store(cfg.database_url, pool)
     ports = ports or choose_ports(cfg)
     bus = bus or EventBus()
     settings = cfg.rollout
@@ -133,11 +137,19 @@ def sd_notify(message: str) -> None:
 
 
 async def start_http(ctx: Context, app: web.Application) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    http = ctx.config.http
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=http.keepalive_timeout
+    )
     await runner.setup()
     # a rack powering on at once: 1,000 agents connecting together must not hit SYN retries
-    site = web.TCPSite(
-        runner, ctx.config.server.bind, ctx.ports.http, reuse_address=True, backlog=1024
+    site = GuardedSite(
+        runner,
+        ctx.config.server.bind,
+        ctx.ports.http,
+        per_address=http.max_connections_per_address,
+        reuse_address=True,
+        backlog=1024,
     )
     try:
         await site.start()
@@ -176,7 +188,7 @@ async def run(ctx: Context, stack: AsyncExitStack) -> Reloader:
     reloader = Reloader(ctx)
     # other writers' events first, so we hear them before agents can reach us
     stack.push_async_callback(await fanout.start(ctx))
-    images = ImageStreams(ctx.config.http.max_image_streams, ctx.config.http.image_retry_after)
+    images = ImageStreams.from_config(ctx.config.http)
     multicast = MulticastService(ctx)
     app = build_app(ctx, boot=boot, images=images, multicast=multicast, reloader=reloader)
     stack.push_async_callback((await start_http(ctx, app)).cleanup)

@@ -19,6 +19,7 @@ from netdeploy.config import Config, NodeConfig
 from netdeploy.context import Context, Refusal
 from netdeploy.rollout.identity import claim_valid
 from netdeploy.store.models import Capture, Cluster, Image, Node
+from netdeploy.store.retry import read_retrying
 
 MULTICAST_OFF = (
     'distribution = "multicast" but [multicast] enabled = false: streaming over HTTP; '
@@ -90,13 +91,19 @@ async def agent_plan(
 ) -> dict[str, Any]:
     """The plan for ``mac``, for the agent that claimed it in this boot phase; else
     :class:`PlanRefused` (the route records it with the requester's address)."""
-    async with ctx.sessions() as session:
-        node = await session.get(Node, mac)
-        if node is None:
-            raise PlanRefused(404, f"no node with MAC {mac}; boot it first to be discovered")
-        cluster = await session.get(Cluster, node.cluster) if node.cluster else None
-        image = await session.get(Image, node.image) if node.image else None
-        capture = await session.get(Capture, mac)
+
+    async def read() -> tuple[Node | None, Cluster | None, Image | None, Capture | None]:
+        async with ctx.sessions() as session:
+            node = await session.get(Node, mac)
+            if node is None:
+                return None, None, None, None
+            cluster = await session.get(Cluster, node.cluster) if node.cluster else None
+            image = await session.get(Image, node.image) if node.image else None
+            return node, cluster, image, await session.get(Capture, mac)
+
+    node, cluster, image, capture = await read_retrying(read)  # a busy store fails no agent
+    if node is None:
+        raise PlanRefused(404, f"no node with MAC {mac}; boot it first to be discovered")
     if not claim_valid(node, cluster, token):
         # recorded by the HTTP layer, off the rollout writer (netdeploy.http.auth.refuse)
         raise PlanRefused(
@@ -118,6 +125,9 @@ async def agent_plan(
         "image": None,
         "disk": "auto",
         "inject": [],
+        # how long the agent's gate long-poll asks for: the server's limit, so any configured
+        # [http] gate_poll_timeout is one the agent can use
+        "gate_timeout": int(ctx.config.http.gate_poll_timeout),
         "distribution": {"mode": "unicast"},
         "capture": None,
         "hardware": hardware.profile,

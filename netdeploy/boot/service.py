@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from netdeploy import eventlog
 from netdeploy.boot.hardware import HardwareVerdict, verdict
@@ -33,9 +34,11 @@ from netdeploy.boot.programs import BootChoice, FirmwareClient, boot_program
 from netdeploy.context import Context
 from netdeploy.inventory import NodeState
 from netdeploy.rollout import booting
+from netdeploy.rollout.discovery import DiscoveryLimits
 from netdeploy.rollout.errors import Unavailable
 from netdeploy.rollout.rows import NodeRow
-from netdeploy.store.models import Capture, Cluster, MachineFacts, Node
+from netdeploy.store.models import Capture, Cluster, MachineFacts, Node, utcnow
+from netdeploy.store.retry import read_retrying
 
 log = logging.getLogger("netdeploy.boot")
 
@@ -93,6 +96,8 @@ class BootService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.urls = BootUrls(ctx.public_url)
+        # unknown MACs and first-stage requests: bounded rows, folded events (issue 15)
+        self.discovery = DiscoveryLimits(ctx.config.discovery)
 
     async def answer(self, mac: str, *, via: str, path: str, ip: str) -> BootAnswer:
         """Decide what ``mac`` (canonical) boots now, apply the implied changes, record it.
@@ -108,7 +113,7 @@ class BootService:
         ) -> BootPlan:
             return boot_plan(facts_of(node, mac, cluster, capture, refusal), self.urls)
 
-        action = booting.boot_request(mac, decide, via=via, path=path, ip=ip)
+        action = booting.boot_request(mac, decide, via=via, path=path, ip=ip, limits=self.discovery)
         try:
             plan, token = await self.ctx.rollout.run(action, [mac])
         except Unavailable:
@@ -119,10 +124,16 @@ class BootService:
 
     async def decide(self, mac: str) -> BootPlan:
         """The same decision as :meth:`answer`, read only: changes and records nothing."""
-        async with self.ctx.sessions() as session:
-            node = await session.get(Node, mac)
-            cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
-            capture = await session.get(Capture, mac)
+
+        async def read() -> tuple[Node | None, Cluster | None, Capture | None]:
+            async with self.ctx.sessions() as session:
+                node = await session.get(Node, mac)
+                cluster = (
+                    await session.get(Cluster, node.cluster) if node and node.cluster else None
+                )
+                return node, cluster, await session.get(Capture, mac)
+
+        node, cluster, capture = await read_retrying(read)  # a busy store never fails a boot
         refusal = (await hardware_of(self.ctx, mac)).refusal if node is not None else ""
         return boot_plan(facts_of(node, mac, cluster, capture, refusal), self.urls)
 
@@ -133,7 +144,11 @@ class BootService:
         return choice
 
     async def first_stage(self, *, via: str, path: str, ip: str) -> None:
-        """The generic first stage names no MAC; record it by client address (cheap, one row)."""
+        """The generic first stage names no MAC; record it by client address (one row per
+        address per ``[discovery] record_interval``). Recording never fails the boot."""
+        BOOT_REQUESTS.labels(via, "chain").inc()
+        if not self.discovery.first_stage_due(ip, utcnow()):
+            return
         event = eventlog.boot_request(
             None,
             None,
@@ -143,10 +158,13 @@ class BootService:
             decision="chain",
             why="first stage: chain to the per-MAC script",
         )
-        async with self.ctx.sessions() as session, session.begin():
-            session.add(event)
+        try:
+            async with self.ctx.sessions() as session, session.begin():
+                session.add(event)
+        except OperationalError as exc:  # busy or unreachable: the boot goes on unrecorded
+            log.warning("first-stage request from %s not recorded: %s", ip, exc.orig or exc)
+            return
         self.ctx.bus.publish(event)
-        BOOT_REQUESTS.labels(via, "chain").inc()
 
     async def machines_at(self, ips: set[str]) -> dict[str, tuple[str, str | None]]:
         """Which machine each client address belongs to: the node last seen there (several

@@ -59,6 +59,7 @@ def as_shell(body: dict[str, Any]) -> str:
         "ND_RETRY_AFTER": str(RETRY_AFTER_S),
         "ND_CAPTURE_URL": (body.get("capture") or {}).get("url", ""),
         "ND_CAPTURE_IMAGE": (body.get("capture") or {}).get("image", ""),
+        "ND_GATE_TIMEOUT": str(body["gate_timeout"]),
         "ND_INJECT": " ".join(
             f"{t['partition']}:{t['fs']}:{t['path']}:{t['file']}" for t in body["inject"]
         ),

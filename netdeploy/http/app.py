@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
@@ -28,7 +27,8 @@ from netdeploy.http import (
     outage,
     sparse_routes,
 )
-from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, RELOADER, json_error
+from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, RELOADER
+from netdeploy.http.errors import errors, quiet_protocol_errors
 from netdeploy.images.streams import ImageStreams
 from netdeploy.multicast.service import MulticastService
 from netdeploy.reload import Reloader
@@ -52,22 +52,6 @@ ROUTE_MODULES = [
     node_page,
     cluster_page,
 ]
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if (
-            exc.status < 400
-            or exc.content_type == "application/json"
-            or (not request.path.startswith("/api/"))
-        ):
-            raise
-        return json_error(exc.status, exc.reason if exc.text is None else exc.text)
-    except json.JSONDecodeError as exc:
-        return json_error(400, f"request body is not valid JSON: {exc}")
 
 
 @web.middleware
@@ -104,15 +88,16 @@ def build_app(
     alone);
     without ``multicast`` the multicast routes answer 503.
     """
+    quiet_protocol_errors()
+    # outermost first: errors turns what escapes into 4xx (one log line), the outage answer
+    # sits innermost so it sees an unreachable store before anything else reads it as a bug
     app = web.Application(
-        middlewares=[errors_as_json, http_metrics, auth.declared_auth, outage.answer_outages],
+        middlewares=[errors, http_metrics, auth.declared_auth, outage.answer_outages],
         client_max_size=1024**2,
     )
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
-    app[IMAGES] = images or ImageStreams(
-        ctx.config.http.max_image_streams, ctx.config.http.image_retry_after
-    )
+    app[IMAGES] = images or ImageStreams.from_config(ctx.config.http)
     app[RELOADER] = reloader or Reloader(ctx)
     if multicast is not None:
         app[MULTICAST] = multicast

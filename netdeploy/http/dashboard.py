@@ -118,6 +118,12 @@ def render(template: str, status: int = 200, **values: Any) -> web.Response:
     return response
 
 
+def _page(raw: str) -> int:
+    """A page number from the query; anything else is the first page."""
+    raw = raw.strip()
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 7 else 0
+
+
 @routes.get("/")
 async def dashboard(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
@@ -134,6 +140,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
             log_cluster=request.query.get("cluster", "").strip(),
             config=ctx.config,
             state_filter=state_filter,
+            discovered_page=_page(request.query.get("discovered", "")),
         )
         limits = stale_limits(ctx.config, list((await db.scalars(select(Cluster))).all()))
     service = multicast_of(request)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.config import Config
@@ -214,6 +214,14 @@ class DashboardView:
         """Whether the state filter (``?state=``, the clickable counts) keeps ``node``."""
         f = self.state_filter
         return not f or node.state == f or (f == "stale" and node.stale)
+    # discovered machines come a page at a time (a flood of unknown MACs must not make the
+    # page heavy): the newest seen first, DISCOVERED_PAGE per page
+    discovered_total: int = 0
+    discovered_page: int = 0
+
+    @property
+    def discovered_pages(self) -> int:
+        return max(1, -(-self.discovered_total // DISCOVERED_PAGE))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -276,6 +284,7 @@ def stale_limits(config: Config, clusters: list[Cluster]) -> dict[str, dict[str,
     for c in clusters:
         table[c.name] = limits((c.settings or {}).get("timeouts"))
     return table
+DISCOVERED_PAGE = 50
 
 
 async def load_view(
@@ -287,12 +296,23 @@ async def load_view(
     config: Config | None = None,
     now: datetime | None = None,
     state_filter: str = "",
+    discovered_page: int = 0,
 ) -> DashboardView:
     # the newest event id first: the page's live stream resumes after it, so a change committed
     # while the rest is read is replayed rather than lost (replaying one twice is harmless)
     last_event_id = await newest_event_id(session)
     clusters = {c.name: c for c in (await session.scalars(select(Cluster))).all()}
-    nodes = (await session.scalars(select(Node))).all()
+    is_discovered = Node.state == NodeState.DISCOVERED
+    nodes = list((await session.scalars(select(Node).where(~is_discovered))).all())
+    discovered_total = await session.scalar(select(func.count()).where(is_discovered)) or 0
+    discovered_page = max(0, min(discovered_page, (discovered_total - 1) // DISCOVERED_PAGE))
+    page = await session.scalars(
+        select(Node)
+        .where(is_discovered)
+        .order_by(Node.last_seen.desc(), Node.mac)
+        .offset(discovered_page * DISCOVERED_PAGE)
+        .limit(DISCOVERED_PAGE)
+    )
     now = now or datetime.now(UTC)
     views = [_node_view(n, clusters, config, now) for n in nodes]
     # first node on top, then by host name: the order an admin reads a rollout in
@@ -317,9 +337,12 @@ async def load_view(
         for view in members:
             view.in_cluster = seen["nodes"].get(view.hostname or view.mac, "")
         membership_of[name] = seen
+    discovered.extend(_node_view(n, clusters, config, now) for n in page)  # newest first
     counts: dict[str, int] = {}
     for view in views:
         counts[view.state] = counts.get(view.state, 0) + 1
+    if discovered_total:
+        counts[NodeState.DISCOVERED] = discovered_total
     log_error = ""
     try:
         events = await query_events(
@@ -367,4 +390,6 @@ async def load_view(
         log_error=log_error,
         all_nodes=sorted(views, key=lambda v: natural_key(v.label)),
         state_filter=state_filter,
+        discovered_total=discovered_total,
+        discovered_page=discovered_page,
     )

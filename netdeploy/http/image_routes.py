@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
+import socket
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +32,7 @@ from netdeploy.context import Context
 from netdeploy.http.auth import is_admin, refuse
 from netdeploy.http.common import IMAGES, ctx_of, json_error, request_token
 from netdeploy.images import catalog
+from netdeploy.images.admission import Slot, ordinal
 from netdeploy.images.catalog import NotServable, OpenImage
 from netdeploy.images.ranges import (
     RangeError,
@@ -39,10 +43,11 @@ from netdeploy.images.ranges import (
     if_range_allows,
     parse_range,
 )
-from netdeploy.images.streams import REFUSED, ImageStreams
+from netdeploy.images.streams import ANONYMOUS, REFUSED, ImageStreams, Stream
 from netdeploy.inventory import BadMac, NodeState, normalize_mac
 from netdeploy.rollout.identity import claim_valid
 from netdeploy.store.models import Cluster, Image, Node
+from netdeploy.store.retry import read_retrying
 
 log = logging.getLogger("netdeploy.images")
 routes = web.RouteTableDef()
@@ -135,10 +140,15 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         mac = _client_mac(request)
     except BadMac as exc:
         return _problem(400, "bad_mac", f"{exc} (in ?mac= or X-Netdeploy-Mac)")
-    async with ctx.sessions() as session:
-        row = await session.get(Image, name)
-        node = await session.get(Node, mac) if mac else None
-        cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
+
+    async def read() -> tuple[Image | None, Node | None, Cluster | None]:
+        async with ctx.sessions() as session:
+            row = await session.get(Image, name)
+            node = await session.get(Node, mac) if mac else None
+            cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
+            return row, node, cluster
+
+    row, node, cluster = await read_retrying(read)  # a busy store never fails a download
     refusal = may_stream(request, name, node, cluster)
     if refusal is not None:
         REFUSED.labels("auth").inc()
@@ -230,27 +240,40 @@ async def _respond(
         return response
 
     service = service_of(request)
-    counted = length > SMALL_BODY
-    if counted and not service.limiter.try_acquire():
-        return _busy(service)
+    slot: Slot | None = None
+    if length > SMALL_BODY:
+        address = request.remote or "?"
+        key = node.mac if node else f"{ANONYMOUS}:{address}"
+        admitted = await service.admission.wait(key, address, service.queue_wait)
+        if not isinstance(admitted, Slot):
+            return _queued(service, admitted)
+        slot = admitted
     try:
         await _stream(request, ctx, response, row, image, node, offset, length)
     finally:
-        if counted:
-            service.limiter.release()
+        if slot is not None:
+            service.admission.release(slot)
     return response
 
 
-def _busy(service: ImageStreams) -> web.Response:
-    response = _problem(
-        503,
-        "busy",
-        f"{service.limiter.limit} image transfers are running (http.max_image_streams); "
-        f"retry in {service.retry_after} s",
-        retry_after=service.retry_after,
+def _queued(service: ImageStreams, position: int) -> web.Response:
+    """503 with the client's place in line. busybox wget shows a 503's status line but none of
+    its headers, so the reason phrase says it too: ``503 Queued 7 Retry-After 5`` (the agent's
+    ``image_queue_wait`` reads it); other clients read ``Retry-After`` and the JSON body."""
+    admission, wait = service.admission, service.retry_after
+    REFUSED.labels("busy").inc()
+    return web.json_response(
+        {
+            "error": f"{admission.limit} image transfers are running (http.max_image_streams): "
+            f"queued, {ordinal(position)} in line; keep asking every {wait} s to keep the place",
+            "queued": True,
+            "position": position,
+            "retry_after": wait,
+        },
+        status=503,
+        reason=f"Queued {position} Retry-After {wait}",
+        headers={"Retry-After": str(wait), "X-Queue-Position": str(position)},  # RFC 9110 §10.2.3
     )
-    response.headers["Retry-After"] = str(service.retry_after)  # RFC 9110 §10.2.3
-    return response
 
 
 async def _stream(
@@ -280,13 +303,28 @@ async def _stream(
         length=length,
     )
     aborted = ""
-    try:
+
+    async def send() -> None:
         await response.prepare(request)  # StreamResponse sends the headers now
         await _send_range(request, response, image, offset, length - 1, stream.sent)
         changed = await asyncio.to_thread(image.still_same)
         if changed:
             raise _FileChanged(f"{changed} during the transfer")
         await _send_range(request, response, image, offset + length - 1, 1, stream.sent)
+
+    sending = asyncio.ensure_future(send())
+    watchdog = asyncio.ensure_future(_watch_progress(request, stream, service.stall_timeout))
+    try:
+        await asyncio.wait({sending, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+        if not sending.done():  # stalled: cancel the send (a cancelled sendfile unregisters
+            sending.cancel()  # its fd), then drop the connection short of Content-Length
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                await sending
+            aborted = watchdog.result()
+            if request.transport is not None:
+                request.transport.abort()
+        else:
+            sending.result()
     except _FileChanged as exc:
         aborted = f"{row.path}: {exc}"
         problem = NotServable(
@@ -299,10 +337,51 @@ async def _stream(
     except (ConnectionError, OSError) as exc:  # the client went away: account what was sent
         aborted = f"connection lost: {exc}"
     finally:
+        sending.cancel()
+        watchdog.cancel()
         facts = stream.end()
         if aborted:
             facts["aborted"] = aborted
         await _record(ctx, node, facts)
+
+
+async def _watch_progress(request: web.Request, stream: Stream, stall_timeout: float) -> str:
+    """Cut a stream that moves no bytes for ``stall_timeout`` seconds, so its slot goes to the
+    next node in line (a client that stopped reading holds a connection, never a slot).
+
+    Progress is what the client acknowledged (Linux ``TCP_INFO.tcpi_bytes_acked``): bytes
+    handed to the kernel may sit in the socket buffer of a client that stopped reading. Where
+    TCP_INFO is not available the bytes handed to the kernel count instead.
+    """
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    last, since = -1, 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        now = loop.time()
+        moved = _acked_bytes(sock)
+        moved = stream.sent_bytes if moved is None else moved
+        if moved != last:
+            last, since = moved, now
+        elif now - since >= stall_timeout:
+            why = f"stalled: no bytes moved for {stall_timeout:g} s (http.stall_timeout)"
+            log.info("closing image stream to %s: %s", request.remote, why)
+            return why
+        await asyncio.sleep(min(stall_timeout / 4, 5.0))
+
+
+_TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in struct tcp_info, Linux ≥ 4.1
+
+
+def _acked_bytes(sock: Any) -> int | None:
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+        return None
+    return int.from_bytes(info[_TCP_INFO_BYTES_ACKED : _TCP_INFO_BYTES_ACKED + 8], sys.byteorder)
 
 
 class _FileChanged(Exception):
@@ -388,8 +467,9 @@ async def list_transfers(request: web.Request) -> web.Response:
     service = service_of(request)
     return web.json_response(
         {
-            "active_streams": service.limiter.active,
-            "max_image_streams": service.limiter.limit,
+            "active_streams": service.admission.active,
+            "max_image_streams": service.admission.limit,
+            "queued": service.admission.queued(),
             "transfers": service.transfers.snapshot(),
         }
     )

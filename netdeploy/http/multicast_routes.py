@@ -34,7 +34,7 @@ def _service(request: web.Request) -> MulticastService:
 
 async def _fields(request: web.Request) -> dict[str, Any]:
     fields: dict[str, Any] = dict(request.query)
-    if request.can_read_body:
+    if request.body_exists:  # (can_read_body is False once the error middleware read it)
         if request.content_type == "application/json":
             body = await json_of(request)
             if not isinstance(body, dict):

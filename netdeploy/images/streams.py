@@ -1,10 +1,11 @@
 """Who is streaming which image right now, and how many bytes each node has been sent.
 
-The HTTP adapter asks :class:`StreamLimiter` for a slot before a large transfer (so a rack of
-machines cannot saturate the uplink: past the limit a client gets 503 + Retry-After, never a
-dropped connection) and reports every block it hands to the kernel to a :class:`Stream` from
-:class:`TransferLog`. The log is in memory: it exists so the dashboard can show each node's
-progress before the node's agent reports anything; the agent's own reports are the record.
+The HTTP adapter asks :class:`~netdeploy.images.admission.Admission` for a slot before a large
+transfer (so a rack of machines cannot saturate the uplink: past the limit a client gets a
+place in line, never a dropped connection) and reports every block it hands to the kernel to
+a :class:`Stream` from :class:`TransferLog`. The log is in memory: it exists so the dashboard
+can show each node's progress before the node's agent reports anything; the agent's own
+reports are the record.
 Clocks are passed in, so tests need no sleeps.
 """
 
@@ -18,6 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+
+from netdeploy.config import HttpConfig
+from netdeploy.images.admission import Admission
 
 BYTES_SENT = Counter(
     "netdeploy_image_bytes_sent", "Image bytes handed to the kernel for sending", ["image"]
@@ -34,23 +38,6 @@ REFUSED = Counter(
 
 ANONYMOUS = "anonymous"
 MAX_ENTRIES = 4096  # bounded memory even if many unidentified peers fetch images
-
-
-class StreamLimiter:
-    """At most ``limit`` concurrent large image streams (config ``http.max_image_streams``)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.active = 0
-
-    def try_acquire(self) -> bool:
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def release(self) -> None:
-        self.active -= 1
 
 
 @dataclass
@@ -193,12 +180,34 @@ class TransferLog:
 
 
 class ImageStreams:
-    """One server's streaming state: the stream limiter and the per-node transfer log.
+    """One server's streaming state: admission (slots and the line) and the per-node log.
 
     Built once by the composition root (server.py) and handed to the HTTP image routes.
     """
 
-    def __init__(self, max_streams: int, retry_after: int) -> None:
-        self.limiter = StreamLimiter(max_streams)
+    def __init__(
+        self,
+        max_streams: int,
+        retry_after: int,
+        *,
+        per_address: int | None = None,
+        queue_wait: float = 0.0,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        # a ticket outlives one parked request and one Retry-After sleep with room to spare
+        hold = queue_wait + 3 * retry_after + 10
+        self.admission = Admission(max_streams, per_address=per_address, hold=hold)
         self.transfers = TransferLog()
         self.retry_after = retry_after
+        self.queue_wait = queue_wait
+        self.stall_timeout = stall_timeout
+
+    @classmethod
+    def from_config(cls, http: HttpConfig) -> ImageStreams:
+        return cls(
+            http.max_image_streams,
+            http.image_retry_after,
+            per_address=http.max_streams_per_address,
+            queue_wait=http.image_queue_wait,
+            stall_timeout=http.stall_timeout,
+        )

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from netdeploy import eventlog
 from netdeploy.inventory import NodeState as S
+from netdeploy.rollout.discovery import DiscoveryLimits
 from netdeploy.rollout.engine import Action, Batch
 from netdeploy.rollout.identity import new_boot_token, rollout_of
 from netdeploy.rollout.rows import NodeRow
@@ -43,16 +44,30 @@ class Decision(Protocol):
 Decide = Callable[[NodeRow | None, Cluster | None, Capture | None], Any]
 
 
-def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> Action:
+def boot_request(
+    mac: str, decide: Decide, *, via: str, path: str, ip: str, limits: DiscoveryLimits
+) -> Action:
     """Returns ``(decision, token)``: the token is the plain one for the kernel command line,
-    None unless the decision boots the agent."""
+    None unless the decision boots the agent. Unknown MACs are recorded within ``limits``
+    (netdeploy.rollout.discovery): bounded rows, folded events."""
 
     async def action(batch: Batch) -> tuple[Any, str | None]:
         node = await batch.node(mac)
         first_boot = node is None  # the plan says so: "not in the inventory, recorded"
         capture = await batch.session.get(Capture, mac)
+        log = True
         if node is None:
-            node = await batch.discover(mac, reason=f"unknown MAC booted via {via} from {ip}")
+            log, unlogged = limits.new_mac(mac, batch.now)
+            if unlogged:
+                batch.record(eventlog.discovery_folded(unlogged, max_rows=limits.max_rows))
+            node = await batch.discover(
+                mac,
+                reason=f"unknown MAC booted via {via} from {ip}",
+                log=log,
+                max_rows=limits.max_rows,
+            )
+        elif node.state == S.DISCOVERED:
+            log = limits.boot_due(mac, batch.now)  # once per record_interval
         else:
             advance = ADVANCE_ON_BOOT.get(S(node.state))
             if advance is not None and capture is None:
@@ -66,17 +81,18 @@ def boot_request(mac: str, decide: Decide, *, via: str, path: str, ip: str) -> A
             new_boot_token(node, digest, str(decision.action), rollout_of(cluster))
         node.last_seen = batch.now
         node.last_ip = ip
-        batch.record(
-            eventlog.boot_request(
-                mac,
-                node.cluster,
-                via=via,
-                path=path,
-                ip=ip,
-                decision=str(decision.action),
-                why=decision.why,
+        if log:
+            batch.record(
+                eventlog.boot_request(
+                    mac,
+                    node.cluster,
+                    via=via,
+                    path=path,
+                    ip=ip,
+                    decision=str(decision.action),
+                    why=decision.why,
+                )
             )
-        )
         return decision, token
 
     return action

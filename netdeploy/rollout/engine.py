@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import prometheus_client
-from sqlalchemy import insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from netdeploy import eventlog
@@ -134,8 +134,16 @@ class Batch:
             node = found[0] if found else None
         return node
 
-    async def discover(self, mac: str, *, reason: str) -> NodeRow:
-        """Record a MAC the inventory does not know as ``discovered`` (never imaged)."""
+    async def discover(
+        self, mac: str, *, reason: str, log: bool = True, max_rows: int | None = None
+    ) -> NodeRow:
+        """Record a MAC the inventory does not know as ``discovered`` (never imaged).
+
+        ``log`` False records the row without its event (a flood, counted elsewhere);
+        ``max_rows`` keeps at most that many discovered rows: the oldest others go.
+        """
+        if max_rows is not None:
+            await self._make_room(max_rows - 1, keep=mac)
         await self.session.execute(
             insert(NODES).values(
                 mac=mac,
@@ -148,9 +156,25 @@ class Batch:
                 stops_rollout=False,
             )
         )
-        self.record(eventlog.state_change(mac, None, None, S.DISCOVERED, reason))
+        if log:
+            self.record(eventlog.state_change(mac, None, None, S.DISCOVERED, reason))
         (node,) = await self.load(Node.mac == mac)
         return node
+
+    async def _make_room(self, limit: int, *, keep: str) -> None:
+        """Delete the oldest discovered rows beyond ``limit`` (never one this batch holds)."""
+        discovered = Node.state == S.DISCOVERED
+        count = await self.session.scalar(select(func.count()).where(discovered)) or 0
+        if count <= limit:
+            return
+        held = {keep, *self.nodes}
+        oldest = (
+            select(Node.mac)
+            .where(discovered, Node.mac.not_in(held))
+            .order_by(Node.last_seen, Node.mac)  # the longest unseen go first
+            .limit(count - limit)
+        )
+        await self.session.execute(delete(Node).where(Node.mac.in_(oldest)))
 
     async def members(self, cluster: str) -> list[NodeRow]:
         return await self.load(Node.cluster == cluster)

@@ -7,6 +7,7 @@ import fcntl
 import os
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -64,9 +65,33 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # a writer waits up to 30 s for the lock before SQLite answers "database is locked";
+    # with one writer task and short batches that wait is rare and brief (issue 15)
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA secure_delete=ON")  # replaced secrets do not linger in free pages
     cursor.close()
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    """Connections kept open (``size``) and opened on demand (``overflow``).
+
+    Sized from the configured limits (:func:`pool_for`): requests hold a connection only
+    for their queries, but a boot storm, every image slot finishing at once and the
+    dashboards together must not wait out ``timeout`` for one.
+    """
+
+    size: int = 5
+    overflow: int = 10
+    timeout: float = 30.0
+
+
+def pool_for(max_image_streams: int, *, postgresql: bool) -> PoolSize:
+    if postgresql:  # several servers share PostgreSQL's max_connections (100 by default)
+        return PoolSize(size=5, overflow=15, timeout=60.0)
+    # SQLite connections are cheap file handles: one per image slot on top, so a rack's
+    # streams ending together (each records its transfer) never wait out the pool timeout
+    return PoolSize(size=10, overflow=min(256, 8 + max_image_streams), timeout=60.0)
 
 
 def _private_file(path: Path) -> None:
@@ -78,9 +103,9 @@ def _private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, pool: PoolSize | None = None) -> AsyncEngine:
     try:
-        return _create_engine(url)
+        return _create_engine(url, pool)
     except (ArgumentError, NoSuchModuleError) as exc:
         try:
             shown = make_url(url).render_as_string(hide_password=True)
@@ -92,8 +117,13 @@ def create_engine(url: str) -> AsyncEngine:
         ) from None
 
 
-def _create_engine(url: str) -> AsyncEngine:
+def _create_engine(url: str, pool: PoolSize | None = None) -> AsyncEngine:
     url = _async_url(url)
+    sizing = (
+        {"pool_size": pool.size, "max_overflow": pool.overflow, "pool_timeout": pool.timeout}
+        if pool is not None
+        else {}
+    )
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         try:
@@ -105,7 +135,8 @@ def _create_engine(url: str) -> AsyncEngine:
                 f"it or its directory: {exc.strerror or exc}"
             ) from None
     if parsed.drivername.startswith("sqlite"):
-        engine = create_async_engine(url)
+        in_memory = parsed.database in (None, "", ":memory:")
+        engine = create_async_engine(url, **({} if in_memory else sizing))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     origin = new_origin()
@@ -113,6 +144,7 @@ def _create_engine(url: str) -> AsyncEngine:
         url,
         pool_pre_ping=True,
         connect_args={"server_settings": {"application_name": origin}},
+        **sizing,  # type: ignore[arg-type]
     )
     _ORIGINS[engine.sync_engine] = origin
     return engine
@@ -147,8 +179,10 @@ async def migrate(engine: AsyncEngine) -> None:
         raise StoreError(f"cannot open or upgrade database {engine.url!r}: {exc}") from exc
 
 
-async def open_store(url: str) -> tuple[AsyncEngine, async_sessionmaker]:
-    engine = create_engine(url)
+async def open_store(
+    url: str, pool: PoolSize | None = None
+) -> tuple[AsyncEngine, async_sessionmaker]:
+    engine = create_engine(url, pool)
     await migrate(engine)
     return engine, async_sessionmaker(engine, expire_on_commit=False)
 

@@ -20,13 +20,20 @@ import ipaddress
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from netdeploy.config import TftpConfig
 from netdeploy.tftp import packets
-from netdeploy.tftp.files import Content, FileCache, clean_name, load, to_netascii
+from netdeploy.tftp.files import (
+    Content,
+    FileCache,
+    NetasciiContent,
+    clean_name,
+    load,
+    to_netascii,
+)
 from netdeploy.tftp.options import negotiate
 from netdeploy.tftp.packets import BadPacket, ErrorCode, Op, Request
 from netdeploy.tftp.transfer import Transfer, TransferStats
@@ -126,6 +133,9 @@ class TftpServer:
         self.cache = FileCache(self.config.cache_max_bytes, self.config.cache_file_max_bytes)
         self.transfers: dict[tuple[str, int], Transfer | None] = {}  # None: still starting
         self.per_client: Counter[str] = Counter()
+        # transfers that have not had their first ACK yet, oldest first: RRQs are spoofable,
+        # so these hold a pool of their own (max_unacked) and never the confirmed slots
+        self.unacked: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -220,13 +230,17 @@ class TftpServer:
             return  # a retransmitted RRQ: the running transfer retransmits by itself
         # Over a limit we stay silent: the client retransmits its RRQ, which queues it
         # without ending its boot the way an ERROR would.
-        if len(self.transfers) >= self.config.max_transfers:
+        if len(self.transfers) - len(self.unacked) >= self.config.max_transfers:
             self._refused("busy")
             return
         if self.per_client[ip] >= self.config.max_per_client:
             self._refused("client_limit")
             return
+        if len(self.unacked) >= self.config.max_unacked and not self._reclaim_unacked():
+            self._refused("busy")
+            return
         self.transfers[key] = None
+        self.unacked[key] = None
         self.per_client[ip] += 1
         task = asyncio.get_running_loop().create_task(self._begin(request, key, addr, local))
         self._tasks.add(task)
@@ -255,6 +269,7 @@ class TftpServer:
                 max_blksize=self.config.max_blksize,
                 max_windowsize=self.config.max_windowsize,
                 timeout=self.config.timeout,
+                max_timeout=self.config.max_client_timeout,
             )
         except BadPacket as exc:
             with contextlib.suppress(OSError):
@@ -289,7 +304,11 @@ class TftpServer:
             oack=packets.oack(chosen.reply) if chosen.reply else None,
             on_done=self._transfer_done,
             gso_batch=gso_batch,
+            first_ack_budget=self.config.first_ack_budget,
+            on_confirmed=self._confirmed,
         )
+        if isinstance(content, NetasciiContent):  # keep what a window may ask for again
+            content.keep = chosen.blksize * (chosen.windowsize + 1)
         self.transfers[key] = transfer
         transfer.start()
 
@@ -305,7 +324,7 @@ class TftpServer:
                 raise BadPacket(
                     ErrorCode.UNDEFINED, "boot decision timed out; retry shortly"
                 ) from None
-            if data is not None:
+            if data is not None:  # small, generated per request
                 return Content.of(to_netascii(data) if request.mode == "netascii" else data), True
         return load(self.root, name, request.mode, self.cache), False
 
@@ -337,11 +356,29 @@ class TftpServer:
         if not stats.duration:
             stats.duration = time.monotonic() - stats.started
         self.transfers.pop(key, None)
+        self.unacked.pop(key, None)
         self.per_client[key[0]] -= 1
         if self.per_client[key[0]] <= 0:
             del self.per_client[key[0]]
         if self.on_finished:
             self.on_finished(stats)
+
+    def _confirmed(self, transfer: Transfer) -> None:
+        """The first ACK came: the client is real, its transfer now holds a confirmed slot."""
+        self.unacked.pop((transfer.stats.client_ip, transfer.stats.client_port), None)
+
+    def _reclaim_unacked(self) -> bool:
+        """Give up the oldest transfer still waiting for its first ACK, for a new request.
+
+        A flood of RRQs that never ACK only displaces itself: a real client ACKs within a
+        round trip and leaves this pool long before its turn to be reclaimed comes.
+        """
+        for key in self.unacked:
+            transfer = self.transfers.get(key)
+            if transfer is not None:  # (None: still opening; it joins the pool in a moment)
+                transfer.finish("reclaimed", "no first ACK; slot given to a newer request")
+                return True
+        return False
 
     def _transfer_done(self, transfer: Transfer) -> None:
         key = (transfer.stats.client_ip, transfer.stats.client_port)

@@ -102,6 +102,55 @@ class Content:
             self.fd = None
 
 
+class NetasciiContent(Content):
+    """A file in netascii, converted while it is sent: memory per transfer stays a few blocks
+    however large the file (the whole-file copy it replaces cost its size per transfer).
+
+    The conversion is byte-local (CR → CR NUL, LF → CR LF), so chunks convert alone. The size
+    on the wire (for tsize and the last block) is counted once up front, chunk by chunk.
+    Blocks are asked in order; what a window may resend (``keep`` bytes before the newest
+    request) stays buffered, and anything older restarts the conversion from the start.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, raw_size: int, *, data: bytes | None = None, fd: int | None = None):
+        self._raw = data
+        self._raw_size = raw_size
+        self._raw_fd = fd
+        size = raw_size
+        for offset in range(0, raw_size, self.CHUNK):
+            chunk = self._read(offset)
+            size += chunk.count(b"\r") + chunk.count(b"\n")
+        super().__init__(size, fd=fd)
+        self.keep = 2 * 512  # the engine sets blksize * (windowsize + 1)
+        self._next = 0  # next source offset to convert
+        self._base = 0  # wire offset of _buffer[0]
+        self._buffer = bytearray()
+
+    def _read(self, offset: int) -> bytes:
+        if self._raw is not None:
+            return self._raw[offset : offset + self.CHUNK]
+        assert self._raw_fd is not None
+        return os.pread(self._raw_fd, self.CHUNK, offset)
+
+    def block(self, offset: int, length: int) -> bytes:
+        if offset < self._base:  # older than the window kept: convert again from the start
+            self._next, self._base, self._buffer = 0, 0, bytearray()
+        while self._base + len(self._buffer) < offset + length and self._next < self._raw_size:
+            chunk = self._read(self._next)
+            if not chunk:  # the file shrank under us: the transfer ends short
+                break
+            self._next += len(chunk)
+            self._buffer += to_netascii(chunk)
+        drop = offset - self._base - self.keep
+        if drop > 0:
+            del self._buffer[:drop]
+            self._base += drop
+        start = offset - self._base
+        return bytes(self._buffer[start : start + length])
+
+
 class FileCache:
     """Least-recently-used cache of whole small files, bounded in bytes."""
 
@@ -151,12 +200,10 @@ def load(root: Path, name: str, mode: str, cache: FileCache) -> Content:
     except BaseException:
         os.close(fd)
         raise
-    if data is None and mode == "octet":
-        return Content(os.fstat(fd).st_size, fd=fd)  # large: read per block, fd kept open
+    if data is None:  # large: read per block, fd kept open
+        size = os.fstat(fd).st_size
+        return Content(size, fd=fd) if mode == "octet" else NetasciiContent(size, fd=fd)
     os.close(fd)
-    if data is None:
-        raise BadPacket(
-            ErrorCode.UNDEFINED,
-            f"{name} is too large for netascii (over {cache.max_file} bytes); use octet",
-        )
-    return Content.of(to_netascii(data) if mode == "netascii" else data)
+    if mode == "netascii":  # the cached bytes are shared; only a few blocks per transfer
+        return NetasciiContent(len(data), data=data)
+    return Content.of(data)

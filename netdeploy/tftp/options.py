@@ -42,6 +42,7 @@ def negotiate(
     max_blksize: int = MAX_BLKSIZE,
     max_windowsize: int = 64,
     timeout: float = 1.0,
+    max_timeout: int = MAX_TIMEOUT,
 ) -> Negotiated:
     """Decide blksize/windowsize/timeout for one read transfer of ``size`` bytes."""
     reply: dict[str, str] = {}
@@ -56,8 +57,11 @@ def negotiate(
             raise BadPacket(
                 ErrorCode.BAD_OPTIONS, f"option timeout {seconds} is above {MAX_TIMEOUT}"
             )
-        timeout = float(seconds)
-        reply["timeout"] = str(seconds)  # RFC 2349: the server must echo it unchanged
+        if seconds <= max_timeout:
+            timeout = float(seconds)
+            reply["timeout"] = str(seconds)  # RFC 2349: the server must echo it unchanged
+        # else left out of the OACK (RFC 2347 §3: the server may decline an option): a
+        # client asking for 255 s must not hold a slot for minutes after it went silent
     if "tsize" in options:
         _number("tsize", options["tsize"], 0)  # a read request sends 0; any number is fine
         reply["tsize"] = str(size)

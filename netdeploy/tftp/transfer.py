@@ -32,7 +32,7 @@ class TransferStats:
     client_ip: str
     client_port: int
     filename: str
-    outcome: str = "ok"  # ok | timeout | aborted | error | refused
+    outcome: str = "ok"  # ok | timeout | aborted | error | refused | reclaimed
     message: str = ""
     size: int = 0
     bytes_sent: int = 0  # payload bytes put on the wire, retransmissions included
@@ -79,6 +79,8 @@ class Transfer:
         oack: bytes | None,
         on_done: Callable[[Transfer], None],
         gso_batch: int = 1,
+        first_ack_budget: float = 10.0,
+        on_confirmed: Callable[[Transfer], None] | None = None,
     ):
         self.sock = sock
         self.peer = peer
@@ -91,7 +93,11 @@ class Transfer:
         self.oack = oack
         self.on_done = on_done
         self.gso_batch = gso_batch  # DATA packets per sendto (UDP_SEGMENT); 1 = one each
+        self.first_ack_budget = first_ack_budget
+        self.on_confirmed = on_confirmed
+        self.confirmed = False  # the client's first ACK arrived: it is real, not spoofed
         self.loop = asyncio.get_running_loop()
+        self.begun = self.loop.time()
         # Absolute block numbers. The last block is shorter than blksize, possibly empty.
         self.last_block = content.size // blksize + 1
         self.acked = -1 if oack else 0  # -1: waiting for ACK 0 of our OACK (RFC 2347)
@@ -208,7 +214,10 @@ class Transfer:
             wait = min(self.timeout * (1 << self.tries), max(self.timeout, MAX_BACKOFF))
         else:
             wait = self.timeout
-        self.deadline = self.loop.time() + wait
+        now = self.loop.time()
+        if not self.confirmed:  # before the first ACK the whole budget is first_ack_budget
+            wait = max(0.0, min(wait, self.begun + self.first_ack_budget - now))
+        self.deadline = now + wait
         if self.timer is None:
             self.timer = self.loop.call_at(self.deadline, self._expired)
 
@@ -218,6 +227,10 @@ class Transfer:
             return
         if self.loop.time() < self.deadline:  # progress since this timer was set: re-arm lazily
             self.timer = self.loop.call_at(self.deadline, self._expired)
+            return
+        if not self.confirmed and self.loop.time() - self.begun >= self.first_ack_budget:
+            # never ACKed (a spoofed or vanished requester): free the slot quickly and quietly
+            self.finish("timeout", f"no first ACK within {self.first_ack_budget:g} s")
             return
         if self.tries >= self.retries:
             # Say why before letting go, so a client still listening does not wait in vain.
@@ -271,6 +284,10 @@ class Transfer:
             return
         self.acked = block
         self.tries = 0
+        if not self.confirmed:
+            self.confirmed = True
+            if self.on_confirmed is not None:
+                self.on_confirmed(self)
         if block >= self.last_block:
             self.finish("ok")
             return

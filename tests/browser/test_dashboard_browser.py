@@ -246,9 +246,8 @@ async def test_the_page_resumes_after_the_stream_drops(browser, tmp_path):
 
     async with running_server(tmp_path, public_read=True) as srv:
         page = await open_live(browser, srv.url)
-        app_streams = next(iter(srv.ctx.bus._subscribers))  # the page's one subscription
-        app_streams.close()
-        app_streams.queue.put_nowait(None)  # as the server does to a client that fell behind
+        reader = next(iter(srv.ctx.bus.feed.open))  # the page's one place in the event feed
+        reader.close()  # the stream ends, as for a client that fell behind the feed
         await expect(page.locator("#live")).to_have_text("reconnecting…")
         # nobody listening now: the page must get this from the store when it reconnects
         await move(srv.ctx, SQL_N3, "failed", reason="timeout", message="disk not found")

@@ -23,6 +23,7 @@ state_dir = "state"
 [http]
 max_image_streams = {max_streams}
 image_retry_after = 7
+{http_extra}
 
 [images.base]
 file = "base.img"
@@ -64,10 +65,14 @@ MAC_N3 = "52:54:00:aa:00:03"
 IMAGE_SIZE = 4 * 1024 * 1024 + 12345  # odd size, above the 1 MiB "small body" threshold
 
 
-def write_lab(root: Path, max_streams: int = 32) -> Path:
+def write_lab(
+    root: Path, max_streams: int = 32, http_extra: str = "image_queue_wait = 0", extra: str = ""
+) -> Path:
+    """The lab config; ``http_extra`` goes into ``[http]`` (by default a client over the stream
+    limit is answered at once, not parked), ``extra`` is appended (more nodes)."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "netdeploy.toml"
-    path.write_text(LAB_TOML.format(max_streams=max_streams))
+    path.write_text(LAB_TOML.format(max_streams=max_streams, http_extra=http_extra) + extra)
     return path
 
 
@@ -108,9 +113,9 @@ class Lab:
         await self.ctx.close()
 
 
-async def start_lab(root: Path, max_streams: int = 32) -> Lab:
+async def start_lab(root: Path, max_streams: int = 32, **config: str) -> Lab:
     port = free_port()
-    cfg = load_config(write_lab(root, max_streams), http_port=port, bind="127.0.0.1")
+    cfg = load_config(write_lab(root, max_streams, **config), http_port=port, bind="127.0.0.1")
     ctx = await open_context(cfg, Ports(http=port, tftp=0))
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()

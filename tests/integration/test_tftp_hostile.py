@@ -6,6 +6,7 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,36 @@ async def test_oversized_and_truncated_requests_get_error_4(tmp_path: Path) -> N
         err = parse_error((await client.recv())[0])
         assert err is not None and err[0] == ErrorCode.ILLEGAL_OPERATION
         client.close()
+
+
+async def test_unacked_flood_with_long_timeouts_cannot_lock_out_a_real_client(
+    tmp_path: Path,
+) -> None:
+    """RRQs are spoofable: 200 requesters (each its own address) that never ACK and ask for
+    timeout=255. They hold only the unACKed pool (the oldest reclaimed for newer requests),
+    their timeout is not acknowledged, every one is dropped within the first-ACK budget, and
+    a real client is served meanwhile."""
+    root = make_root(tmp_path)
+    config = TftpConfig(max_transfers=20, max_unacked=30, max_per_client=4, first_ack_budget=2)
+    async with tftp_server(root, config, host="0.0.0.0") as (server, finished):
+        flooders = [
+            RawClient(server.port, host=f"127.0.{1 + i // 250}.{1 + i % 250}") for i in range(200)
+        ]
+        for flooder in flooders:
+            await flooder.rrq("odd.bin", timeout=255, blksize=1468)
+        oack, _ = await flooders[0].recv()
+        assert oack.startswith(b"\0\x06") and b"blksize" in oack and b"timeout" not in oack
+        assert len(server.unacked) <= 30 and server.active <= 30
+        other = RawClient(server.port, host="127.0.9.9")
+        assert await other.fetch("sub/nested.bin") == (root / "sub/nested.bin").read_bytes()
+        other.close()
+        # within the 2 s first-ACK budget every flood transfer is gone (RRQs that found the
+        # pool full of transfers still opening were dropped silently, as over any limit)
+        while server.active:
+            await finished.wait(len(finished.items) + 1, timeout=10)
+        outcomes = Counter(s.outcome for s in finished.items if s.client_ip != "127.0.9.9")
+        assert set(outcomes) <= {"reclaimed", "timeout"} and outcomes["reclaimed"], outcomes
+        assert [s.outcome for s in finished.items if s.client_ip == "127.0.9.9"] == ["ok"]
+        assert not server.unacked and not server.per_client
+        for flooder in flooders:
+            flooder.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netdeploy.images.streams import StreamLimiter, TransferLog
+from netdeploy.images.streams import TransferLog
 
 MAC = "52:54:00:aa:00:02"
 
@@ -13,14 +13,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def test_limiter_counts_slots() -> None:
-    limiter = StreamLimiter(2)
-    assert limiter.try_acquire() and limiter.try_acquire()
-    assert not limiter.try_acquire()
-    limiter.release()
-    assert limiter.try_acquire() and limiter.active == 2
 
 
 def begin(log: TransferLog, mac: str | None = MAC, offset: int = 0, length: int = 1000, **kw):  # type: ignore[no-untyped-def]

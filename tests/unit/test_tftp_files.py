@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netdeploy.tftp.files import FileCache, clean_name, load, open_rooted, to_netascii
+from netdeploy.tftp.files import (
+    FileCache,
+    NetasciiContent,
+    clean_name,
+    load,
+    open_rooted,
+    to_netascii,
+)
 from netdeploy.tftp.packets import BadPacket, ErrorCode
 
 
@@ -75,5 +83,29 @@ def test_cache_rereads_a_replaced_file_and_stays_bounded(tmp_path: Path) -> None
     big = load(tmp_path, "big", "octet", cache)
     assert big.data is None and big.block(60, 10) == b"3"  # read per block, not cached
     big.close()
-    with pytest.raises(BadPacket, match="too large for netascii"):
-        load(tmp_path, "big", "netascii", cache)
+    streamed = load(tmp_path, "big", "netascii", cache)  # too large to cache: converted per block
+    assert streamed.size == 61 and streamed.block(0, 100) == b"3" * 61
+    streamed.close()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_netascii_is_converted_while_streaming(tmp_path: Path, cached: bool) -> None:
+    """Every block equals the same slice of the whole converted file, in order, after a
+    window's resend and after a resend from further back (a restart), from memory or a file."""
+    rng = random.Random(7)
+    raw = bytes(rng.choice(b"ab\r\n\0") for _ in range(3 * NetasciiContent.CHUNK + 123))
+    (tmp_path / "t.txt").write_bytes(raw)
+    cache = FileCache(max_bytes=1 << 30, max_file=(1 << 30) if cached else 10)
+    content = load(tmp_path, "t.txt", "netascii", cache)
+    assert isinstance(content, NetasciiContent) and content.data is None
+    wire = to_netascii(raw)
+    assert content.size == len(wire)
+    blksize, window = 512, 4
+    content.keep = blksize * (window + 1)
+    order = list(range(0, len(wire) + 1, blksize))
+    order[40:40] = [order[37], order[38]]  # a window resent
+    order[200:200] = [order[3]]  # far back: the conversion restarts
+    for offset in order:
+        assert content.block(offset, blksize) == wire[offset : offset + blksize]
+        assert len(content._buffer) <= content.keep + 2 * NetasciiContent.CHUNK + blksize
+    content.close()
