@@ -214,6 +214,7 @@ class DashboardView:
         """Whether the state filter (``?state=``, the clickable counts) keeps ``node``."""
         f = self.state_filter
         return not f or node.state == f or (f == "stale" and node.stale)
+
     # discovered machines come a page at a time (a flood of unknown MACs must not make the
     # page heavy): the newest seen first, DISCOVERED_PAGE per page
     discovered_total: int = 0
@@ -284,6 +285,8 @@ def stale_limits(config: Config, clusters: list[Cluster]) -> dict[str, dict[str,
     for c in clusters:
         table[c.name] = limits((c.settings or {}).get("timeouts"))
     return table
+
+
 DISCOVERED_PAGE = 50
 
 

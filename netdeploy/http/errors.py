@@ -75,9 +75,16 @@ def _route(request: web.Request) -> str:
     return info.canonical if info is not None else request.path[:80]
 
 
+# bodies a handler streams itself (a capture's segments, up to 32 MiB: netdeploy.images.capture
+# checks their progress), never read up front
+STREAMED_TYPES = ("application/zstd", "application/octet-stream")
+
+
 async def _read_body(request: web.Request) -> None:
     """Read a (small) body now, within ``body_timeout``; handlers then get it from memory."""
     if not request.body_exists or request.content_type.startswith("multipart/"):
+        return
+    if request.content_type in STREAMED_TYPES:
         return
     ctx = request.app.get(CTX)
     timeout = ctx.config.http.body_timeout if ctx is not None else 30.0

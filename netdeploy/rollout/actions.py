@@ -310,6 +310,7 @@ def health(
                 reason=why,
                 detail=detail,
                 force=node.state != S.STARTING and node.state != S.RELEASED,
+                keep_report=True,  # the first node goes on reporting its cluster's view
             )
             node.stops_rollout = False
             changed = True
@@ -371,11 +372,13 @@ def sweep(now: datetime) -> Action:
             limit = float((timeouts or {}).get(phase, G.DEFAULT_TIMEOUTS[phase]))
             node.stops_rollout = True
             node.message = f"{phase} timed out after {limit:g} s in {node.state}"
+            first = cluster is not None and node.hostname == cluster.first_node
             batch.move(
                 node,
                 S.FAILED,
                 reason=f"{phase} timed out after {limit:g} s in {node.state}",
                 detail={"actor": "timeout", "phase": phase},
+                keep_report=first,  # a late healthy report of its running OS still counts
             )
             failed.append(node.mac)
         batch.dirty.update(batch.clusters)

@@ -216,9 +216,12 @@ class Batch:
         reason: str,
         detail: dict[str, Any] | None = None,
         force: bool = False,
+        keep_report: bool = False,
     ) -> Event:
         """``set_state`` plus what the batch must do after commit (wake, settle the gate)."""
-        event = set_state(self, node, to, reason=reason, detail=detail, force=force)
+        event = set_state(
+            self, node, to, reason=reason, detail=detail, force=force, keep_report=keep_report
+        )
         self.woken[node.mac] = node
         if node.cluster and to in _GATE_INPUTS:
             self.dirty.add(node.cluster)

@@ -36,6 +36,9 @@ PHASE_STATES: dict[str, frozenset[S]] = {
     "image": frozenset({S.PXE, S.IMAGING, S.IMAGED, S.HELD, S.RELEASED, S.STARTING}),
     "wait": frozenset({S.IMAGED, S.HELD, S.RELEASED, S.STARTING, S.FAILED}),
     "discover": frozenset({S.DISCOVERED}),
+    # a machine the admin marked for capture (issue 17): the mark outranks its rollout state,
+    # which the capture never changes; the claim lives as long as the capture boot
+    "capture": frozenset(S),
 }
 
 

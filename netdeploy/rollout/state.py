@@ -29,9 +29,18 @@ CREDENTIALS = (
 )
 
 
-def end_phase(node: Node | NodeRow) -> None:
-    """Every credential of ``node`` dies: boot token, claim, report token."""
+# what a cluster's first node keeps through its join, an unhealthy report and a phase timeout:
+# its report token, so its report script can still say what the cluster itself sees (issue 16:
+# health and the member list after the join; a late healthy report after a timeout). Reset and
+# retry end it like every other credential (docs/security.md, "What the first node keeps").
+REPORT = ("report_token", "report_at")
+
+
+def end_phase(node: Node | NodeRow, *, keep_report: bool = False) -> None:
+    """Every credential of ``node`` dies: boot token, claim, report token (unless kept)."""
     for name in CREDENTIALS:
+        if keep_report and name in REPORT:
+            continue
         if getattr(node, name) is not None:
             setattr(node, name, None)
 
@@ -48,8 +57,11 @@ def set_state(
     reason: str,
     detail: dict[str, Any] | None = None,
     force: bool = False,
+    keep_report: bool = False,
 ) -> Event:
     """Move ``node`` to ``to`` and add its event row to ``session``.
+
+    ``keep_report``: a first node's report token survives a join or failure (see REPORT).
 
     ``session`` is the rollout writer's batch (or, for the config import the writer runs,
     its session); ``node`` a :class:`Node` or the writer's ``NodeRow``.
@@ -67,6 +79,6 @@ def set_state(
     if to not in (NodeState.IMAGING,):
         node.progress = None
     if to in PHASE_ENDS:
-        end_phase(node)
+        end_phase(node, keep_report=keep_report and to != NodeState.REGISTERED)
     session.add(event)
     return event

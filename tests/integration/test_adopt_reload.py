@@ -5,6 +5,7 @@ or nothing), and the seed's driver rule in the boot decision."""
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import aiohttp
@@ -62,6 +63,23 @@ async def boot(http: aiohttp.ClientSession, url: str, mac: str) -> tuple[str, st
     return mode.group(1), token.group(1)
 
 
+async def claim(http: aiohttp.ClientSession, url: str, mac: str, token: str) -> str:
+    """Claim the node as the agent does (issue 22): the boot token, a secret of its own; the
+    secret, which the agent then speaks with on every agent route."""
+    secret = secrets.token_hex(24)
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"secret": secret}
+    async with http.post(f"{url}/api/nodes/{mac}/claim", json=body, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+    return secret
+
+
+async def boot_and_claim(http: aiohttp.ClientSession, url: str, mac: str) -> tuple[str, str]:
+    """Boot as the firmware does, then claim as the agent does: (nd.mode, the agent's secret)."""
+    mode, token = await boot(http, url, mac)
+    return mode, await claim(http, url, mac, token)
+
+
 async def post_facts(http, url: str, mac: str, token: str, body: dict) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {token}"}
     async with http.post(f"{url}/api/nodes/{mac}/facts", json=body, headers=headers) as resp:
@@ -74,13 +92,17 @@ async def test_an_unknown_machine_reports_facts_and_is_adopted_without_a_restart
     config = lab(tmp_path)
     async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
         admin = {"Authorization": f"Bearer {srv.ctx.admin_token}"}
-        mode, token = await boot(http, srv.url, UNKNOWN)
+        mode, secret = await boot_and_claim(http, srv.url, UNKNOWN)
         assert mode == "discover"
-        status, _ = await post_facts(http, srv.url, UNKNOWN, "wrong", facts(VIRTIO_BLK))
+        wrong = secrets.token_hex(24)  # well-formed, not this node's claim
+        status, _ = await post_facts(http, srv.url, UNKNOWN, wrong, facts(VIRTIO_BLK))
         assert status == 403
-        status, kept = await post_facts(http, srv.url, UNKNOWN, token, facts(VIRTIO_BLK))
+        status, _ = await post_facts(http, srv.url, UNKNOWN, "wrong", facts(VIRTIO_BLK))
+        assert status == 401  # malformed: refused before anything else
+        status, kept = await post_facts(http, srv.url, UNKNOWN, secret, facts(VIRTIO_BLK))
         assert status == 200 and kept["facts"]["storage"][0]["device"] == "1001"
-        async with http.get(f"{srv.url}/api/nodes/{UNKNOWN}") as resp:
+        async with http.get(f"{srv.url}/api/nodes/{UNKNOWN}", headers=admin) as resp:
+            assert resp.status == 200, await resp.text()
             node = await resp.json()
         assert node["state"] == "discovered"
         assert node["facts"]["smbios"]["product"] == QEMU_PC
@@ -98,14 +120,15 @@ async def test_an_unknown_machine_reports_facts_and_is_adopted_without_a_restart
         assert 'hardware = "auto"' in written.read_text()
         assert srv.ctx.config.node_by_mac(UNKNOWN) is not None  # the live config, no restart
 
-        mode, token = await boot(http, srv.url, UNKNOWN)
+        mode, secret = await boot_and_claim(http, srv.url, UNKNOWN)
         assert mode == "image"
         plan_url = f"{srv.url}/api/nodes/{UNKNOWN}/plan"
-        async with http.get(plan_url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.get(plan_url, headers={"Authorization": f"Bearer {secret}"}) as resp:
+            assert resp.status == 200, await resp.text()
             plan = await resp.json()
         assert plan["hostname"] == "sql-n4" and plan["hardware"] == "qemu-virtio"
         assert {t["file"] for t in plan["inject"]} >= {"sysprep.inf"}  # its own answer files
-        files = f"{srv.url}/nodes/{mac_hyphens(UNKNOWN)}/files/sysprep.inf?token={token}"
+        files = f"{srv.url}/nodes/{mac_hyphens(UNKNOWN)}/files/sysprep.inf?token={secret}"
         async with http.get(files) as resp:
             sysprep = await resp.text()
         assert resp.status == 200, sysprep
@@ -118,8 +141,8 @@ async def test_adopt_refuses_a_machine_whose_controller_has_no_driver_and_change
     config = lab(tmp_path)
     async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
         admin = {"Authorization": f"Bearer {srv.ctx.admin_token}"}
-        _, token = await boot(http, srv.url, UNKNOWN)
-        assert (await post_facts(http, srv.url, UNKNOWN, token, facts(AHCI)))[0] == 200
+        _, secret = await boot_and_claim(http, srv.url, UNKNOWN)
+        assert (await post_facts(http, srv.url, UNKNOWN, secret, facts(AHCI)))[0] == 200
         body = {"hostname": "sql-n4", "cluster": "sqlclu", "hardware": "auto"}
         async with http.post(
             f"{srv.url}/api/admin/nodes/{UNKNOWN}/adopt", json=body, headers=admin
@@ -196,15 +219,16 @@ async def test_the_boot_decision_refuses_a_node_whose_controller_has_no_driver(
     config.write_text(text)
     sql_n1 = "52:54:00:00:10:01"
     async with in_process_server(config) as srv, aiohttp.ClientSession() as http:
-        mode, token = await boot(http, srv.url, sql_n1)
+        mode, secret = await boot_and_claim(http, srv.url, sql_n1)
         assert mode == "image"  # no facts yet: today's behaviour
-        assert (await post_facts(http, srv.url, sql_n1, token, facts(AHCI)))[0] == 200
+        assert (await post_facts(http, srv.url, sql_n1, secret, facts(AHCI)))[0] == 200
         plan_url = f"{srv.url}/api/nodes/{sql_n1}/plan"
-        async with http.get(plan_url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.get(plan_url, headers={"Authorization": f"Bearer {secret}"}) as resp:
+            assert resp.status == 200, await resp.text()
             plan = await resp.json()
         assert plan["mode"] == "error" and plan["missing_drivers"] == ["8086:2922"]
         assert "PCI\\VEN_8086&DEV_2922" in plan["why"]
-        mode, token = await boot(http, srv.url, sql_n1)
+        mode, _ = await boot(http, srv.url, sql_n1)
         assert mode == "wait"  # never the imaging agent while the driver is missing
         async with srv.ctx.sessions() as session:
             last = await session.scalar(
@@ -224,7 +248,7 @@ async def test_the_boot_decision_refuses_a_node_whose_controller_has_no_driver(
         admin = {"Authorization": f"Bearer {srv.ctx.admin_token}"}
         async with http.post(f"{srv.url}/api/admin/reload", headers=admin) as resp:
             assert resp.status == 200, await resp.text()
-        mode, token = await boot(http, srv.url, sql_n1)
+        mode, _ = await boot(http, srv.url, sql_n1)
         assert mode == "image"
 
 
@@ -235,8 +259,8 @@ async def test_the_dashboard_shows_the_facts_and_adopts_with_the_same_validation
     async with in_process_server(config) as srv:
         jar = aiohttp.CookieJar(unsafe=True)
         async with aiohttp.ClientSession(cookie_jar=jar) as http:
-            _, token = await boot(http, srv.url, UNKNOWN)
-            await post_facts(http, srv.url, UNKNOWN, token, facts(AHCI))
+            _, secret = await boot_and_claim(http, srv.url, UNKNOWN)
+            assert (await post_facts(http, srv.url, UNKNOWN, secret, facts(AHCI)))[0] == 200
             login = {"token": srv.ctx.admin_token}
             async with http.post(f"{srv.url}/login", data=login) as resp:
                 page = await resp.text()
@@ -251,8 +275,9 @@ async def test_the_dashboard_shows_the_facts_and_adopts_with_the_same_validation
                 assert "8086:2922" in (await resp.json())["error"]
             assert not (tmp_path / "nodes.d" / "sql-n4.toml").exists()
             virtio_box = "52:54:00:00:99:02"
-            _, token = await boot(http, srv.url, virtio_box)
-            await post_facts(http, srv.url, virtio_box, token, facts(VIRTIO_BLK))
+            _, secret = await boot_and_claim(http, srv.url, virtio_box)
+            status, _ = await post_facts(http, srv.url, virtio_box, secret, facts(VIRTIO_BLK))
+            assert status == 200
             async with http.post(
                 f"{srv.url}/actions/adopt",
                 data={**form, "mac": virtio_box, "hardware": "auto"},

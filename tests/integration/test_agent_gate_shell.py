@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.conftest_boot import agent_credential
 from tests.integration.rollout_support import (
     Agent,
     in_process_server,
@@ -42,7 +43,15 @@ async def start_agent(tmp: Path, url: str, mac: str, token: str) -> asyncio.subp
     """``wait_at_gate`` as the agent runs it; ``reboot`` is the one thing stubbed (it prints
     and ends the agent with 42), and the agent's own scratch files live in ``tmp``."""
     functions = "".join(
-        agent_function(name) for name in ("wait_at_gate", "gate_field", "gate_step", "reimage_now")
+        agent_function(name)
+        for name in (
+            "wait_at_gate",
+            "gate_field",
+            "gate_step",
+            "reimage_now",
+            "token_dead",
+            "outage",
+        )
     ).replace("/tmp/", f"{tmp}/")
     script = f"""
 log() {{ echo "[agent] $*"; }}
@@ -101,12 +110,24 @@ async def test_failed_stops_with_the_reason_and_retry_reimages_at_once(tmp_path:
             await admin(http, srv.url, "nodes/n2/fail", {"reason": "disk 2 SMART errors"})
             out = await read_until(proc, "FAILED")
             assert "FAILED (the server says): failed by " in out and "disk 2 SMART errors" in out
+            # its claim ended with the failure (issue 22): it reboots for new credentials, and
+            # the machine's next PXE boot is the wait agent again, which says why and waits
+            await read_until(proc, "[reboot] -f")
+        finally:
+            await stop(proc)
+        (tmp_path / "again").mkdir()
+        secret = await agent_credential(srv.url, mac_of(2))
+        proc = await start_agent(tmp_path / "again", srv.url, mac_of(2), secret)
+        try:
+            out = await read_until(proc, "FAILED")
+            assert "disk 2 SMART errors" in out
+            await asyncio.sleep(0.3)  # parked on the long-poll
             assert proc.returncode is None  # stopped, not gone: it waits for the admin
 
             started = time.monotonic()
             await admin(http, srv.url, "nodes/n2/retry", {})
             out = await read_until(proc, "[reboot] -f")
-            assert "the admin retried this node (registered): re-imaging now" in out
+            assert "re-imaging now" in out or "rebooting for new ones" in out
             assert time.monotonic() - started < 5  # woken by the retry, not by a timeout
             assert await asyncio.wait_for(proc.wait(), 5) == 42
         finally:
@@ -125,7 +146,9 @@ async def test_released_boots_the_disk_and_a_failed_node_says_why_at_once(tmp_pa
         # n3 failed before its agent came up (a power cycle into wait mode): told at once
         await admin(http, srv.url, "nodes/n3/fail", {"reason": "wrong disk size"})
         (tmp_path / "n3").mkdir()
-        failed = await start_agent(tmp_path / "n3", srv.url, mac_of(3), tokens[mac_of(3)])
+        # a power cycle: a new boot script (wait mode) and a claim of its own
+        failed_secret = await agent_credential(srv.url, mac_of(3))
+        failed = await start_agent(tmp_path / "n3", srv.url, mac_of(3), failed_secret)
         (tmp_path / "n2").mkdir()
         held = await start_agent(tmp_path / "n2", srv.url, mac_of(2), tokens[mac_of(2)])
         try:

@@ -18,7 +18,7 @@ import pytest
 from netdeploy.images import sparse
 from tests.conftest import REPO
 from tests.e2e.diskimage import make_image
-from tests.integration.conftest_boot import boot_server, boot_token, curl
+from tests.integration.conftest_boot import agent_credential, boot_server, curl
 
 MAC = "52:54:00:00:30:01"  # not in the demo config: a master on the bench
 NDCAP_SOURCE = REPO / "bootfiles" / "agent" / "ndcap.c"
@@ -73,7 +73,7 @@ async def test_capture_protocol_with_a_cut_and_resume(tmp_path: Path) -> None:
             assert (await r.json())["state"] == "requested"
         script = (await curl(f"{srv.url}/boot/{MAC}.ipxe")).text
         assert "nd.mode=capture" in script and "nd.capture=debian-12" in script
-        token = await boot_token(srv.url, MAC)
+        token = await agent_credential(srv.url, MAC)  # the agent claims, then speaks with it
         auth = {"Authorization": f"Bearer {token}"}
         plan = (
             await curl(
@@ -84,7 +84,7 @@ async def test_capture_protocol_with_a_cut_and_resume(tmp_path: Path) -> None:
         url = f"{srv.url}/api/nodes/{MAC}/capture"
         assert f"ND_CAPTURE_URL={url}" in plan
         async with http.get(url, params={"size": size}) as r:
-            assert r.status == 403  # the node's token only
+            assert r.status == 401  # the node's credential only (declared auth)
         async with http.get(url, params={"size": size, "format": "sh"}, headers=auth) as r:
             answer = dict(line.split("=", 1) for line in (await r.text()).split())
         assert answer["ND_CAPTURE_OFFSET"] == "0"
@@ -111,7 +111,7 @@ async def test_capture_protocol_with_a_cut_and_resume(tmp_path: Path) -> None:
         # a failed capture sends the machine to its own disk; the admin marks it again
         async with http.post(f"{srv.url}/api/admin/captures", json=body, headers=admin) as r:
             assert r.status == 200
-        token = await boot_token(srv.url, MAC)
+        token = await agent_credential(srv.url, MAC)  # the agent claims, then speaks with it
         auth = {"Authorization": f"Bearer {token}"}
         async with http.get(url, params={"size": size}, headers=auth) as r:
             assert (await r.json())["offset"] == 0
@@ -126,7 +126,8 @@ async def test_capture_protocol_with_a_cut_and_resume(tmp_path: Path) -> None:
         assert result["state"] == "done", result
         assert result["sha256"] == disk_sha and result["wire_bytes"] == wire
         assert wire < 4 * 2**20, wire  # 96 MiB disk, mostly zero, compressible files
-        async with http.get(f"{srv.url}/api/images/debian-12") as r:
+        read = {"Authorization": f"Bearer {srv.ctx.admin_token}"}  # a read route
+        async with http.get(f"{srv.url}/api/images/debian-12", headers=read) as r:
             image = await r.json()
         assert image["status"] == "ok" and image["sha256"] == disk_sha
         assert image["facts"]["captured_from"]["mac"] == MAC
@@ -185,7 +186,9 @@ async def test_a_raw_image_is_served_sparse_and_unpacks_to_the_same_bytes(tmp_pa
             "--db", cfg.database_url,
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
-        got = await curl(f"{srv.url}/images/debian-12/sparse?mac={MAC}")
+        admin = ("-H", f"Authorization: Bearer {srv.ctx.admin_token}")  # or the imaging node
+        assert (await curl(f"{srv.url}/images/debian-12/sparse?mac={MAC}")).status == 401
+        got = await curl(f"{srv.url}/images/debian-12/sparse?mac={MAC}", *admin)
         assert got.status == 200, got.text
         assert (
             "x-image-sha256: " + hashlib.sha256(disk.read_bytes()).hexdigest()
@@ -196,7 +199,7 @@ async def test_a_raw_image_is_served_sparse_and_unpacks_to_the_same_bytes(tmp_pa
         out.write_bytes(b"\xa5" * disk.stat().st_size)  # a used disk: skipped blocks must be zeroed
         subprocess.run([str(ndcap), "unpack", str(out)], input=got.body, check=True)
         assert out.read_bytes() == disk.read_bytes()
-        missing = await curl(f"{srv.url}/images/nosuch/sparse")
+        missing = await curl(f"{srv.url}/images/nosuch/sparse", *admin)
         assert missing.status == 404
         events = await srv.events("http")
         assert any(e.detail.get("what") == "image-sparse" and e.detail["complete"] for e in events)
@@ -215,7 +218,7 @@ async def test_hostile_segments_are_refused_without_writing(tmp_path: Path) -> N
         body = {"image": "debian-12", "node": MAC}
         async with http.post(f"{srv.url}/api/admin/captures", json=body, headers=admin) as r:
             assert r.status == 200
-        auth = {"Authorization": f"Bearer {await boot_token(srv.url, MAC)}"}
+        auth = {"Authorization": f"Bearer {await agent_credential(srv.url, MAC)}"}
         url = f"{srv.url}/api/nodes/{MAC}/capture"
         async with http.get(url, params={"size": size}, headers=auth) as r:
             assert (await r.json())["offset"] == 0

@@ -47,7 +47,9 @@ def test_image_list_on_an_edited_config_changes_nothing_behind_a_running_server(
         listed = run_cli("image", "list", "--json", *cli)
         assert listed.returncode == 0, listed.stderr
         names = {i["name"] for i in json.loads(listed.stdout)}
-        assert names == {"w2k3-ent-sp1", "debian-12"}  # the server's view, not the edit's
+        served = {i["name"] for i in server.get_json("/api/images")["images"]}  # type: ignore[index]
+        assert names == served  # the server's view, not the edit's
+        assert "debian-13" not in names and {"w2k3-ent-sp1", "debian-12"} <= names
         assert run_cli("nodes", "--facts", *cli).returncode == 0
         assert (stored(state, "images"), stored(state, "nodes")) == before
     finally:

@@ -1,6 +1,11 @@
 """Issue 16 at the API: health means the cluster's own view. An unhealthy report stops the gate
 at once with its reason; a healthy one resumes it; ``complete`` needs the member list the
-cluster itself printed to hold exactly the configured nodes. Real app, real aiohttp clients."""
+cluster itself printed to hold exactly the configured nodes. Real app, real aiohttp clients.
+
+Credentials (issue 22): the agents speak with the credentials ``prepare_nodes`` seeds (the
+claim of their phase, and the report token of their answer files, claimed from 127.0.0.1);
+reads of /api/clusters and /api/nodes carry the admin token; the config counts reports at
+once (``[rollout] report_quiet = 0``)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -19,12 +25,21 @@ from netdeploy.store.models import utcnow
 from tests.integration.rollout_support import (
     Agent,
     in_process_server,
-    lab_config,
     mac_of,
     prepare_nodes,
 )
+from tests.integration.rollout_support import lab_config as base_config
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+def lab_config(state_dir: Path, nodes: int, **options: Any) -> Path:
+    """rollout_support's lab, with health and joined reports counted at once."""
+    path = base_config(state_dir, nodes, **options)
+    text = path.read_text()
+    assert "[rollout]\n" in text
+    path.write_text(text.replace("[rollout]\n", "[rollout]\nreport_quiet = 0\n", 1))
+    return path
 
 
 def crm_mon(online: list[str], offline: list[str] = ()) -> dict[str, str]:  # type: ignore[assignment]
@@ -37,13 +52,13 @@ def crm_mon(online: list[str], offline: list[str] = ()) -> dict[str, str]:  # ty
 
 
 async def cluster_status(http: aiohttp.ClientSession, url: str) -> dict:
-    async with http.get(f"{url}/api/clusters") as resp:
+    async with http.get(f"{url}/api/clusters", headers=ADMIN) as resp:
         assert resp.status == 200
         return (await resp.json())["clusters"][0]
 
 
 async def node_status(http: aiohttp.ClientSession, url: str, host: str) -> dict:
-    async with http.get(f"{url}/api/nodes") as resp:
+    async with http.get(f"{url}/api/nodes", headers=ADMIN) as resp:
         return next(n for n in (await resp.json())["nodes"] if n["hostname"] == host)
 
 
@@ -77,7 +92,7 @@ async def test_unhealthy_report_stops_the_gate_at_once_and_healthy_resumes_it(
         status, body = await n1.health(False, message="quorum lost: 1 of 3 votes")
         cluster = await cluster_status(http, srv.url)
         elapsed = time.monotonic() - started
-        assert status == 200 and body["state"] == "unhealthy" and body["changed"]
+        assert status == 200 and body["state"] == "unhealthy" and body["changed"], body
         assert elapsed < 1.0, elapsed
         assert cluster["gate"] == "stopped"
         assert (
@@ -145,7 +160,8 @@ async def test_complete_only_when_the_cluster_lists_exactly_the_configured_nodes
         assert "in cluster" in table and "joined, but not in the cluster's list" in table
 
         # a node the config does not know in the cluster's list: not complete either
-        assert (await n1.health(True, **crm_mon(["n1", "n2", "n3", "n9"])))[0] == 200
+        status, body = await n1.health(True, **crm_mon(["n1", "n2", "n3", "n9"]))
+        assert status == 200, body
         cluster = await cluster_status(http, srv.url)
         assert (
             cluster["gate"] == "releasing" and "lists n9, not configured" in cluster["gate_detail"]
@@ -153,7 +169,8 @@ async def test_complete_only_when_the_cluster_lists_exactly_the_configured_nodes
         assert [m["configured"] for m in cluster["membership"]["members"]] == [True] * 3 + [False]
 
         # a node listed but offline is shown with the cluster's own word
-        assert (await n1.health(True, **crm_mon(["n1", "n2"], ["n3"])))[0] == 200
+        status, body = await n1.health(True, **crm_mon(["n1", "n2"], ["n3"]))
+        assert status == 200, body
         cluster = await cluster_status(http, srv.url)
         assert cluster["membership"]["nodes"]["n3"] == "joined, but the cluster says OFFLINE"
         assert cluster["gate"] == "releasing"
@@ -218,7 +235,8 @@ async def test_retrying_an_unhealthy_first_node_makes_it_form_the_cluster_again(
         n1, n2, n3 = (Agent(http, srv.url, mac_of(i), tokens[mac_of(i)]) for i in (1, 2, 3))
         await asyncio.gather(n1.image(), n2.image(), n3.image())
         assert (await n1.health(True, **crm_mon(["n1"])))[0] == 200  # formed; n2 released
-        assert (await n1.health(False, message="disk Q: offline"))[1]["state"] == "unhealthy"
+        status, body = await n1.health(False, message="disk Q: offline")
+        assert status == 200 and body["state"] == "unhealthy", body
         async with http.post(f"{srv.url}/api/admin/nodes/n1/retry", headers=ADMIN) as resp:
             assert resp.status == 200
         await n2.event("starting")

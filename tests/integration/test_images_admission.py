@@ -35,7 +35,9 @@ max_streams_per_address = 8"""
 pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: busybox-static)")
 
 
-def agent_script(url: str, mac: str, sha: str, size: int, disk: Path, tmp: Path) -> str:
+def agent_script(
+    url: str, mac: str, sha: str, size: int, disk: Path, tmp: Path, auth: str = ""
+) -> str:
     names = ("ordinal", "image_queue_wait", "watch", "stream_http", "verify_disk")
     functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp}/")
     block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
@@ -46,6 +48,7 @@ report() {{ echo "[report] $*"; }}
 fail() {{ echo "FAILED: $*"; exit 1; }}
 DEV={block}; ND_DISK={disk}; ND_IMAGE_SIZE={size}; ND_IMAGE_SHA256={sha}
 ND_IMAGE_URL="{url}/images/base?mac={mac}"
+AUTH="{auth}"
 {functions}
 stream_http && verify_disk && echo "VERIFIED $SUM"
 """
@@ -83,7 +86,11 @@ async def test_more_agents_than_slots_all_verify_and_stalled_clients_lose_their_
             tmp.mkdir()
             disk.write_bytes(b"")
             mac = f"52:54:00:bb:00:{i:02x}"
-            scripts.append(agent_script(lab.url, mac, sha, src.stat().st_size, disk, tmp))
+            # the admin token stands in for each agent's claim: these MACs image no real node
+            admin = f"Authorization: Bearer {lab.ctx.admin_token}"
+            scripts.append(
+                agent_script(lab.url, mac, sha, src.stat().st_size, disk, tmp, auth=admin)
+            )
         outputs = await asyncio.gather(*(run_agent(bin_dir, s) for s in scripts))
         for out in outputs:
             assert f"VERIFIED {sha}" in out and "FAILED" not in out, out

@@ -311,6 +311,8 @@ def test_a_broken_cluster_is_not_also_reported_as_unknown(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert [p.key for p in caught.value.problems] == ["clusters.sqlclu.release"]
+
+
 def test_a_gate_poll_timeout_the_agent_cannot_use_is_refused(tmp_path: Path) -> None:
     """issue 15: below 5 s every held node polls in a tight loop; the agent asks for exactly
     the configured value (the plan's ND_GATE_TIMEOUT), so any accepted value works."""
