@@ -63,8 +63,8 @@ def routes(server: ServerProcess, tokens: dict[str, str]) -> list[tuple[str, str
         ("GET", f"{base}/api/clusters", ADMIN),
         ("GET", f"{base}/api/events/log?limit=10", ADMIN),
         ("GET", f"{base}/api/admin/clusters", ADMIN),
-        ("GET", f"{base}/metrics", {}),
-        ("GET", f"{base}/nodes/{hyphens}/files", {}),
+        ("GET", f"{base}/metrics", ADMIN),
+        ("GET", f"{base}/nodes/{hyphens}/files", ADMIN),
         ("GET", f"{base}/", ADMIN),
     ]
 
@@ -112,7 +112,7 @@ async def agent_at_gate(agent: Agent, log: list[tuple[float, int, dict]]) -> dic
 
 
 async def listening(http: aiohttp.ClientSession, url: str) -> bool:
-    async with http.get(f"{url}/metrics") as resp:
+    async with http.get(f"{url}/metrics", headers=ADMIN) as resp:  # [metrics] public = false
         text = await resp.text()
     return bool(re.search(r"^netdeploy_peer_listener_connected 1\.0$", text, re.M))
 
