@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netdeploy import eventlog
+from netdeploy.http.auth import refuse
 from netdeploy.http.common import ctx_of, json_error, mac_param, request_token
 from netdeploy.images import capture
 from netdeploy.images.capture import CaptureError
@@ -117,7 +117,7 @@ async def cancel_capture(request: web.Request) -> web.Response:
 
 
 async def _node_token(request: web.Request) -> str | web.Response:
-    """The canonical MAC when the request carries the node's current token; else the 403/404."""
+    """The canonical MAC when the request carries the agent's claim; else the 403/404."""
     ctx = ctx_of(request)
     mac = mac_param(request)
     async with ctx.sessions() as session:
@@ -127,18 +127,8 @@ async def _node_token(request: web.Request) -> str | web.Response:
         return json_error(404, f"no node with MAC {mac}; boot it first")
     if claim_valid(node, cluster, request_token(request)):  # the agent's claim of this boot
         return mac
-    async with ctx.sessions() as session, session.begin():
-        session.add(
-            eventlog.refusal(
-                forbidden=True,
-                mac=mac,
-                cluster=node.cluster,
-                path=request.path,
-                ip=request.remote,
-                reason="bad token",
-            )
-        )
-    return json_error(403, "capture needs the node's current token (from nd.token=)")
+    # the one refusal path: recorded off the writer, capped per address (http.auth)
+    return refuse(request, 403, "capture needs the agent's claim of this boot phase", mac=mac)
 
 
 def _int_query(request: web.Request, name: str) -> int:
