@@ -1,97 +1,162 @@
 #!/usr/bin/env python3
-"""TFTP side by side: tftp-hpa's in.tftpd, stock fbtftp 0.5 and netdeploy, in one run.
+"""TFTP side by side with real clients: tftp-hpa's in.tftpd and a real `netdeploy serve`.
 
-    .venv/bin/pip install -e '.[bench]'     # fbtftp
-    sudo .venv/bin/python bench/tftp.py     # in.tftpd -s needs root (chroot)
-    ./dev bench tftp
-    ./dev bench tftp --storms 500 --repeat 1 --skip-fbtftp   # quicker
+    sudo ./dev bench tftp                                   # everything, 3 repetitions
+    sudo ./dev bench tftp --only storm --storms 500         # one part
+    sudo ./dev bench tftp --fbtftp                          # stock fbtftp 0.5 as a third peer
 
-As root it also runs netdeploy the way systemd/netdeploy.service does: as an unprivileged user
-(nobody) with no capabilities at all, so no CAP_NET_ADMIN (``netdeploy-unit``, via setpriv),
-and prints the socket buffer each netdeploy got (SO_RCVBUFFORCE needs CAP_NET_ADMIN; without it
-the kernel caps SO_RCVBUF at net.core.rmem_max: systemd/netdeploy-sysctl.conf raises that).
-Run without root, the bench measures the storms of that unprivileged netdeploy alone.
+What users run: netdeploy is `netdeploy serve` with its own temp config, state dir and root and
+the [tftp] limits as shipped (max_per_client 16, max_unacked 256, ...), started the way
+systemd/netdeploy.service starts it (the unit's Nice= and CPUSchedulingPolicy= are read from
+the unit file and applied; `--no-unit` leaves them out). in.tftpd runs as `in.tftpd -L -s`
+(it forks a child per transfer). Each server starts in its own session, as a service would.
 
-Scenarios (all on loopback, each server in its own process, the same clients for all):
-  (a) one 32 MiB file with curl at blksize 512 and 1468;
-  (b) boot storms: 200 and 500 concurrent lockstep fetches of a 1 MiB file (blksize 1468)
-      by this file's own client (two processes of asyncio protocols), failures counted;
-  (c) netdeploy with windowsize 16 against in.tftpd lockstep on one 32 MiB transfer, both
-      fetched by atftp at blksize 1468 (also printed: against in.tftpd's fastest lockstep
-      client, curl or atftp).
-Each figure is the best of ``--repeat`` runs (the machine is shared; best-of is least noisy).
-Ratios are throughput relative to in.tftpd; above 1.0 is faster than in.tftpd.
+The clients are real: curl and atftp processes, one per booting machine, each from its own
+loopback address (127.1.x.y; curl --interface, atftp through a tiny bind() shim compiled here
+and LD_PRELOADed), so per-client limits count machines the way they would on a LAN.
+
+Scenarios (all over loopback, blksize 1468 as PXE ROMs ask):
+  lockstep  one 32 MiB transfer with curl, and with atftp;
+  window    netdeploy windowsize 16 against in.tftpd lockstep, atftp on both sides;
+  storm     N clients x 1 MiB started together (held at a pipe, then released at once) —
+            "shared": clients and servers on every core; "pinned": the server on CPU 0 and
+            the clients on the other cores (taskset). Time = release to the last exit.
+Every repetition runs each server once, the order alternating between repetitions, and its
+ratio is time(in.tftpd) / time(netdeploy): above 1.0 netdeploy is faster. Printed: the min and
+the median of the per-repetition ratios (never a best-of), and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
+import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MiB = 1 << 20
+BLKSIZE = 1468
 REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd" / "netdeploy.service"
+CPUS = sorted(os.sched_getaffinity(0))
+
+# Each client binds its own 127.1.x.y: atftp has no option for that, so this shim binds every
+# fresh IPv4 datagram socket to $ND_BENCH_SRC before the program uses it.
+BIND_SHIM = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+int socket(int domain, int type, int protocol) {
+    static int (*real)(int, int, int);
+    if (!real) real = dlsym(RTLD_NEXT, "socket");
+    int fd = real(domain, type, protocol);
+    const char *src = getenv("ND_BENCH_SRC");
+    if (fd >= 0 && src && domain == AF_INET && (type & 0xf) == SOCK_DGRAM) {
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        inet_pton(AF_INET, src, &a.sin_addr);
+        bind(fd, (struct sockaddr *)&a, sizeof a);
+    }
+    return fd;
+}
+"""
+
+NETDEPLOY_CONF = """
+[server]
+bind = "127.0.0.1"
+state_dir = "{state}"
+bootfiles_dir = "{root}"
+images_dir = "{state}/images"
+[http]
+{http}
+"""
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unit_settings() -> dict[str, str]:
+    """Nice=, CPUSchedulingPolicy= (and whatever else we apply) from systemd/netdeploy.service."""
+    found = {}
+    for line in UNIT.read_text().splitlines():
+        m = re.match(r"^(Nice|CPUSchedulingPolicy)=(\S+)", line)
+        if m:
+            found[m.group(1)] = m.group(2)
+    return found
+
+
+def unit_wrapper(settings: dict[str, str]) -> list[str]:
+    argv: list[str] = []
+    if "CPUSchedulingPolicy" in settings:
+        policy = {"batch": "--batch", "other": "--other", "idle": "--idle"}
+        argv += ["chrt", policy[settings["CPUSchedulingPolicy"]], "0"]
+    if "Nice" in settings:
+        argv += ["nice", "-n", settings["Nice"]]
+    return argv
 
 
 # -- servers ---------------------------------------------------------------------------------
-def serve_netdeploy(root: str, port: int) -> None:
-    sys.path.insert(0, str(REPO))
-    from netdeploy.config import TftpConfig
-    from netdeploy.tftp.engine import TftpServer, _listen_socket
+class Server:
+    def __init__(self, name: str, root: Path, tmp: Path, *, cpus: list[int], unit: list[str]):
+        self.name, self.port = name, free_port()
+        pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus != CPUS else []
+        if name == "in.tftpd":
+            argv = ["in.tftpd", "-L", "-s", "-a", f"127.0.0.1:{self.port}", str(root)]
+        elif name == "fbtftp":
+            argv = [sys.executable, __file__, "--serve-fbtftp", str(root), str(self.port)]
+        else:
+            state = tmp / "state"
+            config = tmp / "netdeploy.toml"
+            config.write_text(NETDEPLOY_CONF.format(state=state, root=root, http=""))
+            netdeploy = str(Path(sys.executable).with_name("netdeploy"))
+            argv = [*unit, netdeploy, "serve", "--config", str(config), "--state-dir", str(state)]
+            argv += [
+                "--tftp-port",
+                str(self.port),
+                "--http-port",
+                str(free_port(socket.SOCK_STREAM)),
+            ]
+        self.log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [*pin, *argv], start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.wait_ready(root)
 
-    probe = _listen_socket(socket.AF_INET, "127.0.0.1", 0)  # what the engine's socket gets
-    facts = {
-        "uid": os.getuid(),
-        "rcvbuf": probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-        "cap_net_admin": _has_cap_net_admin(),
-    }
-    probe.close()
-    print(json.dumps(facts), flush=True)
+    def wait_ready(self, root: Path) -> None:
+        probe = ["curl", "-s", "-o", "/dev/null", f"tftp://127.0.0.1:{self.port}/probe.bin"]
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench: {self.name} exited at start; see {self.log.name}")
+            if subprocess.run(probe, timeout=30).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"bench: {self.name} does not answer on port {self.port}")
 
-    async def main() -> None:
-        server = TftpServer(Path(root), TftpConfig(max_transfers=5000, max_per_client=1000))
-        await server.start("127.0.0.1", port)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(main())
-
-
-def _has_cap_net_admin() -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & (1 << 12))  # CAP_NET_ADMIN = 12
-    return False
-
-
-def rmem_max() -> int:
-    return int(Path("/proc/sys/net/core/rmem_max").read_text())
-
-
-UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-NO_CAPS = ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
-
-
-def unit_python() -> tuple[str, dict[str, str]]:
-    """An interpreter user nobody may run, with this checkout and its packages on the path."""
-    import sysconfig
-
-    exe = os.path.realpath(sys.executable)
-    if exe.startswith("/root/") or not os.access(exe, os.X_OK):
-        exe = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    return exe, {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    def stop(self) -> None:
+        # in.tftpd and fbtftp fork per transfer: end the whole session's process group
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
 
 
 def serve_fbtftp(root: str, port: int) -> None:
@@ -120,360 +185,244 @@ def serve_fbtftp(root: str, port: int) -> None:
         def get_handler(self, server_addr, peer, path, options):  # type: ignore[no-untyped-def]
             return Handler(server_addr, peer, path, options, lambda _stats: None)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Server("127.0.0.1", port, retries=5, timeout=1).run()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """One server under test, in its own process."""
-
-    def __init__(self, name: str, root: Path):
-        self.name, self.port = name, free_port()
-        self.facts: dict[str, object] = {}
-        env = None
-        if name == "in.tftpd":
-            argv = ["in.tftpd", "-L", "-s", "-a", f"127.0.0.1:{self.port}", str(root)]
-        elif name == "netdeploy-unit":  # as systemd/netdeploy.service runs it, minus even
-            python, env = unit_python()  # CAP_NET_BIND_SERVICE (a high port needs none)
-            argv = [*UNPRIVILEGED, *NO_CAPS, python, __file__, "--serve-netdeploy"]
-            argv += [str(root), str(self.port)]
-        else:
-            mode = "--serve-netdeploy" if name == "netdeploy" else "--serve-fbtftp"
-            argv = [sys.executable, __file__, mode, str(root), str(self.port)]
-        # fbtftp logs every lingering session to stderr; its failures are counted client-side
-        quiet = subprocess.DEVNULL if name == "fbtftp" else None
-        talks = name.startswith("netdeploy")
-        self.proc = subprocess.Popen(
-            argv,
-            start_new_session=True,
-            stderr=quiet,
-            stdout=subprocess.PIPE if talks else None,
-            env=env,
-        )
-        if talks and self.proc.stdout is not None:
-            line = self.proc.stdout.readline()
-            if line:
-                self.facts = json.loads(line)
-        time.sleep(1.0)
-        if self.proc.poll() is not None:
-            raise SystemExit(f"bench: {name} did not start (exit {self.proc.returncode})")
-
-    def stop(self) -> None:
-        # in.tftpd and fbtftp fork per transfer: end the whole process group we started.
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(10)
+    Server("127.0.0.1", port, retries=5, timeout=5).run()
 
 
 # -- clients ---------------------------------------------------------------------------------
-def timed(argv: list[str], out: Path, expected: bytes) -> float:
+def source(i: int) -> str:
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
+def curl(port: int, name: str, src: str, out: str, *, blksize: int = BLKSIZE) -> list[str]:
+    url = f"tftp://127.0.0.1:{port}/{name}"
+    return ["curl", "-sS", "--interface", src, "--tftp-blksize", str(blksize), "-o", out, url]
+
+
+def atftp(port: int, name: str, out: str, *options: str) -> list[str]:
+    argv = ["atftp", "-g", "-r", name, "-l", out]
+    for option in options:
+        argv += ["--option", option]
+    return [*argv, "127.0.0.1", str(port)]
+
+
+class Clients:
+    """Client argv builders and their environment (the bind shim)."""
+
+    def __init__(self, tmp: Path):
+        self.shim = tmp / "bindshim.so"
+        c = tmp / "bindshim.c"
+        c.write_text(BIND_SHIM)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", self.shim, c, "-ldl"], check=True)
+
+    def argv(self, kind: str, port: int, name: str, i: int, out: str) -> tuple[list[str], dict]:  # type: ignore[type-arg]
+        if kind == "curl":
+            return curl(port, name, source(i), out), {}
+        env = {"LD_PRELOAD": str(self.shim), "ND_BENCH_SRC": source(i)}
+        return atftp(port, name, out, f"blksize {BLKSIZE}"), env
+
+
+def one(argv: list[str], env: dict[str, str], out: Path, expected: bytes) -> float:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        argv,
+        check=True,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - start
     if out.read_bytes() != expected:
         raise SystemExit(f"bench: {argv[0]} fetched different bytes: {' '.join(argv)}")
     return seconds
 
 
-def curl(port: int, name: str, blksize: int, out: Path) -> list[str]:
-    url = f"tftp://127.0.0.1:{port}/{name}"
-    return ["curl", "-s", "--tftp-blksize", str(blksize), "-o", str(out), url]
-
-
-def atftp(port: int, name: str, out: Path, *options: str) -> list[str]:
-    argv = ["atftp", "-g", "-r", name, "-l", str(out)]
-    for option in options:
-        argv += ["--option", option]
-    return [*argv, "127.0.0.1", str(port)]
-
-
-class Fetch(asyncio.DatagramProtocol):
-    """One lockstep read, the way a PXE ROM does it: RRQ with blksize, ACK every block."""
-
-    def __init__(self, port: int, name: str, blksize: int, expected: bytes):
-        self.rrq = b"\0\x01" + name.encode() + b"\0octet\0blksize\0" + str(blksize).encode() + b"\0"
-        self.server, self.blksize, self.expected = ("127.0.0.1", port), blksize, expected
-        self.data = bytearray()
-        self.block = 0
-        self.tid: tuple[str, int] | None = None
-        self.last: bytes = self.rrq
-        self.heard = time.monotonic()
-        self.tries = 0
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.sendto(self.rrq, self.server)  # type: ignore[union-attr]
-
-    def datagram_received(self, packet: bytes, addr: tuple[str, int]) -> None:
-        if self.done.done() or (self.tid and addr != self.tid):
-            return
-        op = packet[1] if len(packet) >= 4 else 0
-        if op == 6:  # OACK
-            self.tid, self.last = addr, b"\0\x04\0\0"
-        elif op == 3:
-            self.tid = addr
-            number = packet[2] << 8 | packet[3]
-            if number == (self.block + 1) & 0xFFFF:
-                self.block += 1
-                self.data += packet[4:]
-                self.last = b"\0\x04" + packet[2:4]
-                if len(packet) - 4 < self.blksize:
-                    self.transport.sendto(self.last, addr)  # type: ignore[union-attr]
-                    self.done.set_result(bytes(self.data) == self.expected)
-                    return
-            else:
-                return  # a duplicate: do not answer it (no Sorcerer's Apprentice)
-        else:
-            self.done.set_result(False)  # ERROR or junk
-            return
-        self.heard, self.tries = time.monotonic(), 0
-        self.transport.sendto(self.last, addr)  # type: ignore[union-attr]
-
-    def tick(self, now: float) -> None:
-        """Retransmit after 1 s of silence, doubling; give up after 5 tries (like PXE)."""
-        if self.done.done() or now - self.heard < (1 << self.tries):
-            return
-        if self.tries >= 5:
-            self.done.set_result(False)
-            return
-        self.tries += 1
-        self.heard = now
-        self.transport.sendto(self.last, self.tid or self.server)  # type: ignore[union-attr]
-
-
-async def storm_worker(port: int, name: str, count: int, blksize: int, expected: bytes) -> int:
-    loop = asyncio.get_running_loop()
-    fetches = []
-    for _ in range(count):
-        _, fetch = await loop.create_datagram_endpoint(
-            lambda: Fetch(port, name, blksize, expected), local_addr=("127.0.0.1", 0)
+def storm(
+    clients: Clients, kind: str, port: int, count: int, cpus: list[int], size: int
+) -> tuple[float, int]:
+    """(seconds, failed fetches): ``count`` clients held at a pipe, then released at once."""
+    hold, release = os.pipe()
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus != CPUS else []
+    procs = []
+    for i in range(count):
+        argv, env = clients.argv(kind, port, "storm.bin", i, "/dev/null")
+        if kind == "curl":
+            argv = [*argv, "-w", "%{size_download}"]
+        procs.append(
+            subprocess.Popen(
+                [*pin, "sh", "-c", f'read _ <&{hold}; exec "$@"', "client", *argv],
+                pass_fds=(hold,),
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         )
-        fetches.append(fetch)
-
-    async def ticker() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            now = time.monotonic()
-            for fetch in fetches:
-                fetch.tick(now)
-
-    tick = loop.create_task(ticker())
-    results = await asyncio.gather(*(f.done for f in fetches))
-    tick.cancel()
-    for fetch in fetches:
-        fetch.transport.close()  # type: ignore[union-attr]
-    return sum(not ok for ok in results)
-
-
-def storm_main(port: int, path: str, count: int, blksize: int, start_at: float) -> None:
-    expected = Path(path).read_bytes()
-    time.sleep(max(0.0, start_at - time.time()))
-    failed = asyncio.run(storm_worker(port, Path(path).name, count, blksize, expected))
-    print(json.dumps({"failed": failed, "end": time.time()}))
-
-
-def storm(port: int, path: Path, clients: int, workers: int = 2) -> tuple[float, int]:
-    """(seconds, failed fetches) for ``clients`` concurrent fetches split over processes."""
-    start_at = time.time() + 1.0
-    shares = [clients // workers + (i < clients % workers) for i in range(workers)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--storm-client",
-                str(port),
-                str(path),
-                str(n),
-                "1468",
-                str(start_at),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        for n in shares
-    ]
-    results = [json.loads(p.communicate()[0]) for p in procs]
-    return max(r["end"] for r in results) - start_at, sum(r["failed"] for r in results)
+    os.close(hold)
+    time.sleep(0.5)  # every shell sits in read(2)
+    start = time.perf_counter()
+    os.close(release)  # EOF for all at once
+    failed = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        if p.returncode != 0 or (kind == "curl" and out.strip() != str(size)):
+            failed += 1
+    return time.perf_counter() - start, failed
 
 
 # -- the run ---------------------------------------------------------------------------------
+class Run:
+    def __init__(self, args: argparse.Namespace, tmp: Path):
+        self.args, self.tmp = args, tmp
+        self.root = tmp / "root"
+        self.root.mkdir()
+        os.chmod(tmp, 0o755)
+        os.chmod(self.root, 0o755)  # in.tftpd drops to user nobody after its chroot
+        self.big = os.urandom(args.big_mib * MiB)
+        (self.root / "big.bin").write_bytes(self.big)
+        (self.root / "storm.bin").write_bytes(os.urandom(MiB))
+        (self.root / "probe.bin").write_bytes(b"probe")
+        self.clients = Clients(tmp)
+        self.unit = [] if args.no_unit else unit_wrapper(unit_settings())
+        self.names = ["in.tftpd", "netdeploy"] + (["fbtftp"] if args.fbtftp else [])
+        self.lines: list[str] = []
+
+    def servers(self, cpus: list[int]) -> dict[str, Server]:
+        started: dict[str, Server] = {}
+        try:
+            for name in self.names:
+                where = self.tmp / f"{name}-{len(cpus)}"
+                where.mkdir(exist_ok=True)
+                started[name] = Server(name, self.root, where, cpus=cpus, unit=self.unit)
+        except BaseException:
+            for server in started.values():
+                server.stop()
+            raise
+        return started
+
+    def measure(self, key: str, jobs: dict[str, Callable[[], tuple[float, int]]]) -> None:
+        """``repeat`` repetitions, order alternating; ratios per repetition against in.tftpd."""
+        times: dict[str, list[float]] = {n: [] for n in jobs}
+        failed = dict.fromkeys(jobs, 0)
+        order = list(jobs)
+        for rep in range(self.args.repeat):
+            for name in order if rep % 2 == 0 else order[::-1]:
+                seconds, bad = jobs[name]()
+                times[name].append(seconds)
+                failed[name] += bad
+        load = os.getloadavg()[0]
+        for name in jobs:
+            each = " ".join(f"{t:.2f}" for t in times[name])
+            note = f", {failed[name]} failed" if failed[name] else ""
+            line = f"  {key:34} {name:10} {each} s{note}"
+            if name != "in.tftpd" and "in.tftpd" in times:
+                ratios = [b / t for b, t in zip(times["in.tftpd"], times[name], strict=True)]
+                line += f"   ratio min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x"
+            print(line, flush=True)
+            self.lines.append(line)
+        print(f"  {'':34} (load average {load:.2f})", flush=True)
+
+    def fetch(self, argv: list[str], env: dict | None = None) -> Callable[[], tuple[float, int]]:  # type: ignore[type-arg]
+        out = self.tmp / "out.bin"
+        return lambda: (one(argv, env or {}, out, self.big), 0)
+
+    def lockstep(self, servers: dict[str, Server]) -> None:
+        out = str(self.tmp / "out.bin")
+        mib = self.args.big_mib
+        self.measure(
+            f"lockstep {mib} MiB, curl",
+            {n: self.fetch(curl(s.port, "big.bin", "127.0.0.1", out)) for n, s in servers.items()},
+        )
+        self.measure(
+            f"lockstep {mib} MiB, atftp",
+            {
+                n: self.fetch(atftp(s.port, "big.bin", out, f"blksize {BLKSIZE}"))
+                for n, s in servers.items()
+            },
+        )
+
+    def window(self, servers: dict[str, Server]) -> None:
+        out = str(self.tmp / "out.bin")
+        hpa, nd = servers["in.tftpd"].port, servers["netdeploy"].port
+        self.measure(
+            f"{self.args.big_mib} MiB, netdeploy windowsize 16",
+            {
+                "in.tftpd": self.fetch(atftp(hpa, "big.bin", out, f"blksize {BLKSIZE}")),
+                "netdeploy": self.fetch(
+                    atftp(nd, "big.bin", out, f"blksize {BLKSIZE}", "windowsize 16")
+                ),
+            },
+        )
+
+    def storms(self, servers: dict[str, Server], cpus: list[int], where: str) -> None:
+        for kind in self.args.storm_clients.split(","):
+            for count in map(int, self.args.storms.split(",")):
+                self.measure(
+                    f"storm {count} x 1 MiB, {kind}, {where}",
+                    {
+                        n: (
+                            lambda p=s.port, k=kind, c=count: storm(
+                                self.clients, k, p, c, cpus, MiB
+                            )
+                        )
+                        for n, s in servers.items()
+                    },
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="best of N per figure (default 3)")
-    parser.add_argument("--storms", default="200,500", help="concurrent clients (default 200,500)")
-    parser.add_argument("--big-mib", type=int, default=32, help="size of file (a) (default 32)")
-    parser.add_argument("--skip-fbtftp", action="store_true", help="leave stock fbtftp out")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--storms", default="200,500", help="clients per storm (200,500)")
+    parser.add_argument("--storm-clients", default="curl,atftp", help="curl,atftp")
+    parser.add_argument("--big-mib", type=int, default=32, help="lockstep file size (32)")
+    parser.add_argument(
+        "--only", default="lockstep,window,shared,pinned", help="lockstep,window,shared,pinned"
+    )
+    parser.add_argument("--fbtftp", action="store_true", help="stock fbtftp 0.5 as a peer too")
+    parser.add_argument("--no-unit", action="store_true", help="ignore the unit's Nice= etc.")
     args = parser.parse_args()
-    root_run = os.geteuid() == 0
-    missing = [tool for tool in ("in.tftpd", "curl", "atftp") if not shutil.which(tool)]
-    if missing and root_run:
-        raise SystemExit(
-            f"bench: install {', '.join(missing)} (apt-get install tftpd-hpa curl atftp)"
-        )
-    if not root_run:
-        # in.tftpd -s needs root to chroot; the unit's conditions are this user's own
-        print("bench: not root: only netdeploy, as this unprivileged user (the unit's way)")
-        unprivileged(args)
-        return
-    names = ["in.tftpd", "fbtftp", "netdeploy"]
-    if shutil.which("setpriv"):
-        names.append("netdeploy-unit")
-    if args.skip_fbtftp:
-        names.remove("fbtftp")
-    else:
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (in.tftpd -s chroots; clients bind 127.1.x.y)")
+    missing = [t for t in ("in.tftpd", "curl", "atftp", "gcc", "taskset") if not shutil.which(t)]
+    if missing:
+        raise SystemExit(f"bench: install {', '.join(missing)} (tftpd-hpa curl atftp gcc)")
+    if args.fbtftp:
         try:
             import fbtftp  # noqa: F401
         except ImportError:
             raise SystemExit("bench: pip install -e '.[bench]' (stock fbtftp 0.5)") from None
-
-    with tempfile.TemporaryDirectory(prefix="bench-tftp-") as tmp:
-        root = Path(tmp) / "root"
-        root.mkdir()
-        os.chmod(tmp, 0o755)
-        os.chmod(root, 0o755)  # in.tftpd drops to user nobody after its chroot
-        big, small = os.urandom(args.big_mib * MiB), os.urandom(MiB)
-        (root / "big.bin").write_bytes(big)
-        (root / "storm.bin").write_bytes(small)
-        out = Path(tmp) / "out.bin"
-        results: dict[str, dict[str, float]] = {n: {} for n in names}
-        failures: dict[str, dict[str, int]] = {n: {} for n in names}
-        servers = {name: Server(name, root) for name in names}
-        try:
-            run_all(servers, args, root, out, big, results, failures)
-        finally:
-            for server in servers.values():
-                server.stop()
-        report(results, failures, args)
-        buffers(servers)
-
-
-def buffers(servers: dict) -> None:  # type: ignore[type-arg]
-    """What each netdeploy's listening socket got, and why."""
-    print(f"\nnet.core.rmem_max on this host: {rmem_max():,} bytes (kernel default 212,992)")
-    for name, server in servers.items():
-        f = server.facts
-        if not f:
-            continue
-        who = "root" if f["uid"] == 0 else f"uid {f['uid']}"
-        cap = "with" if f["cap_net_admin"] else "without"
+    parts = args.only.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-tftp-") as name:
+        run = Run(args, Path(name))
         print(
-            f"{name}: {who}, {cap} CAP_NET_ADMIN: listening SO_RCVBUF {f['rcvbuf']:,} bytes "
-            f"(asked for 4 MiB; the kernel reports twice the usable size)"
+            f"bench: {len(CPUS)} CPUs, load {os.getloadavg()[0]:.2f}, netdeploy started with "
+            f"{' '.join(run.unit) or 'no unit settings'}; ratio = time(in.tftpd) / time(x)",
+            flush=True,
         )
-
-
-def unprivileged(args: argparse.Namespace) -> None:
-    """The storms against netdeploy run by this (unprivileged) user, absolute figures only."""
-    with tempfile.TemporaryDirectory(prefix="bench-tftp-") as tmp:
-        root = Path(tmp)
-        (root / "storm.bin").write_bytes(os.urandom(MiB))
-        server = Server("netdeploy", root)
-        try:
-            for clients in map(int, args.storms.split(",")):
-                runs = [storm(server.port, root / "storm.bin", clients) for _ in range(args.repeat)]
-                best = min(seconds for seconds, _ in runs)
-                failed = sum(bad for _, bad in runs)
-                print(
-                    f"  b) storm {clients:<5} netdeploy (unprivileged) best {best:.3f} s, "
-                    f"{failed} failed fetches"
-                )
-        finally:
-            server.stop()
-        buffers({"netdeploy": server})
-
-
-def run_all(servers, args, root, out, big, results, failures):  # type: ignore[no-untyped-def]
-    """Each figure round-robin over the servers, ``repeat`` times, so noise hits all alike."""
-
-    def measure(key: str, jobs: dict) -> None:  # type: ignore[type-arg]
-        times: dict[str, list[float]] = {name: [] for name in jobs}
-        failed: dict[str, int] = dict.fromkeys(jobs, 0)
-        for _ in range(args.repeat):
-            for name, job in jobs.items():
-                seconds, bad = job()
-                times[name].append(seconds)
-                failed[name] += bad
-        for name in jobs:
-            results[name][key] = min(times[name])
-            failures[name][key] = failed[name]
-            note = f", {failed[name]} failed fetches" if key.startswith("b)") else ""
-            each = ", ".join(f"{t:.2f}" for t in times[name])
-            best = min(times[name])
-            print(f"  {key:26} {name:10} best {best:7.3f} s (of {each}){note}", flush=True)
-
-    def fetch(argv: list[str]):  # type: ignore[no-untyped-def]
-        return lambda: (timed(argv, out, big), 0)
-
-    for blksize in (512, 1468):
-        measure(
-            f"a) {args.big_mib}MiB blksize {blksize}",
-            {n: fetch(curl(s.port, "big.bin", blksize, out)) for n, s in servers.items()},
-        )
-    for clients in map(int, args.storms.split(",")):
-        measure(
-            f"b) storm {clients}",
-            {
-                n: (lambda p=s.port, c=clients: storm(p, root / "storm.bin", c))
-                for n, s in servers.items()
-            },
-        )
-    hpa, nd = servers["in.tftpd"].port, servers["netdeploy"].port
-    # (c) compares the engines; the unit's conditions matter for storms (the listening buffer)
-    measure(
-        "c) one transfer",
-        {
-            "in.tftpd": fetch(atftp(hpa, "big.bin", out, "blksize 1468")),
-            "netdeploy": fetch(atftp(nd, "big.bin", out, "blksize 1468", "windowsize 16")),
-        },
-    )
-
-
-def report(results: dict, failures: dict, args: argparse.Namespace) -> None:  # type: ignore[type-arg]
-    base = results["in.tftpd"]
-    print("\nthroughput relative to in.tftpd (higher is better; time(in.tftpd) / time(x))")
-    keys = [k for k in results["fbtftp" if "fbtftp" in results else "netdeploy"] if k in base]
-    keys = [k for k in keys if not k.startswith("c)")]
-    header = f"{'scenario':26}" + "".join(f"{n:>16}" for n in results)
-    print(header)
-    for key in keys:
-        cells = "".join(f"{base[key] / results[n][key]:15.2f}x" for n in results)
-        print(f"{key:26}{cells}")
-    window = results["netdeploy"]["c) one transfer"]
-    same = base["c) one transfer"] / window  # atftp against both: only the server differs
-    fastest = min(base[f"a) {args.big_mib}MiB blksize 1468"], base["c) one transfer"])
-    gain = same
-    print(
-        f"\nc) one {args.big_mib} MiB transfer at blksize 1468: netdeploy windowsize 16 "
-        f"{window:.3f} s vs in.tftpd lockstep with the same client (atftp) "
-        f"{base['c) one transfer']:.3f} s: {same:.2f}x; vs in.tftpd's fastest lockstep "
-        f"client (curl or atftp, {fastest:.3f} s): {fastest / window:.2f}x"
-    )
-    storms = [k for k in keys if k.startswith("b)")]
-    worst = min(base[k] / results["netdeploy"][k] for k in storms)
-    failed = sum(failures["netdeploy"][k] for k in storms)
-    ok = worst >= 1.0 and failed == 0 and gain >= 3.0
-    print(
-        f"bar: storms >= 1.0x in.tftpd with 0 failed (worst {worst:.2f}x, {failed} failed); "
-        f"windowsize 16 >= 3x lockstep ({gain:.2f}x): {'MET' if ok else 'NOT MET'}"
-    )
+        if {"lockstep", "window", "shared"} & set(parts):
+            servers = run.servers(CPUS)
+            try:
+                if "lockstep" in parts:
+                    run.lockstep(servers)
+                if "window" in parts:
+                    run.window(servers)
+                if "shared" in parts:
+                    run.storms(servers, CPUS, "shared cores")
+            finally:
+                for server in servers.values():
+                    server.stop()
+        if "pinned" in parts and len(CPUS) > 1:
+            servers = run.servers(CPUS[:1])
+            try:
+                run.storms(servers, CPUS[1:], f"server CPU {CPUS[0]}, clients apart")
+            finally:
+                for server in servers.values():
+                    server.stop()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve-netdeploy":
-        serve_netdeploy(sys.argv[2], int(sys.argv[3]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "--serve-fbtftp":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-fbtftp":
         serve_fbtftp(sys.argv[2], int(sys.argv[3]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "--storm-client":
-        storm_main(
-            int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-        )
     else:
         main()

@@ -36,6 +36,7 @@ from netdeploy.tftp.files import (
 )
 from netdeploy.tftp.options import negotiate
 from netdeploy.tftp.packets import BadPacket, ErrorCode, Op, Request
+from netdeploy.tftp.plane import DataPlane, open_plane
 from netdeploy.tftp.transfer import Transfer, TransferStats
 
 log = logging.getLogger("netdeploy.tftp")
@@ -139,6 +140,7 @@ class TftpServer:
         self.listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.plane: DataPlane | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
@@ -154,6 +156,8 @@ class TftpServer:
             sock = _listen_socket(family, host, port)
         self.listeners.append(sock)
         self._loop.add_reader(sock.fileno(), self._on_listener, sock)
+        if self.plane is None:
+            self.plane = open_plane(self._loop)
 
     @property
     def port(self) -> int:
@@ -171,6 +175,9 @@ class TftpServer:
         for transfer in list(self.transfers.values()):
             if transfer:
                 transfer.abort(ErrorCode.UNDEFINED, "server shutting down; retry shortly")
+        if self.plane is not None:
+            self.plane.close()
+            self.plane = None
 
     @property
     def active(self) -> int:
@@ -310,7 +317,7 @@ class TftpServer:
         if isinstance(content, NetasciiContent):  # keep what a window may ask for again
             content.keep = chosen.blksize * (chosen.windowsize + 1)
         self.transfers[key] = transfer
-        transfer.start()
+        transfer.start(self.plane)
 
     async def _content(self, request: Request, client_ip: str) -> tuple[Content, bool]:
         name = clean_name(request.filename)
@@ -344,6 +351,10 @@ class TftpServer:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind(bind)
+            # Connected to the client's TID: the kernel keeps other senders' datagrams from
+            # it (they get ICMP port unreachable, as from tftp-hpa), and send/recv skip the
+            # address work and the route lookup of every packet.
+            sock.connect(peer)
             sock.setblocking(False)
         except BaseException:
             sock.close()

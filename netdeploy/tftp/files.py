@@ -8,17 +8,26 @@ it is refused without a window between check and open.
 
 During a boot storm hundreds of machines fetch the same few files; :class:`FileCache` keeps
 small files in memory (keyed by device, inode, size and mtime, so a replaced file is reread)
-and every transfer slices the same bytes. Large files are read per block with ``os.pread``.
+and, per file, the finished DATA packets at the block sizes clients ask for
+(:class:`PacketTable`, up to ``TABLES_PER_FILE`` of them, counted in the cache's bytes): every
+transfer of a storm sends the same packet objects, built once, with no copy per block.
+Large files are read per block with ``os.pread``.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections import OrderedDict
 from pathlib import Path
 
 from netdeploy.tftp.packets import BadPacket, ErrorCode
+
+_DATA = struct.Struct("!HH")  # opcode 3, block number mod 2**16 (rolls over like tftp-hpa)
+TABLES_PER_FILE = 3  # block sizes kept per cached file (PXE ROMs ask 1432, 1468 or 512)
+MIN_TABLE_BLKSIZE = 512  # below this the per-packet overhead outweighs the copy it saves
+PACKET_OVERHEAD = 64  # bytes a kept packet costs beyond its payload (object header, list slot)
 
 
 def clean_name(name: str) -> str:
@@ -78,6 +87,42 @@ def to_netascii(data: bytes) -> bytes:
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
+class PacketTable:
+    """The DATA packets of ``data`` at one blksize; ``packets[block - 1]`` is block's packet
+    once it has been built (``None`` before). ``keep=False`` builds each packet per send."""
+
+    __slots__ = ("blksize", "data", "keep", "packets")
+
+    def __init__(self, data: bytes, blksize: int, *, keep: bool = True):
+        self.data, self.blksize, self.keep = data, blksize, keep
+        self.packets: list[bytes | None] = [None] * (len(data) // blksize + 1) if keep else []
+
+    def packet(self, block: int) -> bytes:
+        """DATA packet of absolute ``block`` (1-based; the last one is short, maybe empty)."""
+        offset = (block - 1) * self.blksize
+        packet = _DATA.pack(3, block & 0xFFFF) + self.data[offset : offset + self.blksize]
+        if self.keep:
+            self.packets[block - 1] = packet
+        return packet
+
+
+class BlockPackets:
+    """DATA packets read per block from a source (a file descriptor, netascii conversion)."""
+
+    __slots__ = ("blksize", "content", "keep", "packets")
+
+    def __init__(self, content: Content, blksize: int):
+        self.content, self.blksize = content, blksize
+        self.keep, self.packets = False, []
+
+    def packet(self, block: int) -> bytes:
+        header = _DATA.pack(3, block & 0xFFFF)
+        return header + self.content.block((block - 1) * self.blksize, self.blksize)
+
+
+Packets = PacketTable | BlockPackets
+
+
 class Content:
     """The bytes of one transfer: in memory (virtual, cached, netascii) or read per block."""
 
@@ -85,6 +130,7 @@ class Content:
         self.size = size
         self.data = data
         self.fd = fd
+        self.cached: tuple[FileCache, tuple[int, int, int, int]] | None = None
 
     @classmethod
     def of(cls, data: bytes) -> Content:
@@ -95,6 +141,18 @@ class Content:
             return self.data[offset : offset + length]
         assert self.fd is not None
         return os.pread(self.fd, length, offset)
+
+    def packets(self, blksize: int) -> Packets:
+        """Where a transfer at ``blksize`` takes its DATA packets from."""
+        if self.data is None:
+            return BlockPackets(self, blksize)
+        if self.cached is not None:
+            cache, key = self.cached
+            table = cache.table(key, blksize)
+            if table is not None:
+                return table
+        # not shared: built per send, so a transfer never holds a copy of what it sent
+        return PacketTable(self.data, blksize, keep=False)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -150,6 +208,9 @@ class NetasciiContent(Content):
         start = offset - self._base
         return bytes(self._buffer[start : start + length])
 
+    def packets(self, blksize: int) -> Packets:
+        return BlockPackets(self, blksize)
+
 
 class FileCache:
     """Least-recently-used cache of whole small files, bounded in bytes."""
@@ -157,28 +218,59 @@ class FileCache:
     def __init__(self, max_bytes: int, max_file: int):
         self.max_bytes = max_bytes
         self.max_file = max_file
-        self._entries: OrderedDict[tuple[int, int, int, int], bytes] = OrderedDict()
+        # key -> (contents, packet tables by blksize, bytes charged for both)
+        self._entries: OrderedDict[
+            tuple[int, int, int, int], tuple[bytes, dict[int, PacketTable], list[int]]
+        ] = OrderedDict()
         self._bytes = 0
 
     def get(self, fd: int) -> bytes | None:
         """Whole contents of ``fd`` when it is small enough to keep, else None."""
+        found = self.lookup(fd)
+        return None if found is None else found[0]
+
+    def lookup(self, fd: int) -> tuple[bytes, tuple[int, int, int, int] | None] | None:
+        """(contents, cache key or None when not kept) of ``fd``, or None when too large."""
         st = os.fstat(fd)
         if st.st_size > self.max_file:
             return None
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        data = self._entries.get(key)
-        if data is not None:
+        entry = self._entries.get(key)
+        if entry is not None:
             self._entries.move_to_end(key)
-            return data
+            return entry[0], key
         data = _read_all(fd, st.st_size)
         if len(data) != st.st_size:  # changed while we read it: serve, do not keep
-            return data
-        self._entries[key] = data
+            return data, None
+        self._entries[key] = (data, {}, [len(data)])
         self._bytes += len(data)
+        self._shrink()
+        return data, (key if key in self._entries else None)
+
+    def table(self, key: tuple[int, int, int, int], blksize: int) -> PacketTable | None:
+        """The shared packet table of a kept file at ``blksize``; None when it is not worth
+        keeping (tiny blocks, too many block sizes already, more than the cache may hold)."""
+        entry = self._entries.get(key)
+        if entry is None or blksize < MIN_TABLE_BLKSIZE:
+            return None
+        data, tables, charged = entry
+        table = tables.get(blksize)
+        if table is not None:
+            return table
+        cost = len(data) + PACKET_OVERHEAD * (len(data) // blksize + 1)
+        if len(tables) >= TABLES_PER_FILE or charged[0] + cost > self.max_bytes:
+            return None
+        tables[blksize] = table = PacketTable(data, blksize)
+        charged[0] += cost
+        self._bytes += cost
+        self._entries.move_to_end(key)
+        self._shrink()
+        return table
+
+    def _shrink(self) -> None:
         while self._bytes > self.max_bytes and self._entries:
-            _, old = self._entries.popitem(last=False)
-            self._bytes -= len(old)
-        return data
+            _, (_, _, charged) = self._entries.popitem(last=False)
+            self._bytes -= charged[0]
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -196,14 +288,18 @@ def load(root: Path, name: str, mode: str, cache: FileCache) -> Content:
     """Content for ``name`` under ``root`` in ``mode`` (octet or netascii)."""
     fd = open_rooted(root, name)
     try:
-        data = cache.get(fd)
+        found = cache.lookup(fd)
     except BaseException:
         os.close(fd)
         raise
-    if data is None:  # large: read per block, fd kept open
+    if found is None:  # large: read per block, fd kept open
         size = os.fstat(fd).st_size
         return Content(size, fd=fd) if mode == "octet" else NetasciiContent(size, fd=fd)
     os.close(fd)
+    data, key = found
     if mode == "netascii":  # the cached bytes are shared; only a few blocks per transfer
         return NetasciiContent(len(data), data=data)
-    return Content.of(data)
+    content = Content.of(data)
+    if key is not None:
+        content.cached = (cache, key)
+    return content

@@ -1,18 +1,20 @@
 """One read transfer: its own socket (the server's TID), windows of DATA, ACKs, retransmission.
 
-The data path is kept short on purpose: the socket is read straight from the event loop
-(``add_reader``), an ACK is four bytes compared in place, and the retransmission timer is
-lazy (one timer per timeout period, not one per packet). Block numbers are tracked as
-absolute integers and only folded to 16 bits on the wire, so files past 65535 blocks roll
-over cleanly.
+The data path is kept short on purpose (docs/decisions/0013): the engine's data plane
+(:mod:`netdeploy.tftp.plane`) calls :meth:`Transfer.readable` for every ready socket from one
+private epoll, an ACK is four bytes compared in place, and the retransmission timer is lazy
+(one timer per timeout period, not one per packet). After an ACK is answered the socket is
+read again at once: on a loaded host the client usually runs the moment our DATA wakes it
+and its next ACK is already queued when ``sendto`` returns, so a lockstep transfer moves
+several blocks per wake-up instead of one loop iteration per block. Statistics are counted
+at the end, from block numbers, not per packet. Block numbers are tracked as absolute
+integers and only folded to 16 bits on the wire, so files past 65535 blocks roll over cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +22,9 @@ from dataclasses import dataclass, field
 from netdeploy.tftp import packets
 from netdeploy.tftp.files import Content
 from netdeploy.tftp.packets import ErrorCode, Op
+from netdeploy.tftp.plane import DataPlane
 
-_DATA = struct.Struct("!HH")  # DATA header: opcode 3, block number mod 2**16
+DRAIN = 64  # datagrams one transfer handles per wake-up before the loop serves others
 MAX_BACKOFF = 8.0  # seconds; a doubled timeout never waits longer than this (or the RFC 2349 one)
 
 
@@ -106,22 +109,36 @@ class Transfer:
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
+        self.resent_bytes = 0  # payload bytes sent again (the first sends are counted at the end)
+        self.plane: DataPlane | None = None
+        self.packets = content.packets(blksize)  # shared, prebuilt for a cached file
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+    def start(self, plane: DataPlane | None = None) -> None:
+        """Start sending; the socket is watched by ``plane`` (else by the loop itself)."""
+        self.plane = plane
+        if plane is None:
+            self.loop.add_reader(self.sock.fileno(), self.readable)
+        else:
+            plane.watch(self.sock.fileno(), self.readable)
         self._send_window()
 
     def finish(self, outcome: str, message: str = "") -> None:
         if self.done:
             return
         self.done = True
-        self.stats.outcome = outcome
-        self.stats.message = message
-        self.stats.duration = time.monotonic() - self.stats.started
+        stats = self.stats
+        stats.outcome = outcome
+        stats.message = message
+        stats.duration = time.monotonic() - stats.started
+        stats.blocks = self.sent
+        stats.bytes_sent = min(self.sent * self.blksize, self.content.size) + self.resent_bytes
         if self.timer:
             self.timer.cancel()
-        self.loop.remove_reader(self.sock.fileno())
+        if self.plane is None:
+            self.loop.remove_reader(self.sock.fileno())
+        else:
+            self.plane.unwatch(self.sock.fileno())
         self.sock.close()
         self.content.close()
         self.on_done(self)
@@ -135,7 +152,7 @@ class Transfer:
     # -- sending -------------------------------------------------------------------------
     def _send(self, packet: bytes) -> None:
         try:
-            self.sock.sendto(packet, self.peer)
+            self.sock.send(packet)
         except (BlockingIOError, InterruptedError):
             pass  # a full socket buffer is a lost packet: the retransmission timer recovers
         except OSError as exc:  # e.g. network unreachable: nothing will get through
@@ -147,6 +164,21 @@ class Transfer:
             assert self.oack is not None
             self._send(self.oack)
             self.stats.retransmits += self.tries > 0
+        elif self.windowsize == 1:  # lockstep, as PXE ROMs do: one block, no window
+            block = self.acked + 1
+            packet = self._packet(block)
+            try:
+                self.sock.send(packet)
+            except (BlockingIOError, InterruptedError):
+                pass  # a full socket buffer is a lost packet: the timer recovers
+            except OSError as exc:
+                self.finish("error", f"send failed: {exc.strerror or exc}")
+                return
+            if block <= self.sent:
+                self.stats.retransmits += 1
+                self.resent_bytes += len(packet) - 4
+            else:
+                self.sent = block
         else:
             first = self.acked + 1
             last = min(self.acked + self.windowsize, self.last_block)
@@ -156,29 +188,26 @@ class Transfer:
                 sent = self._send_each(first, last)
             if not sent:
                 return
-            stats = self.stats
-            stats.bytes_sent += (
-                min(last * self.blksize, self.content.size) - (first - 1) * self.blksize
-            )
-            if first <= self.sent:
-                stats.retransmits += min(last, self.sent) - first + 1
+            if first <= self.sent:  # blocks sent before: retransmissions
+                again = min(last, self.sent)
+                self.stats.retransmits += again - first + 1
+                self.resent_bytes += (
+                    min(again * self.blksize, self.content.size) - (first - 1) * self.blksize
+                )
             if last > self.sent:
-                stats.blocks += last - self.sent
                 self.sent = last
         self._arm()
 
-    def _payload(self, block: int) -> bytes:
-        offset = (block - 1) * self.blksize
-        data = self.content.data
-        if data is not None:
-            return data[offset : offset + self.blksize]
-        return self.content.block(offset, self.blksize)
+    def _packet(self, block: int) -> bytes:
+        table = self.packets.packets
+        packet = table[block - 1] if table else None
+        return self.packets.packet(block) if packet is None else packet
 
     def _send_each(self, first: int, last: int) -> bool:
-        sendto, peer = self.sock.sendto, self.peer
+        send, packet = self.sock.send, self._packet
         for block in range(first, last + 1):
             try:
-                sendto(_DATA.pack(3, block & 0xFFFF) + self._payload(block), peer)
+                send(packet(block))
             except (BlockingIOError, InterruptedError):
                 pass  # a full socket buffer is a lost packet: the timer recovers
             except OSError as exc:
@@ -195,12 +224,9 @@ class Transfer:
         """
         for start in range(first, last + 1, self.gso_batch):
             end = min(start + self.gso_batch - 1, last)
-            buffer = b"".join(
-                _DATA.pack(3, block & 0xFFFF) + self._payload(block)
-                for block in range(start, end + 1)
-            )
+            buffer = b"".join(self._packet(block) for block in range(start, end + 1))
             try:
-                self.sock.sendto(buffer, self.peer)
+                self.sock.send(buffer)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:  # the route refuses segmentation (MTU below a block): go singly
@@ -241,29 +267,58 @@ class Transfer:
         self._send_window()
 
     # -- receiving -----------------------------------------------------------------------
-    def _readable(self) -> None:
-        # One datagram per wake-up: the loop is level-triggered and calls again while more
-        # wait, and a lockstep transfer has one ACK in flight, so draining would mostly buy
-        # a BlockingIOError per packet.
-        try:
-            packet, addr = self.sock.recvfrom(1024)  # ACK/ERROR; longer junk is cut short
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # ICMP port unreachable from an earlier send: the peer is gone
-            return
-        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
-            self._stranger(packet, addr)
-        elif len(packet) >= 4 and packet[1] == Op.ACK and packet[0] == 0:
-            self._acked(packet[2] << 8 | packet[3])
-        else:
-            self._from_peer(packet)
+    def readable(self) -> None:
+        """Handle what the client sent: up to DRAIN datagrams, then let others have the loop.
 
-    def _stranger(self, packet: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        # RFC 1350 §4: a packet from a foreign TID gets error 5; the transfer goes on.
-        if packets.opcode(packet) == Op.ERROR:
-            return
-        with contextlib.suppress(OSError):
-            self.sock.sendto(packets.error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
+        The socket is connected to the client's TID (RFC 1350 §4), so only the client's
+        datagrams reach it. The ACK of the block just sent in a confirmed lockstep transfer
+        (every PXE ROM's case, and nearly every packet of a storm) is answered right here:
+        the next packet from the table, one ``send``, the deadline moved. Everything else
+        (ACK 0 of the OACK, windows, duplicates, the last block, errors) takes the general path.
+        """
+        sock, loop = self.sock, self.loop
+        recv, send = sock.recv, sock.send
+        source = self.packets
+        table = source.packets  # [] when packets are built per send
+        lockstep = self.windowsize == 1
+        for _ in range(DRAIN):
+            try:
+                packet = recv(1024)  # ACK/ERROR; longer junk is cut short
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP port unreachable from an earlier send: the timer decides
+                return
+            if len(packet) < 4 or packet[1] != Op.ACK or packet[0] != 0:
+                self._from_peer(packet)
+                if self.done:
+                    return
+                continue
+            wire = packet[2] << 8 | packet[3]
+            block = self.sent
+            if not (lockstep and wire == block & 0xFFFF and self.confirmed):
+                self._acked(wire)
+                if self.done:
+                    return
+                continue
+            # lockstep: the ACK of the block just sent (absolute `block`)
+            if block >= self.last_block:
+                self._acked(wire)  # the last one: finish
+                return
+            self.acked, self.tries = block, 0
+            data = table[block] if table else None  # the packet of block + 1
+            if data is None:
+                data = source.packet(block + 1)
+            try:
+                send(data)
+            except (BlockingIOError, InterruptedError):
+                pass  # a full socket buffer is a lost packet: the timer recovers
+            except OSError as exc:
+                self.finish("error", f"send failed: {exc.strerror or exc}")
+                return
+            self.sent = block + 1
+            self.deadline = loop.time() + self.timeout  # what _arm sets with tries == 0
+            if self.timer is None:
+                self.timer = loop.call_at(self.deadline, self._expired)
 
     def _from_peer(self, packet: bytes) -> None:
         err = packets.parse_error(packet)

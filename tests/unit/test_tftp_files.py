@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from netdeploy.tftp.files import (
     FileCache,
     NetasciiContent,
+    PacketTable,
     clean_name,
     load,
     open_rooted,
@@ -109,3 +110,37 @@ def test_netascii_is_converted_while_streaming(tmp_path: Path, cached: bool) -> 
         assert content.block(offset, blksize) == wire[offset : offset + blksize]
         assert len(content._buffer) <= content.keep + 2 * NetasciiContent.CHUNK + blksize
     content.close()
+
+
+def test_a_storm_shares_one_packet_table_per_block_size_and_the_cache_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(10_000)
+    (tmp_path / "boot.0").write_bytes(data)
+    cache = FileCache(max_bytes=1 << 20, max_file=1 << 20)
+    first = load(tmp_path, "boot.0", "octet", cache).packets(1468)
+    second = load(tmp_path, "boot.0", "octet", cache).packets(1468)
+    assert first is second  # built once, sent by every transfer
+    for block in range(1, 10_000 // 1468 + 2):
+        packet = first.packet(block)
+        payload = data[(block - 1) * 1468 : block * 1468]
+        assert packet == b"\0\x03" + block.to_bytes(2, "big") + payload
+        assert first.packets[block - 1] is packet
+    # a few block sizes per file are kept; more, or tiny blocks, are built per send
+    for blksize in (512, 1432):
+        assert load(tmp_path, "boot.0", "octet", cache).packets(blksize).keep
+    for blksize in (1024, 8):
+        odd = load(tmp_path, "boot.0", "octet", cache).packets(blksize)
+        assert odd is not load(tmp_path, "boot.0", "octet", cache).packets(blksize)
+    assert cache._bytes <= cache.max_bytes
+    # packet numbers roll over with the block number, like tftp-hpa
+    assert PacketTable(bytes(70_000), 1, keep=False).packet(65_537)[:4] == b"\0\x03\0\x01"
+
+
+def test_tables_never_push_the_cache_past_its_budget(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(os.urandom(40_000))
+    cache = FileCache(max_bytes=60_000, max_file=50_000)
+    content = load(tmp_path, "a", "octet", cache)
+    table = content.packets(1468)  # 40,000 more would not fit: built per send instead
+    assert not table.keep and cache._bytes <= 60_000
+    assert table.packet(2)[4:] == content.data[1468:2936]  # type: ignore[index]
