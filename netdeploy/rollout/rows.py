@@ -113,7 +113,30 @@ async def insert_events(session: AsyncSession, events: list[Event], now: datetim
         }
         for ev in events
     ]
-    statement = insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True)
-    ids = (await session.execute(statement, params)).scalars().all()
+    if session.bind.dialect.name == "sqlite":
+        ids = await _insert_sqlite(session, params)
+    else:
+        statement = insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True)
+        ids = list((await session.execute(statement, params)).scalars().all())
     for ev, event_id in zip(events, ids, strict=True):
         ev.id = event_id
+
+
+# rows per multi-row INSERT on SQLite: 7 columns each, under its 32,766 parameters
+_SQLITE_ROWS = 4000
+
+
+async def _insert_sqlite(session: AsyncSession, params: list[dict[str, Any]]) -> list[int]:
+    """One multi-row INSERT per 4,000 rows; the ids are the ones before the last row id.
+
+    SQLAlchemy cannot return ids in parameter order from SQLite, so it sent one INSERT (one
+    round trip to aiosqlite's thread) per row: 0.35 ms each, most of a 4,000-node release and
+    a third of the writer's time under 1,000 reporting agents. A statement's rows get
+    consecutive row ids (one writer holds the database; each new row id is the largest plus
+    one), so the last row id names them all."""
+    ids: list[int] = []
+    for start in range(0, len(params), _SQLITE_ROWS):
+        chunk = params[start : start + _SQLITE_ROWS]
+        last = (await session.execute(insert(EVENTS).values(chunk))).lastrowid
+        ids += range(last - len(chunk) + 1, last + 1)
+    return ids
