@@ -198,3 +198,27 @@ async def _two_servers(tmp_path: Path, config: Path, url: str) -> AsyncIterator[
     finally:
         for server in servers:
             server.stop()
+
+
+async def test_event_rows_get_the_ids_they_were_stored_under(tmp_path: Path) -> None:
+    """SQLite: one executemany and last_insert_rowid() name every row (rollout/rows.py)."""
+    from netdeploy.rollout.rows import insert_events  # the function under test
+    from netdeploy.store import open_store
+    from netdeploy.store.models import utcnow
+
+    engine, sessions = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'nd.db'}")
+    try:
+        async with sessions() as session:
+            first = [Event(kind="report", detail={"n": i}) for i in range(3)]
+            await insert_events(session, first, utcnow())
+            await session.commit()
+        async with sessions() as session:
+            more = [Event(kind="health", detail={"n": i}) for i in range(5)]
+            await insert_events(session, more, utcnow())
+            await session.commit()
+            for ev in first + more:
+                stored = await session.get(Event, ev.id)
+                assert (stored.kind, stored.detail) == (ev.kind, ev.detail)
+            assert [ev.id for ev in first + more] == list(range(first[0].id, first[0].id + 8))
+    finally:
+        await engine.dispose()
