@@ -13,8 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, Text, and_, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
 
 from netdeploy.events import event_json
 from netdeploy.inventory import BadMac, normalize_mac
@@ -40,6 +41,45 @@ def state_change(
         to_state=to_state,
         detail={"reason": reason, **detail},
     )
+
+
+# a wave row names this many host names for the log line; its ``macs`` name every node
+WAVE_NAMES = 8
+
+
+def wave(
+    cluster: str, nodes: list[tuple[str, str | None]], *, seq: int, reason: str, **detail: Any
+) -> Event:
+    """Held nodes of ``cluster`` released together by its policy (``nodes``: (MAC, host name)
+    in release order): one row for the whole wave (docs/decisions/0014), ``mac`` empty,
+    ``detail.macs`` every MAC. Each node's timeline finds it through :func:`of_node`, the
+    dashboards through :func:`macs_of`."""
+    names = [host or mac for mac, host in nodes[:WAVE_NAMES]]
+    return Event(
+        kind="state",
+        mac=None,
+        cluster=cluster,
+        from_state="held",
+        to_state="released",
+        detail={
+            "reason": reason,
+            "release_seq": seq,
+            "count": len(nodes),
+            "names": names,
+            "macs": [mac for mac, _ in nodes],
+            **detail,
+        },
+    )
+
+
+def macs_of(ev: Event | dict[str, Any]) -> list[str]:
+    """The nodes an event row is about: its MAC, or every MAC of a release wave."""
+    mac = ev.get("mac") if isinstance(ev, dict) else ev.mac
+    if mac:
+        return [mac]
+    detail = (ev.get("detail") if isinstance(ev, dict) else ev.detail) or {}
+    macs = detail.get("macs") if isinstance(detail, dict) else None
+    return [m for m in macs if isinstance(m, str)] if isinstance(macs, list) else []
 
 
 def gate_change(
@@ -239,6 +279,14 @@ def _tftp_text(d: dict[str, Any]) -> str:
     return text + (f": {d['message']}" if d.get("message") else "")
 
 
+def _wave_names(detail: dict[str, Any]) -> str:
+    names = [str(n) for n in detail.get("names") or []]
+    count = detail.get("count")
+    more = count - len(names) if isinstance(count, int) else 0
+    head = ", ".join(names)
+    return f"{head} and {more:,} more" if more > 0 else head
+
+
 class LogFilterError(ValueError):
     """A filter names a node or cluster that does not exist; the message says which."""
 
@@ -252,6 +300,8 @@ def describe(ev: dict[str, Any]) -> str:
         text = f"{ev['from']} → {ev['to']}" if ev.get("from") else f"new → {ev['to']}"
         text = f"gate {text}" if ev["kind"] == "gate" else text
         extra = reason or message
+        if isinstance(detail.get("macs"), list):  # a release wave: who, in the admin's words
+            extra += f" (wave {detail.get('release_seq')}: {_wave_names(detail)})"
         return f"{text}: {extra}" if extra else text
     if ev.get("kind") == "discovery" and "unlogged" in detail:
         return (
@@ -340,6 +390,30 @@ async def resolve_node(session: AsyncSession, text: str) -> str:
     return mac
 
 
+def in_wave(mac: str, cluster: str) -> ColumnElement[bool]:
+    """Release-wave rows of ``cluster`` that list ``mac`` (a wave row has no MAC of its own;
+    a cluster has few of them, so the text match stays cheap)."""
+    return and_(
+        Event.cluster == cluster,
+        Event.mac.is_(None),
+        Event.kind == "state",
+        cast(Event.detail, Text).contains(f'"{mac}"', autoescape=True),
+    )
+
+
+async def of_node(
+    session: AsyncSession, query: Select[tuple[Event]], mac: str, cluster: str | None, limit: int
+) -> list[Event]:
+    """The newest ``limit`` rows of ``query`` about one node: its own and the release waves
+    of its cluster that name it. Two queries merged, not one OR: each uses its own index."""
+    query = query.order_by(Event.id.desc()).limit(limit)
+    rows = list((await session.scalars(query.where(Event.mac == mac))).all())
+    if cluster:
+        rows += (await session.scalars(query.where(in_wave(mac, cluster)))).all()
+        rows.sort(key=lambda ev: ev.id, reverse=True)
+    return rows[:limit]
+
+
 async def query_events(
     session: AsyncSession,
     *,
@@ -350,9 +424,7 @@ async def query_events(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Events newest first, each with its ``text``; raises :class:`LogFilterError`."""
-    query = select(Event).order_by(Event.id.desc()).limit(limit)
-    if node:
-        query = query.where(Event.mac == await resolve_node(session, node))
+    query = select(Event)
     if cluster:
         if await session.get(Cluster, cluster) is None:
             names = (await session.scalars(select(Cluster.name).order_by(Cluster.name))).all()
@@ -366,4 +438,10 @@ async def query_events(
         query = query.where(Event.kind == kind)
     if before is not None:
         query = query.where(Event.id < before)
-    return [with_text(event_json(ev)) for ev in (await session.scalars(query)).all()]
+    if node:
+        mac = await resolve_node(session, node)
+        home = await session.scalar(select(Node.cluster).where(Node.mac == mac))
+        rows = await of_node(session, query, mac, home, limit)
+    else:
+        rows = list((await session.scalars(query.order_by(Event.id.desc()).limit(limit))).all())
+    return [with_text(event_json(ev)) for ev in rows]

@@ -32,6 +32,7 @@ import prometheus_client
 from sqlalchemy import select
 
 from netdeploy.context import Context
+from netdeploy.eventlog import macs_of
 from netdeploy.rollout.engine import LiveEvent, gate_view
 from netdeploy.rollout.service import sweep
 from netdeploy.store.db import newest_event_id, origin_of
@@ -282,7 +283,8 @@ async def publish_foreign(ctx: Context, rows: list[Event]) -> int:
     rows.sort(key=lambda ev: ev.id)
     fresh = ctx.bus.publish(rows)
     FOREIGN.inc(len(fresh))
-    await _wake(ctx, {ev.mac for ev in fresh if ev.kind == "state" and ev.mac})
+    # a release wave is one row naming every node it released (docs/decisions/0014)
+    await _wake(ctx, {mac for ev in fresh if ev.kind == "state" for mac in macs_of(ev)})
     return len(fresh)
 
 
@@ -316,11 +318,17 @@ WAITING_STATES = frozenset({"imaged", "held"})  # a parked long-poll of these ha
 
 async def _wake(ctx: Context, macs: set[str]) -> None:
     engine = ctx.rollout
-    waiting = {mac for mac in macs if mac in engine.waiters}
+    waiting = sorted(mac for mac in macs if mac in engine.waiters)
     if not waiting:
         return
     async with ctx.sessions() as session:
-        nodes = list(await session.scalars(select(Node).where(Node.mac.in_(waiting))))
+        nodes: list[Any] = []  # the columns a gate view reads, not whole rows (a wave: 10,000)
+        for start in range(0, len(waiting), PAGE):
+            nodes += await session.execute(
+                select(Node.mac, Node.hostname, Node.state, Node.cluster, Node.message).where(
+                    Node.mac.in_(waiting[start : start + PAGE])
+                )
+            )
         names = {n.cluster for n in nodes if n.cluster}
         clusters = {
             c.name: c for c in await session.scalars(select(Cluster).where(Cluster.name.in_(names)))

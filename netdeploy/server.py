@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -237,6 +238,19 @@ async def serve(
         await _serve(cfg, ports, ready, stop)
 
 
+# Python's cyclic GC ran a young collection every 700 allocations; under 1,000 agents each
+# request keeps dozens of containers alive across it, so they were scanned again and again:
+# 20% of the server's CPU per agent report (bench/rollout.py, docs/decisions/0014). Objects
+# built at start-up (config, metadata, routes) are frozen out of every collection.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(
     cfg: Config, ports: Ports, ready: asyncio.Event | None, stop: asyncio.Event | None
 ) -> None:
@@ -244,6 +258,7 @@ async def _serve(
     async with AsyncExitStack() as stack:
         stack.push_async_callback(ctx.close)
         reloader = await run(ctx, stack)
+        tune_gc()
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from netdeploy.boot.advice import advise
 from netdeploy.boot.explanation import ExplainSettings, Explanation, Step
 from netdeploy.boot.plan import BootUrls, NodeFacts, boot_plan
-from netdeploy.eventlog import LogFilterError, describe, severity
+from netdeploy.eventlog import LogFilterError, describe, of_node, severity
 from netdeploy.events import event_json
 from netdeploy.inventory import BadMac, NodeState, normalize_mac
 from netdeploy.rollout import liveness
@@ -145,11 +145,8 @@ async def explain(
     Raises :class:`~netdeploy.eventlog.LogFilterError` for a host name nobody has; a MAC
     nobody has is a machine never heard from, and gets the likely causes."""
     mac, node = await _resolve(session, query)
-    rows = (
-        await session.scalars(
-            select(Event).where(Event.mac == mac).order_by(Event.id.desc()).limit(MAX_STEPS)
-        )
-    ).all()
+    # its own rows and the release wave that named it (one row per wave: decision 0014)
+    rows = await of_node(session, select(Event), mac, node.cluster if node else None, MAX_STEPS)
     own = [event_json(r) for r in reversed(rows)]
     cluster = await session.get(Cluster, node.cluster) if node and node.cluster else None
     gate_rows: list[dict[str, Any]] = []

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import or_, select
 
+from netdeploy.eventlog import macs_of
 from netdeploy.http import session as auth
 from netdeploy.http.common import ctx_of
 from netdeploy.http.dashboard import render, script_json
@@ -24,15 +25,16 @@ routes = web.RouteTableDef()
 CHART_EVENTS = 20_000  # the newest this many state and transfer rows of the cluster
 
 
-def _compact(ev: Event) -> list[Any]:
-    """[ms, mac, kind, from, to, bytes, seconds]: ~60 bytes a row for thousands of rows."""
+def _compact(ev: Event) -> list[list[Any]]:
+    """[ms, mac, kind, from, to, bytes, seconds]: ~60 bytes a row for thousands of rows; a
+    release wave (one row, docs/decisions/0014) gives one per node it released."""
     detail = ev.detail or {}
     at = int(ev.at.timestamp() * 1000) if ev.at else 0
     if ev.kind == "http":
         sent = detail.get("sent") if isinstance(detail.get("sent"), int) else 0
         seconds = detail.get("seconds") if isinstance(detail.get("seconds"), int | float) else 0
-        return [at, ev.mac, "h", None, None, sent, seconds]
-    return [at, ev.mac, "s", ev.from_state, ev.to_state, 0, 0]
+        return [[at, ev.mac, "h", None, None, sent, seconds]]
+    return [[at, mac, "s", ev.from_state, ev.to_state, 0, 0] for mac in macs_of(ev)]
 
 
 @routes.get("/cluster/{name}")
@@ -66,7 +68,7 @@ async def cluster_page(request: web.Request) -> web.Response:
         "lastEventId": view.last_event_id,
         "cluster": name,
         "nodes": {n.mac: n.state for n in cluster.nodes},
-        "events": [_compact(ev) for ev in reversed(rows)],
+        "events": [row for ev in reversed(rows) for row in _compact(ev)],
         "gateLabels": GATE_LABELS,
     }
     response = render(

@@ -86,9 +86,13 @@ async def _read_body(request: web.Request) -> None:
         return
     if request.content_type in STREAMED_TYPES:
         return
+    if request.content.is_eof():  # all of it is here already (an agent's report): no timer
+        await request.read()
+        return
     ctx = request.app.get(CTX)
     timeout = ctx.config.http.body_timeout if ctx is not None else 30.0
-    await asyncio.wait_for(request.read(), timeout)
+    async with asyncio.timeout(timeout):  # a timer, not a task per request as wait_for makes
+        await request.read()
 
 
 @web.middleware

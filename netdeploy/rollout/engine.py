@@ -37,6 +37,7 @@ from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
+from netdeploy.rollout.wave import Wave, release_held
 from netdeploy.store.db import origin_of
 from netdeploy.store.models import Cluster, Event, Node, SecretFetch, utcnow
 from netdeploy.store.notify import notify_live
@@ -107,6 +108,7 @@ class Batch:
     dirty: set[str] = field(default_factory=set)
     nodes: dict[str, NodeRow] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
+    waves: list[Wave] = field(default_factory=list)  # released together; woken after commit
 
     async def load(self, where: Any) -> list[NodeRow]:
         """Nodes matching ``where``; a node this batch already holds is kept as it is now."""
@@ -257,24 +259,57 @@ class Batch:
                 for r in rows
             ],
         )
-        seq = max((r.release_seq or 0 for r in rows), default=0)
-        await self.prefetch(decision.release)
-        for mac in decision.release:
-            seq += 1
-            node = await self.node(mac)
-            if node is None or node.state != S.HELD:  # decide() picks held nodes only
-                state = node.state if node else "missing"
-                raise RuntimeError(f"gate picked {mac} in state {state}; refusing")
-            node.release_seq = seq
-            self.move(
-                node,
-                S.RELEASED,
-                reason=f"released by policy {view.policy}",
-                detail={"release_seq": seq, "actor": "gate"},
-            )
-            RELEASED_TOTAL.inc()
+        if decision.release:
+            held = sum(S(r.state) is S.HELD for r in rows)
+            seq = max((r.release_seq or 0 for r in rows), default=0) + 1
+            await self.release_wave(cluster, view, decision.release, rows, held, seq)
         self.set_gate(cluster, decision.gate, decision.detail)
         self.dirty.discard(cluster.name)
+
+    async def release_wave(
+        self,
+        cluster: Cluster,
+        view: G.ClusterView,
+        release: tuple[str, ...],
+        rows: list[Any],
+        held: int,
+        seq: int,
+    ) -> None:
+        """Release the gate's pick as one wave: one UPDATE and one event row, whatever its
+        size (rollout/wave.py; docs/decisions/0014)."""
+        # the store must first hold what this batch changed so far (a node held just now)
+        await write_rows(self.session, self.nodes.values())
+        await release_held(
+            self.session,
+            cluster.name,
+            list(release),
+            every_held=len(release) == held,
+            seq=seq,
+            now=self.now,
+        )
+        by_mac = {r.mac: r for r in rows}
+        nodes = [(m, by_mac[m].hostname, by_mac[m].message or "") for m in release]
+        for mac in release:  # rows this batch holds follow the store (already written)
+            loaded = self.nodes.get(mac)
+            if loaded is not None:
+                for name, value in (
+                    ("state", S.RELEASED.value),
+                    ("state_since", self.now),
+                    ("progress", None),
+                    ("release_seq", seq),
+                ):
+                    object.__setattr__(loaded, name, value)
+        self.record(
+            eventlog.wave(
+                cluster.name,
+                [(m, h) for m, h, _ in nodes],
+                seq=seq,
+                reason=f"released by policy {view.policy}",
+                actor="gate",
+            )
+        )
+        self.waves.append(Wave(cluster, seq, nodes))
+        RELEASED_TOTAL.inc(len(release))
 
     def set_gate(self, cluster: Cluster, gate: G.Gate | str, detail: str, **extra: Any) -> None:
         """Change the cluster's gate; a change of state (not of detail text) is an event."""
@@ -403,12 +438,17 @@ class RolloutEngine:
             views = {
                 mac: gate_view(node, batch.cluster_of(node)) for mac, node in batch.woken.items()
             }
+            for wave in batch.waves:
+                wave.seal()
             await batch.write()
             await session.commit()
         # committed: now, and only now, tell the world
         self.bus.publish(batch.events + batch.transient)  # type: ignore[operator]
         for mac, view in views.items():
             self.waiters.wake(mac, view)
+        for wave in batch.waves:  # only the nodes someone waits on here cost anything
+            for mac, view in wave.views(self.waiters):
+                self.waiters.wake(mac, view)
         for job, result, error in outcomes:
             if job.future.done():  # the requester went away
                 continue

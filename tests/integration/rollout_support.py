@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,17 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.config import load_config
 from netdeploy.context import Context, Ports
+from netdeploy.eventlog import macs_of
 from netdeploy.http.app import build_app
 from netdeploy.rollout.inventory import import_config
 from netdeploy.rollout.state import set_state
 from netdeploy.server import open_context
 from netdeploy.store import open_store
-from netdeploy.store.models import Cluster, Node
+from netdeploy.store.models import Cluster, Event, Node
 from tests.integration.credentials import seed_credentials
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +40,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def releases(session: AsyncSession) -> Counter[str]:
+    """How many times the record says each MAC was released (a release wave's one row names
+    every node of the wave; the first node's and an admin's release are rows of their own)."""
+    rows = await session.scalars(
+        select(Event).where(Event.kind == "state", Event.to_state == "released")
+    )
+    return Counter(mac for ev in rows for mac in macs_of(ev))
 
 
 def mac_of(i: int, cluster: int = 0) -> str:

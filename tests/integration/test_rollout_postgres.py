@@ -26,6 +26,7 @@ from tests.integration.rollout_support import (
     lab_config,
     mac_of,
     prepare_nodes,
+    releases,
 )
 from tests.pgserver import pg_server, pg_url  # noqa: F401  (fixtures)
 
@@ -55,12 +56,7 @@ async def _store(url: str) -> tuple[dict[str, str], dict[str, int], int]:
     try:
         async with sessions() as session:
             nodes = list(await session.scalars(select(Node)))
-            rows = await session.execute(
-                select(Event.mac, func.count())
-                .where(Event.kind == "state", Event.to_state == "released")
-                .group_by(Event.mac)
-            )
-            by_mac = {mac: count for mac, count in rows}
+            by_mac = dict(await releases(session))
             total = await session.scalar(select(func.count()).select_from(Event))
     finally:
         await engine.dispose()

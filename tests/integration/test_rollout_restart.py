@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from netdeploy.config import load_config
 from netdeploy.store import open_store
-from netdeploy.store.models import Event, Node
+from netdeploy.store.models import Node
 from tests.integration.rollout_support import (
     REPO,
     Agent,
@@ -21,6 +21,9 @@ from tests.integration.rollout_support import (
     mac_of,
     prepare_nodes,
     start_server_process,
+)
+from tests.integration.rollout_support import (
+    releases as release_counts,
 )
 
 
@@ -43,12 +46,7 @@ async def _store_view(config: Path) -> tuple[dict[str, str], dict[str, int]]:
     try:
         async with sessions() as session:
             states = {n.hostname: n.state for n in await session.scalars(select(Node))}
-            rows = await session.execute(
-                select(Event.mac, func.count())
-                .where(Event.kind == "state", Event.to_state == "released")
-                .group_by(Event.mac)
-            )
-            releases = {mac: count for mac, count in rows}
+            releases = dict(await release_counts(session))
     finally:
         await engine.dispose()
     return states, releases

@@ -18,6 +18,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import func, select, text
 
 from netdeploy.config import load_config
+from netdeploy.eventlog import macs_of
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout.engine import Batch
 from netdeploy.rollout.inventory import import_config
@@ -90,7 +91,7 @@ async def test_concurrent_joins_never_release_past_the_wave(tmp_path: Path, pg_u
         await asyncio.gather(*(lab.report(int(h[1:]), "joined") for h in wave))
         states = await lab.states()
         assert sorted(h for h, s in states.items() if s == "released") == ["n5", "n6", "n7"]
-        assert await lab.count(kind="state", to_state="released") == 7
+        assert await lab.releases() == 7
     finally:
         await lab.engine.stop()
         await lab.ctx.close()
@@ -266,7 +267,7 @@ async def test_two_writers_settling_one_cluster_release_a_node_once(
         released_by_second = await asyncio.wait_for(second_task, 10)
         assert released_by_second == []  # n2 is in flight: sequential releases no one
         assert await lab.states() == {"n1": "joined", "n2": "released", "n3": "held"}
-        assert await lab.count(kind="state", to_state="released", mac=mac_of(2)) == 1
+        assert await lab.releases(mac_of(2)) == 1
     finally:
         await lab.engine.stop()
         await lab.ctx.close()
@@ -288,7 +289,7 @@ async def _settle_and_commit(lab: Lab) -> list[str]:
         await batch.session.commit()
     finally:
         await batch.session.close()
-    return [e.mac for e in batch.events if e.to_state == "released"]
+    return [mac for e in batch.events if e.to_state == "released" for mac in macs_of(e)]
 
 
 async def test_reports_from_many_agents_at_once_lose_nothing(tmp_path: Path, pg_url: str) -> None:  # noqa: F811

@@ -130,6 +130,11 @@
   };
 
   function apply(ev) {
+    const wave = !ev.mac && ev.detail && Array.isArray(ev.detail.macs) ? ev.detail.macs : [];
+    if (wave.length) { // one event for every node of a release wave (docs/decisions/0014)
+      for (const mac of wave) apply({ ...ev, mac });
+      return;
+    }
     if (ev.id === null || ev.id === undefined || !(ev.mac in nodes)) {
       if (ev.kind === "gate" && ev.cluster === data.cluster && ev.to) {
         const badge = byId("c-gate");

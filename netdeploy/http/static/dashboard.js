@@ -257,7 +257,7 @@
     );
   }
 
-  function applyToNode(ev) {
+  function applyToNode(ev, many) {
     const detail = ev.detail || {};
     let row = rowOf(ev.mac);
     if (!row) {
@@ -285,7 +285,7 @@
       if (ev.to !== "imaging") hideProgress(row);
       else if (typeof detail.progress !== "number") showProgress(row, ev, 0, {}); // the bar, at 0
       renderActions(row, ev.to);
-      recount();
+      if (!many) recount(); // a wave counts once, after its last node
     }
     let percent = typeof detail.progress === "number" ? detail.progress : null;
     if (percent === null && typeof detail.bytes === "number" && detail.total > 0) {
@@ -618,6 +618,10 @@
   // ---------------------------------------------------------------- the stream
   function apply(ev) {
     if (ev.mac) applyToNode(ev);
+    // a release wave is one event naming every node it released (docs/decisions/0014)
+    const wave = !ev.mac && ev.detail && Array.isArray(ev.detail.macs) ? ev.detail.macs : [];
+    for (const mac of wave) applyToNode({ ...ev, mac }, true);
+    if (wave.length) recount();
     if (ev.cluster) applyToCluster(ev);
     if (ev.cluster) applyMembers(ev);
     if (ev.kind === "multicast" && data.multicast.available) refreshMulticast();

@@ -29,7 +29,8 @@
     byId("timeline").append(item);
   }
   function apply(ev) {
-    if (ev.mac !== data.mac) return;
+    const wave = !ev.mac && ev.detail && Array.isArray(ev.detail.macs) ? ev.detail.macs : [];
+    if (ev.mac !== data.mac && !wave.includes(data.mac)) return; // a release wave names it
     add(ev);
     if (ev.kind === "state" && ev.to) {
       const badge = byId("x-state");
