@@ -62,7 +62,7 @@ async def main() -> int:
                 out = work / f"{name}.img"
                 if name == "c":
                     url = f"{server.url}/api/multicast/join?image={IMAGE}&name=c&format=args"
-                    request = urllib.request.Request(url, method="POST")
+                    request = urllib.request.Request(url, method="POST", headers=server.admin)
                     words = await asyncio.to_thread(
                         lambda r=request: urllib.request.urlopen(r).read().decode().split()
                     )
@@ -81,6 +81,7 @@ async def main() -> int:
                         str(out),
                         "--name",
                         "py",
+                        f"--token={server.ctx.admin_token}",  # may begin with "-"
                         "--quiet",
                     ]
                 wall, cpu, status = await run(argv)

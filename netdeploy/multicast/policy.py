@@ -73,9 +73,12 @@ class RateControl:
     calm_loss: float = 0.005
     decrease: float = 0.7
     floor_fraction: float = 0.02
+    backoffs: int = 0  # how often it backed off, and how low it went (the status API shows)
+    lowest: float = 0.0
 
     def __post_init__(self) -> None:
         self.rate = self.rate or self.max_rate
+        self.lowest = self.rate
 
     def on_interval(self, losses: list[float]) -> float:
         """Feed the interval loss of each reporting receiver; returns the new rate."""
@@ -84,6 +87,8 @@ class RateControl:
         loss = statistics.median(losses)
         if loss > self.backoff_loss:
             self.rate = max(self.rate * self.decrease, self.max_rate * self.floor_fraction)
+            self.backoffs += 1
+            self.lowest = min(self.lowest, self.rate)
         elif loss < self.calm_loss:
             self.rate = min(self.rate + self.max_rate / 20, self.max_rate)
         return self.rate
