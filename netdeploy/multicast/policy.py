@@ -46,6 +46,16 @@ def too_lossy(received: int, highest: int, bound: float, slices: int) -> bool:
     return 1.0 - received / highest > bound
 
 
+def within_repair_allowance(asked: int, sent: int, bound: float) -> bool:
+    """May a receiver that asked for ``asked`` distinct slices of the ``sent`` so far have its
+    requests repaired during the pass?
+
+    Its allowance is what an acceptable receiver can lose (``bound``), counted on at least
+    MIN_SLICES_FOR_LOSS slices: before :func:`too_lossy` can judge a bad link, that link
+    costs the others at most ``bound * MIN_SLICES_FOR_LOSS`` repairs (13 at 5 %)."""
+    return asked <= bound * max(sent, MIN_SLICES_FOR_LOSS)
+
+
 def frames_on_wire(udp_payload: int, mtu: int = ETHERNET_MTU) -> int:
     per_fragment = (mtu - IPV4_HEADER) // 8 * 8  # RFC 791: offsets in 8-byte units
     return -(-(udp_payload + UDP_HEADER) // per_fragment)

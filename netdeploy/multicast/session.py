@@ -202,20 +202,21 @@ class SenderSession:
         if self.state != "running":
             return  # after the pass the END rounds ask, and they carry a round number
         rec.asked = rec.asked or MissingMap(self.slices)
+        due, now = self.sent_slices, self._clock()
         try:
             # only what was sent counts: a slice forged far ahead must not make an honest
             # receiver ask for (and be blamed for) everything in between
-            rec.asked_count += rec.asked.merge(msg.base, msg.nbits, msg.bitmap, self.sent_slices)
-            self._repairs.request(msg.base, msg.nbits, msg.bitmap, self.sent_slices, self._clock())
+            rec.asked_count += rec.asked.merge(msg.base, msg.nbits, msg.bitmap, due)
         except ValueError:
             self.rejected["range"] += 1
             return
-        due = self.sent_slices
-        if policy.too_lossy(
-            max(due - rec.asked_count, 0), due, self.params.slow_receiver_loss, self.slices
-        ):
+        bound = self.params.slow_receiver_loss
+        if policy.too_lossy(max(due - rec.asked_count, 0), due, bound, self.slices):
             loss = min(rec.asked_count / max(due, 1), 1.0)
             self._drop(rec, wire.DropReason.LOSSY, f"asked for {loss:.0%} of the slices again")
+        elif policy.within_repair_allowance(rec.asked_count, due, bound):
+            self._repairs.request(msg.base, msg.nbits, msg.bitmap, due, now)
+        # else: over its allowance before it can be judged; it asks again (its refresh)
 
     # ------------------------------------------------------------------ sending
 

@@ -263,3 +263,37 @@ async def test_sender_queues_pass_naks_and_drops_a_receiver_that_asks_for_too_mu
             wire.parse(wire.pack_nak(s.id, honest.id, 0, base, nbits, bitmap)), ("10.0.0.1", 9)
         )
     assert s._repairs.count == before
+
+
+def test_a_receiver_is_repaired_during_the_pass_only_within_its_allowance():
+    assert policy.within_repair_allowance(12, 10, 0.05)  # 5 % of at least 256 slices
+    assert not policy.within_repair_allowance(13, 10, 0.05)
+    assert policy.within_repair_allowance(50, 1000, 0.05)
+    assert not policy.within_repair_allowance(51, 1000, 0.05)
+
+
+async def test_a_lossy_receiver_costs_the_others_at_most_its_allowance_before_it_is_judged():
+    params = SessionParams(group="239.255.78.1", data_port=1, feedback_port=2)
+    s = SenderSession("img", None, "/nonexistent", 3000 * params.slice_size, "0" * 64, params)
+    lossy = s.join("a", None, "10.0.0.1")
+    s.state = "running"
+    lost: set[int] = set()
+    for sent in range(8, 200, 8):  # it loses a third, and says so at every status
+        s.sent_slices = sent
+        lost |= {i for i in range(sent - 8, sent) if i % 3 == 0}
+        m = received(3000, set(range(sent)) - lost)
+        for base, nbits, bitmap in m.nak_windows(first=0, end=sent):
+            s._on_feedback(
+                wire.parse(wire.pack_nak(s.id, lossy.id, 0, base, nbits, bitmap)),
+                ("10.0.0.1", 9),
+            )
+    assert lossy.state == "joined"  # too few slices to judge it yet
+    assert s._repairs.count <= 12
+    s.sent_slices = 300
+    m = received(3000, set(range(300)) - {i for i in range(300) if i % 3 == 0})
+    for base, nbits, bitmap in m.nak_windows(first=0, end=300):
+        s._on_feedback(
+            wire.parse(wire.pack_nak(s.id, lossy.id, 0, base, nbits, bitmap)), ("10.0.0.1", 9)
+        )
+    assert lossy.state == "dropped"
+    assert s._repairs.count <= 12
