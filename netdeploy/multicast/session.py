@@ -81,6 +81,7 @@ class SenderSession:
         self._sock: socket.socket | None = None
         self._fd: int | None = None
         self._repairs = RepairQueue(self.slices, REPAIR_HOLDOFF)
+        self._repair_view: memoryview | None = None  # one slice, read for a pass repair
 
     # ------------------------------------------------------------------ receivers
 
@@ -291,8 +292,9 @@ class SenderSession:
         """What receivers asked for during the pass, lowest first, before the next slice."""
         assert self._fd is not None
         slice_size = self.params.slice_size
-        buffer = bytearray(slice_size)
-        view = memoryview(buffer)
+        if self._repair_view is None:
+            self._repair_view = memoryview(bytearray(slice_size))
+        view = self._repair_view
         for index in self._repairs.take(REPAIR_BURST, self._clock()):
             length = wire.slice_length(index, self.size, slice_size)
             if os.preadv(self._fd, [view[:length]], index * slice_size) != length:
