@@ -38,6 +38,12 @@
 enum { DATA = 1, HELLO = 2, END = 3, FINISH = 4, DROP = 5, ACK = 6, STATUS = 16, NAK = 17 };
 enum { COMPLETE = 1, VERIFIED = 2, BAD = 4 };
 #define NAK_WINDOW 8192
+/* during the pass: NAK the holes seen since the last status every interval, and every
+ * REFRESH_TICKS intervals every hole from the hash's position again (at most REFRESH_WINDOWS
+ * datagrams of it), so holes are repaired while the in-order hash is still near them */
+#define REFRESH_TICKS 4
+#define REFRESH_WINDOWS 4
+#define RELEASE_BYTES (8ull << 20) /* hashed bytes handed to write-back at once */
 #define FINISH_ABORTED 1
 #ifndef IP_MULTICAST_ALL
 #define IP_MULTICAST_ALL 49
@@ -207,7 +213,8 @@ static uint32_t crc32(const uint8_t *p, size_t n) { /* slicing-by-8 */
 
 static struct {
     uint32_t session, rid, slice_size, slices, received, highest, round;
-    uint64_t size;
+    uint32_t naked_upto, ticks;
+    uint64_t size, released;
     const char *sha256, *out, *missing_file, *interface;
     int fd, gsock, fsock, quiet, dropped;
     double idle_timeout;
@@ -250,14 +257,17 @@ static void send_status(uint32_t flags) {
     (void)send(S.fsock, p, sizeof p, 0); /* best effort: the next report follows */
 }
 
-static void send_naks(void) {
+/* NAK the missing slices of [first, end), window by window, at most max_windows datagrams */
+static void send_naks(uint32_t first, uint32_t end, uint32_t max_windows) {
     uint8_t p[24 + NAK_WINDOW / 8];
-    for (uint32_t base = 0; base < S.slices; base += NAK_WINDOW) {
-        uint32_t nbits = S.slices - base < NAK_WINDOW ? S.slices - base : NAK_WINDOW;
+    if (end > S.slices) end = S.slices;
+    for (uint32_t base = first - first % 8; base < end && max_windows; base += NAK_WINDOW) {
+        uint32_t nbits = end - base < NAK_WINDOW ? end - base : NAK_WINDOW;
         uint32_t nbytes = (nbits + 7) / 8, any = 0;
         for (uint32_t i = 0; i < nbytes; i++) {
             uint8_t m = (uint8_t)~S.have[base / 8 + i];
             if (i == nbytes - 1 && nbits % 8) m &= (uint8_t)(0xFF << (8 - nbits % 8));
+            if (i == 0 && base < first) m &= (uint8_t)(0xFF >> (first - base));
             p[24 + i] = m;
             any |= m;
         }
@@ -265,7 +275,27 @@ static void send_naks(void) {
         header(p, NAK);
         put32(p + 8, S.rid); put32(p + 12, S.round); put32(p + 16, base); put32(p + 20, nbits);
         (void)send(S.fsock, p, 24 + nbytes, 0);
+        max_windows--;
     }
+}
+
+static uint32_t first_missing(uint32_t i) {
+    while (i < S.slices) {
+        if (i % 8 == 0 && S.have[i >> 3] == 0xFF) { i += 8; continue; }
+        if (!has(i)) return i;
+        i++;
+    }
+    return S.slices;
+}
+
+/* every status interval while the first pass runs (round 0): ask for the new holes */
+static void pass_naks(void) {
+    if (S.round || S.dropped) return;
+    if (++S.ticks % REFRESH_TICKS == 0)
+        send_naks(first_missing(S.hashed), S.highest, REFRESH_WINDOWS);
+    else if (S.naked_upto < S.highest)
+        send_naks(S.naked_upto, S.highest, UINT32_MAX);
+    if (S.highest > S.naked_upto) S.naked_upto = S.highest;
 }
 
 /* hash every slice that is now in order: from the datagram, or read back from the target */
@@ -280,6 +310,15 @@ static void advance_hash(uint32_t index, const uint8_t *payload) {
             die("read back from the target");
         sha256_update(&S.sha, S.readback, n);
         S.hashed++;
+    }
+    /* bytes hashed are never read again: start their write-back and let them leave the page
+     * cache, so the final fsync has little left and a node imaging from RAM keeps its memory */
+    uint64_t upto = (uint64_t)S.hashed * S.slice_size;
+    if (upto > S.size) upto = S.size;
+    if (upto - S.released >= RELEASE_BYTES || (upto == S.size && upto > S.released)) {
+        (void)posix_fadvise(S.fd, (off_t)S.released, (off_t)(upto - S.released),
+                            POSIX_FADV_DONTNEED);
+        S.released = upto;
     }
 }
 
@@ -427,6 +466,7 @@ int main(int argc, char **argv) {
             next_status = t + 0.1;
         } else if (t >= next_status) {
             send_status(0);
+            pass_naks();
             next_status = t + 0.25;
             progress(started, 0);
         }
@@ -449,6 +489,9 @@ int main(int argc, char **argv) {
                     die("write to the target");
                 S.have[i >> 3] |= 0x80 >> (i & 7);
                 S.received++;
+                /* all here: say so before reading back what was behind the last hole, so
+                 * the sender does not wait on us through its END rounds */
+                if (S.received == S.slices) send_status(COMPLETE);
                 advance_hash(i, buf + 16);
                 if (S.received == S.slices && !done) {
                     char hex[65];
@@ -462,7 +505,7 @@ int main(int argc, char **argv) {
                 if (r != answered || heard - answered_at > 0.03) {
                     if (r > S.round) S.round = r;
                     send_status(0);
-                    send_naks();
+                    send_naks(0, S.slices, UINT32_MAX);
                     answered = r;
                     answered_at = heard;
                 }

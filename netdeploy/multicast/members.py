@@ -43,6 +43,8 @@ class ReceiverInfo:
     addr: tuple[str, int] | None = None
     interval_mark: tuple[int, int] = (0, 0)  # (received, highest) at the last rate tick
     missing_map: MissingMap | None = None
+    asked: MissingMap | None = None  # what it NAKed during the first pass
+    asked_count: int = 0
     done_after: float | None = None  # seconds from the session's start to its verdict
 
     def matches(self, name: str, mac: str | None, ip: str) -> bool:

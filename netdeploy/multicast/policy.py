@@ -46,6 +46,16 @@ def too_lossy(received: int, highest: int, bound: float, slices: int) -> bool:
     return 1.0 - received / highest > bound
 
 
+def within_repair_allowance(asked: int, sent: int, bound: float) -> bool:
+    """May a receiver that asked for ``asked`` distinct slices of the ``sent`` so far have its
+    requests repaired during the pass?
+
+    Its allowance is what an acceptable receiver can lose (``bound``), counted on at least
+    MIN_SLICES_FOR_LOSS slices: before :func:`too_lossy` can judge a bad link, that link
+    costs the others at most ``bound * MIN_SLICES_FOR_LOSS`` repairs (13 at 5 %)."""
+    return asked <= bound * max(sent, MIN_SLICES_FOR_LOSS)
+
+
 def frames_on_wire(udp_payload: int, mtu: int = ETHERNET_MTU) -> int:
     per_fragment = (mtu - IPV4_HEADER) // 8 * 8  # RFC 791: offsets in 8-byte units
     return -(-(udp_payload + UDP_HEADER) // per_fragment)
@@ -73,9 +83,12 @@ class RateControl:
     calm_loss: float = 0.005
     decrease: float = 0.7
     floor_fraction: float = 0.02
+    backoffs: int = 0  # how often it backed off, and how low it went (the status API shows)
+    lowest: float = 0.0
 
     def __post_init__(self) -> None:
         self.rate = self.rate or self.max_rate
+        self.lowest = self.rate
 
     def on_interval(self, losses: list[float]) -> float:
         """Feed the interval loss of each reporting receiver; returns the new rate."""
@@ -84,6 +97,8 @@ class RateControl:
         loss = statistics.median(losses)
         if loss > self.backoff_loss:
             self.rate = max(self.rate * self.decrease, self.max_rate * self.floor_fraction)
+            self.backoffs += 1
+            self.lowest = min(self.lowest, self.rate)
         elif loss < self.calm_loss:
             self.rate = min(self.rate + self.max_rate / 20, self.max_rate)
         return self.rate

@@ -9,6 +9,7 @@ so a copy is either verified or reported as failed — never a corrupt copy mark
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import select
@@ -27,6 +28,13 @@ from netdeploy.multicast.unicast import ReceiveError, fetch_ranges, join
 
 STATUS_INTERVAL = 0.25
 DONE_REPEATS = 20  # completion reports, 0.1 s apart, until the sender ACKs
+# during the pass: every status interval NAK the holes seen since the last one; every
+# REFRESH_TICKS intervals again every hole from the hash's position (a repair was lost),
+# at most REFRESH_WINDOWS NAK datagrams of it
+REFRESH_TICKS = 4
+REFRESH_WINDOWS = 4
+DRAIN = 64  # datagrams read per wake-up before the timers are looked at again
+RELEASE_BYTES = 8 << 20  # hashed bytes handed to write-back (and out of the page cache) at once
 
 
 class Target:
@@ -47,6 +55,18 @@ class Target:
         elif stat.S_ISREG(mode):
             os.ftruncate(self.fd, size)
         self.size = size
+        self.released = 0
+
+    def release(self, upto: int) -> None:
+        """Start writing back ``[released, upto)`` and let it leave the page cache: bytes
+        already hashed are never read again, so the final fsync finds little left to do
+        and a node imaging from RAM keeps its memory."""
+        if upto - self.released >= RELEASE_BYTES or (upto == self.size > self.released):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(
+                    self.fd, self.released, upto - self.released, os.POSIX_FADV_DONTNEED
+                )
+            self.released = upto
 
     def close(self) -> None:
         os.fsync(self.fd)
@@ -65,10 +85,15 @@ class Hasher:
         if index == self.next:
             self.sha.update(payload)
             self.next += 1
-        while self.next < self.map.slices and self.map.has(self.next):
-            length = wire.slice_length(self.next, self.target.size, self.slice_size)
-            self.sha.update(os.pread(self.target.fd, length, self.next * self.slice_size))
-            self.next += 1
+        if self.next < self.map.slices and self.map.has(self.next):
+            buffer = bytearray(self.slice_size)
+            view = memoryview(buffer)
+            while self.next < self.map.slices and self.map.has(self.next):
+                length = wire.slice_length(self.next, self.target.size, self.slice_size)
+                got = os.preadv(self.target.fd, [view[:length]], self.next * self.slice_size)
+                self.sha.update(view[:got])
+                self.next += 1
+        self.target.release(min(self.next * self.slice_size, self.target.size))
 
     @property
     def done(self) -> bool:
@@ -85,7 +110,8 @@ class Outcome:
 
 
 class SessionReceiver:
-    """One session, from join answer to an outcome. Blocking; one socket."""
+    """One session, from join answer to an outcome. Blocking; two sockets (the group's, and
+    a connected one for feedback and the sender's unicast answers)."""
 
     def __init__(
         self,
@@ -109,18 +135,24 @@ class SessionReceiver:
         self.highest = 0
         self.round = 0
         self.dropped = False
+        self.naked_upto = 0  # holes below this were NAKed during the pass
+        self.ticks = 0
+        self.done_flags = 0
+        self.next_status = 0.0
+        self.last_heard = 0.0
+        self.answered = (-1, 0.0)
+        self._sock: socket.socket | None = None
 
-    def _send(self, sock: socket.socket, datagram: bytes) -> None:
-        if self.dropped:
+    def _send(self, datagram: bytes) -> None:
+        if self.dropped or self._sock is None:
             return  # a dropped receiver listens but no longer asks
         try:
-            sock.send(datagram)
+            self._sock.send(datagram)
         except OSError:
             self.rejected["send-error"] += 1  # feedback is best effort; the next one follows
 
-    def _status(self, sock: socket.socket, flags: int = 0) -> None:
+    def _status(self, flags: int = 0) -> None:
         self._send(
-            sock,
             wire.pack_status(
                 self.session,
                 self.rid,
@@ -132,11 +164,28 @@ class SessionReceiver:
             ),
         )
 
-    def _report(self, sock: socket.socket) -> None:
+    def _naks(self, first: int = 0, end: int | None = None, windows: int | None = None) -> None:
+        for count, (base, nbits, bitmap) in enumerate(self.map.nak_windows(first=first, end=end)):
+            if windows is not None and count >= windows:
+                break
+            self._send(wire.pack_nak(self.session, self.rid, self.round, base, nbits, bitmap))
+
+    def _report(self) -> None:
         """Answer END: counters, then the missing bitmap window by window."""
-        self._status(sock)
-        for base, nbits, bitmap in self.map.nak_windows():
-            self._send(sock, wire.pack_nak(self.session, self.rid, self.round, base, nbits, bitmap))
+        self._status()
+        self._naks()
+
+    def _tick(self) -> None:
+        """Every status interval: counters; during the pass, the holes seen since (NAK)."""
+        self._status()
+        self.ticks += 1
+        if self.round or self.dropped:
+            return  # after the pass the END rounds ask for everything at once
+        if self.ticks % REFRESH_TICKS == 0:
+            self._naks(self.map.first_missing(self.hasher.next), self.highest, REFRESH_WINDOWS)
+        elif self.naked_upto < self.highest:
+            self._naks(self.naked_upto, self.highest)
+        self.naked_upto = max(self.naked_upto, self.highest)
 
     def run(self) -> Outcome:
         group = receiver_socket(self.a["group"], int(self.a["port"]), self.interface)
@@ -145,96 +194,116 @@ class SessionReceiver:
         feedback = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             feedback.connect(self.feedback)
+            self._sock = feedback
             return Outcome(self._loop(group, feedback), self.rejected)
         finally:
+            self._sock = None
             group.close()
             feedback.close()
 
     def _loop(self, group: socket.socket, sock: socket.socket) -> str:
         buf = bytearray(65536)
         view = memoryview(buf)
-        unpack = wire.DATA_HEADER.unpack_from
         now = time.monotonic()
-        last_heard, next_status, answered = now, now, (-1, 0.0)
-        done_flags, done_sent = 0, 0
-        self._status(sock)  # tell the sender where we are before any data flows
+        self.last_heard = self.next_status = now
+        self._status()  # tell the sender where we are before any data flows
+        done_sent = 0
+        sockets = [group, sock]
         while True:
             now = time.monotonic()
-            if done_flags and now >= next_status:
-                if done_sent >= DONE_REPEATS:
-                    return "verified" if done_flags & wire.Flag.VERIFIED else "bad"
-                self._status(sock, done_flags)
-                done_sent += 1
-                next_status = now + 0.1
-            elif now >= next_status:
-                self._status(sock)
-                next_status = now + STATUS_INTERVAL
-            if now - last_heard > self.idle_timeout:
+            if self.done_flags & (wire.Flag.VERIFIED | wire.Flag.BAD):
+                if now >= self.next_status:
+                    if done_sent >= DONE_REPEATS:
+                        return self._verdict()
+                    self._status(self.done_flags)
+                    done_sent += 1
+                    self.next_status = now + 0.1
+            elif now >= self.next_status:
+                self._tick()
+                self.next_status = now + STATUS_INTERVAL
+            if now - self.last_heard > self.idle_timeout:
                 return "idle"
-            ready, _, _ = select.select([group, sock], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                n = ready[-1].recv_into(buf)
-            except OSError:  # ICMP port unreachable from a sender that is gone
-                self.rejected["send-error"] += 1
-                continue
-            if n >= wire.DATA_HEADER.size:
-                magic, version, kind, session, index, crc = unpack(buf)
-                if magic == wire.MAGIC and version == wire.VERSION and kind == wire.Kind.DATA:
-                    if session != self.session:
-                        self.rejected["session"] += 1
-                        continue
-                    last_heard = now
-                    payload = view[wire.DATA_HEADER.size : n]
-                    why = self._check(index, crc, payload)
-                    if why:
-                        self.rejected[why] += 1
-                        continue
-                    self.highest = max(self.highest, index + 1)
-                    if self.map.has(index):
-                        continue
-                    os.pwrite(self.target.fd, payload, index * self.slice_size)
-                    self.map.add(index)
-                    self.hasher.advance(index, payload)
-                    self.progress.update(self.map.received * self.slice_size)
-                    if self.map.complete and not done_flags:
-                        good = self.hasher.done and self.hasher.hexdigest() == self.a["sha256"]
-                        done_flags = wire.Flag.COMPLETE | (
-                            wire.Flag.VERIFIED if good else wire.Flag.BAD
-                        )
-                        next_status = now
-                    continue
-            try:
-                msg = wire.parse(view[:n])
-            except wire.Malformed:
-                self.rejected["malformed"] += 1
-                continue
-            if msg.session != self.session:
-                self.rejected["session"] += 1
-                continue
-            last_heard = now
-            if isinstance(msg, wire.Hello):
-                if (msg.size, msg.slice_size) != (self.size, self.slice_size):
-                    raise ReceiveError("the session announces another image than the join said")
-                self.progress.note(f"waiting for receivers: {msg.joined}/{msg.expected or '?'}")
-            elif isinstance(msg, wire.End) and not done_flags:
-                if msg.round != answered[0] or now - answered[1] > 0.03:
-                    self.round = max(self.round, msg.round)
-                    self._report(sock)
-                    answered = (msg.round, now)
-                    next_status = now + STATUS_INTERVAL
-            elif isinstance(msg, wire.Ack) and msg.receiver == self.rid and done_flags:
-                return "verified" if done_flags & wire.Flag.VERIFIED else "bad"
-            elif isinstance(msg, wire.Drop) and msg.receiver == self.rid and not done_flags:
-                self.dropped = True
-                self.progress.note("dropped by the sender: will finish by unicast")
-            elif isinstance(msg, wire.Finish):
-                if msg.code == wire.FINISH_ABORTED and not done_flags:
-                    return "idle"  # the server is stopping: join its next incarnation
-                if done_flags:
-                    return "verified" if done_flags & wire.Flag.VERIFIED else "bad"
-                return "dropped" if self.dropped else "incomplete"
+            ready, _, _ = select.select(sockets, [], [], 0.05)
+            for ready_sock in ready:
+                for _ in range(DRAIN):
+                    try:
+                        n = ready_sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    except OSError:  # ICMP port unreachable from a sender that is gone
+                        self.rejected["send-error"] += 1
+                        break
+                    result = self._datagram(view, n, now)
+                    if result:
+                        return result
+
+    def _verdict(self) -> str:
+        return "verified" if self.done_flags & wire.Flag.VERIFIED else "bad"
+
+    def _datagram(self, view: memoryview, n: int, now: float) -> str | None:
+        """One datagram; returns the outcome when the session is over for us."""
+        if n >= wire.DATA_HEADER.size:
+            magic, version, kind, session, index, crc = wire.DATA_HEADER.unpack_from(view)
+            if magic == wire.MAGIC and version == wire.VERSION and kind == wire.Kind.DATA:
+                if session != self.session:
+                    self.rejected["session"] += 1
+                    return None
+                self.last_heard = now
+                self._data(index, crc, view[wire.DATA_HEADER.size : n], now)
+                return None
+        try:
+            msg = wire.parse(view[:n])
+        except wire.Malformed:
+            self.rejected["malformed"] += 1
+            return None
+        if msg.session != self.session:
+            self.rejected["session"] += 1
+            return None
+        self.last_heard = now
+        done = self.done_flags & (wire.Flag.VERIFIED | wire.Flag.BAD)
+        if isinstance(msg, wire.Hello):
+            if (msg.size, msg.slice_size) != (self.size, self.slice_size):
+                raise ReceiveError("the session announces another image than the join said")
+            self.progress.note(f"waiting for receivers: {msg.joined}/{msg.expected or '?'}")
+        elif isinstance(msg, wire.End) and not self.done_flags:
+            if msg.round != self.answered[0] or now - self.answered[1] > 0.03:
+                self.round = max(self.round, msg.round)
+                self._report()
+                self.answered = (msg.round, now)
+                self.next_status = now + STATUS_INTERVAL
+        elif isinstance(msg, wire.Ack) and msg.receiver == self.rid and done:
+            return self._verdict()
+        elif isinstance(msg, wire.Drop) and msg.receiver == self.rid and not self.done_flags:
+            self.dropped = True
+            self.progress.note("dropped by the sender: will finish by unicast")
+        elif isinstance(msg, wire.Finish):
+            if msg.code == wire.FINISH_ABORTED and not done:
+                return "idle"  # the server is stopping: join its next incarnation
+            if done:
+                return self._verdict()
+            return "dropped" if self.dropped else "incomplete"
+        return None
+
+    def _data(self, index: int, crc: int, payload: memoryview, now: float) -> None:
+        why = self._check(index, crc, payload)
+        if why:
+            self.rejected[why] += 1
+            return
+        if index >= self.highest:
+            self.highest = index + 1
+        if not self.map.add(index):
+            return  # a repair for another receiver
+        os.pwrite(self.target.fd, payload, index * self.slice_size)
+        self.progress.update(self.map.received * self.slice_size)
+        if self.map.complete and not self.hasher.done:
+            # every slice is here: say so before reading back and hashing what was behind
+            # the last hole, so the sender does not wait on us through its END rounds
+            self._status(wire.Flag.COMPLETE)
+        self.hasher.advance(index, payload)
+        if self.map.complete and not self.done_flags:
+            good = self.hasher.done and self.hasher.hexdigest() == self.a["sha256"]
+            self.done_flags = wire.Flag.COMPLETE | (wire.Flag.VERIFIED if good else wire.Flag.BAD)
+            self.next_status = now
 
     def _check(self, index: int, crc: int, payload: memoryview) -> str | None:
         if index >= self.map.slices:

@@ -23,7 +23,7 @@ from typing import Any
 from netdeploy.multicast import policy, wire
 from netdeploy.multicast.members import ReceiverInfo, SessionParams
 from netdeploy.multicast.netio import sender_socket
-from netdeploy.multicast.slicemap import MissingMap, runs, set_bits, union
+from netdeploy.multicast.slicemap import MissingMap, RepairQueue, runs, set_bits, union
 
 log = logging.getLogger("netdeploy.multicast")
 
@@ -31,6 +31,10 @@ BATCH_SLICES = 64  # slices read from the image per pread
 HELLO_INTERVAL = 0.5
 RATE_INTERVAL = 0.5
 END_REPEATS = 8
+# a slice repaired during the pass is not sent again for this long: the receivers that
+# lost it together get one copy (their NAKs arrive within a status interval of each other)
+REPAIR_HOLDOFF = 0.5
+REPAIR_BURST = 16  # queued repairs sent before the next new slice of the pass
 
 
 class SenderSession:
@@ -58,10 +62,12 @@ class SenderSession:
         self.created_at = clock()
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.pass_ended_at: float | None = None
         self.first_join_at: float | None = None
         self.round = 0
         self.sent_slices = 0  # first-pass progress
         self.repair_slices = 0
+        self.pass_repairs = 0  # of which sent during the first pass, as receivers asked
         self.bytes_sent = 0
         self.wire_bytes = 0
         self.rejected: Counter[str] = Counter()
@@ -74,6 +80,8 @@ class SenderSession:
         self._reported = asyncio.Event()
         self._sock: socket.socket | None = None
         self._fd: int | None = None
+        self._repairs = RepairQueue(self.slices, REPAIR_HOLDOFF)
+        self._repair_view: memoryview | None = None  # one slice, read for a pass repair
 
     # ------------------------------------------------------------------ receivers
 
@@ -142,6 +150,9 @@ class SenderSession:
             return
         if rec.report_round < 0:
             self._joined.set()  # it listens now: it counts towards the start rule
+        if isinstance(msg, wire.Nak) and msg.round == 0:
+            self._on_pass_nak(rec, msg)
+            return
         if msg.round > rec.report_round:
             rec.report_round = msg.round
             rec.missing_map = rec.missing_map or MissingMap(self.slices)
@@ -182,6 +193,31 @@ class SenderSession:
             loss = 1 - got / due
             self._drop(rec, wire.DropReason.LOSSY, f"lost {loss:.0%} of the slices")
         self._reported.set()
+
+    def _on_pass_nak(self, rec: ReceiverInfo, msg: wire.Nak) -> None:
+        """A hole the receiver saw during the first pass: repair it now, once for all.
+
+        Every slice a receiver asks for counts against it like a lost one, so a receiver
+        that asks for more than ``slow_receiver_loss`` of what was sent (lossy or lying) is
+        dropped, and its requests stop costing the others."""
+        if self.state != "running":
+            return  # after the pass the END rounds ask, and they carry a round number
+        rec.asked = rec.asked or MissingMap(self.slices)
+        due, now = self.sent_slices, self._clock()
+        try:
+            # only what was sent counts: a slice forged far ahead must not make an honest
+            # receiver ask for (and be blamed for) everything in between
+            rec.asked_count += rec.asked.merge(msg.base, msg.nbits, msg.bitmap, due)
+        except ValueError:
+            self.rejected["range"] += 1
+            return
+        bound = self.params.slow_receiver_loss
+        if policy.too_lossy(max(due - rec.asked_count, 0), due, bound, self.slices):
+            loss = min(rec.asked_count / max(due, 1), 1.0)
+            self._drop(rec, wire.DropReason.LOSSY, f"asked for {loss:.0%} of the slices again")
+        elif policy.within_repair_allowance(rec.asked_count, due, bound):
+            self._repairs.request(msg.base, msg.nbits, msg.bitmap, due, now)
+        # else: over its allowance before it can be judged; it asks again (its refresh)
 
     # ------------------------------------------------------------------ sending
 
@@ -242,6 +278,8 @@ class SenderSession:
                     await self._send([header, payload], len(header) + len(payload))
                     if first_pass:
                         self.sent_slices = index + 1
+                        if self._repairs.count:
+                            await self._send_pass_repairs()
                     else:
                         self.repair_slices += 1
                 if self._clock() >= next_tick:
@@ -249,6 +287,22 @@ class SenderSession:
                     self._tick()
                 if not any(r.active for r in self.receivers.values()):
                     return
+
+    async def _send_pass_repairs(self) -> None:
+        """What receivers asked for during the pass, lowest first, before the next slice."""
+        assert self._fd is not None
+        slice_size = self.params.slice_size
+        if self._repair_view is None:
+            self._repair_view = memoryview(bytearray(slice_size))
+        view = self._repair_view
+        for index in self._repairs.take(REPAIR_BURST, self._clock()):
+            length = wire.slice_length(index, self.size, slice_size)
+            if os.preadv(self._fd, [view[:length]], index * slice_size) != length:
+                raise OSError(f"{self.path} is shorter than {self.size} bytes: changed under us?")
+            header = wire.data_header(self.id, index, view[:length])
+            await self._send([header, view[:length]], len(header) + length)
+            self.repair_slices += 1
+            self.pass_repairs += 1
 
     def _tick(self) -> None:
         """Every RATE_INTERVAL during the pass: rate control and silent receivers."""
@@ -327,6 +381,15 @@ class SenderSession:
             ]
             wanted = union((r.missing_map for r in reporters if r.missing_map), self.slices)
             wanted_runs = runs(set_bits(wanted))
+            log.debug(
+                "session %08x: round %d: %d/%d reported after %d END; repairing %d slices",
+                self.id,
+                self.round,
+                len(reporters),
+                len(waiting),
+                attempt + 1,
+                sum(end - first for first, end in wanted_runs),
+            )
             if wanted_runs:
                 await self._send_runs(wanted_runs, first_pass=False)
             else:
@@ -354,7 +417,7 @@ class SenderSession:
             log.info("session %08x (%s): starting: %s", self.id, self.image, reason)
             self._on_change("session_started", {"reason": reason, **self._summary()})
             await self._send_runs([(0, self.slices)], first_pass=True)
-            self.state = "repairing"
+            self.state, self.pass_ended_at = "repairing", self._clock()
             await self._repair()
             for _ in range(3):
                 await self._send_control(wire.pack_finish(self.id))
@@ -394,6 +457,18 @@ class SenderSession:
             **({"detail": self.detail} if self.detail else {}),
         }
 
+    def _phases(self, end: float) -> dict[str, float]:
+        """Seconds spent waiting for receivers (first join to start), in the first pass and
+        in the repair rounds: where a slow session lost its time (bench/multicast.py)."""
+        out: dict[str, float] = {}
+        if self.first_join_at is not None:
+            out["waiting"] = round((self.started_at or end) - self.first_join_at, 3)
+        if self.started_at is not None:
+            out["pass"] = round((self.pass_ended_at or end) - self.started_at, 3)
+        if self.pass_ended_at is not None:
+            out["repair"] = round(end - self.pass_ended_at, 3)
+        return out
+
     def json(self) -> dict[str, Any]:
         now = self._clock()
         end = self.finished_at or now
@@ -416,11 +491,15 @@ class SenderSession:
             "progress": round(100.0 * self.sent_slices / self.slices, 1) if self.slices else 100.0,
             "round": self.round,
             "rate_mbit": round(self.rate.rate * 8 / 1e6, 1),
+            "rate_min_mbit": round(self.rate.lowest * 8 / 1e6, 1),
+            "backoffs": self.rate.backoffs,
             "bytes_sent": self.bytes_sent,
             "wire_bytes": self.wire_bytes,
             "repair_slices": self.repair_slices,
+            "pass_repairs": self.pass_repairs,
             "rejected": dict(self.rejected),
             "age": round(now - self.created_at, 1),
             "elapsed": round(end - self.started_at, 2) if self.started_at else None,
+            "phases": self._phases(end),
             "receivers": [r.json(self.slices, now) for r in self.receivers.values()],
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import resource
 import signal
 import sys
@@ -39,6 +40,11 @@ async def main() -> None:
         key, _, value = item.lstrip("-").partition("=")
         if key == "size":
             size = int(value)
+        elif key == "log":  # the multicast sender's debug log (per-round timings)
+            logging.basicConfig(
+                filename=value, format="%(relativeCreated)8.0f ms %(message)s", level=logging.INFO
+            )
+            logging.getLogger("netdeploy.multicast").setLevel(logging.DEBUG)
         elif key == "port_range":
             low, high = value.split("-")
             settings[key] = (int(low), int(high))
@@ -51,10 +57,14 @@ async def main() -> None:
     ) as server:
         print(f"READY {server.url} {server.sha256}", flush=True)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        seen = {}  # the session objects, for their monotonic timestamps (benches line them up)
         while len(server.service.finished) < int(sessions) and not stop.is_set():
+            seen.update(server.service.sessions)
             await asyncio.sleep(0.05)
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        stamps = ("first_join_at", "started_at", "pass_ended_at", "finished_at")
         result = {
+            "clock": {f"{k:08x}": {a: getattr(s, a) for a in stamps} for k, s in seen.items()},
             "finished": list(server.service.finished),
             "cpu_seconds": round(
                 (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 3
