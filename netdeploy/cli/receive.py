@@ -16,6 +16,11 @@ from netdeploy.multicast.unicast import ReceiveError
 
 
 def add_receive_options(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "The imaging agent receives with the startup media's C receiver (ndmc-recv); this one "
+        "speaks the same protocol for an admin's machine, tests and benches "
+        "(docs/multicast.md)."
+    )
     parser.add_argument("--server", required=True, metavar="URL", help="netdeploy base URL")
     parser.add_argument("--image", required=True, metavar="NAME", help="image name")
     parser.add_argument(
