@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import re
 import shutil
@@ -125,6 +126,12 @@ def unit_settings() -> dict[str, str]:
     return found
 
 
+def autogroup_nice(weight: int) -> int:
+    """The autogroup nice level whose weight is CPUWeight=``weight`` against the default 100
+    (each nice step is a factor 1.25 in the kernel's weight table)."""
+    return -round(math.log(weight / 100) / math.log(1.25))
+
+
 def unit_wrapper(settings: dict[str, str]) -> list[str]:
     argv: list[str] = []
     if "CPUSchedulingPolicy" in settings:
@@ -146,6 +153,7 @@ class Server:
         cpus: list[int],
         unit: list[str],
         checkout: str | None = None,
+        weight: int | None = None,
     ):
         self.name, self.port, self.http = name, free_port(), 0
         pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus != CPUS else []
@@ -171,6 +179,8 @@ class Server:
             env=env,
         )
         self.wait_ready(root)
+        if weight is not None:  # --cpu-weight: this session's (autogroup's) share of the CPU
+            Path(f"/proc/{self.proc.pid}/autogroup").write_text(str(autogroup_nice(weight)))
 
     def outcomes(self) -> dict[str, float]:
         """netdeploy's finished transfers by outcome so far (its /metrics)."""
@@ -345,8 +355,17 @@ class Run:
             for name in self.names:
                 where = self.tmp / f"{name}-{len(cpus)}"
                 where.mkdir(exist_ok=True)
-                extra = {"checkout": self.args.baseline} if name == "baseline" else {}
-                started[name] = Server(name, self.root, where, cpus=cpus, unit=self.unit, **extra)
+                checkout = self.args.baseline if name == "baseline" else None
+                weight = self.args.cpu_weight if name in ("netdeploy", "baseline") else None
+                started[name] = Server(
+                    name,
+                    self.root,
+                    where,
+                    cpus=cpus,
+                    unit=self.unit,
+                    checkout=checkout,
+                    weight=weight,
+                )
         except BaseException:
             for server in started.values():
                 server.stop()
@@ -448,6 +467,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline", help="another netdeploy checkout to run beside (e.g. /work/main)"
     )
+    parser.add_argument(
+        "--cpu-weight",
+        type=int,
+        help="give netdeploy's session the CPU share a CPUWeight=N unit would get against the "
+        "default 100 (autogroup nice); an experiment, not what the unit ships",
+    )
     parser.add_argument("--no-unit", action="store_true", help="ignore the unit's Nice= etc.")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -465,7 +490,9 @@ def main() -> None:
         run = Run(args, Path(name))
         print(
             f"bench: {len(CPUS)} CPUs, load {os.getloadavg()[0]:.2f}, netdeploy started with "
-            f"{' '.join(run.unit) or 'no unit settings'}; ratio = time(in.tftpd) / time(x)",
+            f"{' '.join(run.unit) or 'no unit settings'}"
+            + (f", CPU weight {args.cpu_weight} (autogroup)" if args.cpu_weight else "")
+            + "; ratio = time(in.tftpd) / time(x)",
             flush=True,
         )
         if {"lockstep", "window", "shared"} & set(parts):
