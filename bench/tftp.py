@@ -2,8 +2,10 @@
 """TFTP side by side with real clients: tftp-hpa's in.tftpd and a real `netdeploy serve`.
 
     sudo ./dev bench tftp                                   # everything, 3 repetitions
-    sudo ./dev bench tftp --only storm --storms 500         # one part
+    sudo ./dev bench tftp --only shared --storms 500        # one part (lockstep, window,
+                                                            #   shared, pinned)
     sudo ./dev bench tftp --fbtftp                          # stock fbtftp 0.5 as a third peer
+    sudo ./dev bench tftp --baseline /work/main             # another checkout beside
 
 What users run: netdeploy is `netdeploy serve` with its own temp config, state dir and root and
 the [tftp] limits as shipped (max_per_client 16, max_unacked 1,024, ...), started the way
@@ -23,7 +25,9 @@ Scenarios (all over loopback, blksize 1468 as PXE ROMs ask):
             the clients on the other cores (taskset). Time = release to the last exit.
 Every repetition runs each server once, the order alternating between repetitions, and its
 ratio is time(in.tftpd) / time(netdeploy): above 1.0 netdeploy is faster. Printed: the min and
-the median of the per-repetition ratios (never a best-of), and the load average.
+the median of the per-repetition ratios (never a best-of), the load average, the CPUs the
+netdeploy process tree used during each storm, and (from its /metrics) what became of any
+fetch that failed.
 """
 
 from __future__ import annotations
