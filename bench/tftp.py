@@ -2,11 +2,13 @@
 """TFTP side by side with real clients: tftp-hpa's in.tftpd and a real `netdeploy serve`.
 
     sudo ./dev bench tftp                                   # everything, 3 repetitions
-    sudo ./dev bench tftp --only storm --storms 500         # one part
+    sudo ./dev bench tftp --only shared --storms 500        # one part (lockstep, window,
+                                                            #   shared, pinned)
     sudo ./dev bench tftp --fbtftp                          # stock fbtftp 0.5 as a third peer
+    sudo ./dev bench tftp --baseline /work/main             # another checkout beside
 
 What users run: netdeploy is `netdeploy serve` with its own temp config, state dir and root and
-the [tftp] limits as shipped (max_per_client 16, max_unacked 256, ...), started the way
+the [tftp] limits as shipped (max_per_client 16, max_unacked 1,024, ...), started the way
 systemd/netdeploy.service starts it (the unit's Nice= and CPUSchedulingPolicy= are read from
 the unit file and applied; `--no-unit` leaves them out). in.tftpd runs as `in.tftpd -L -s`
 (it forks a child per transfer). Each server starts in its own session, as a service would.
@@ -23,12 +25,16 @@ Scenarios (all over loopback, blksize 1468 as PXE ROMs ask):
             the clients on the other cores (taskset). Time = release to the last exit.
 Every repetition runs each server once, the order alternating between repetitions, and its
 ratio is time(in.tftpd) / time(netdeploy): above 1.0 netdeploy is faster. Printed: the min and
-the median of the per-repetition ratios (never a best-of), and the load average.
+the median of the per-repetition ratios (never a best-of), the load average, the CPUs the
+netdeploy process tree used during each storm, and (from its /metrics) what became of any
+fetch that failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import re
 import shutil
@@ -39,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,9 +87,31 @@ bind = "127.0.0.1"
 state_dir = "{state}"
 bootfiles_dir = "{root}"
 images_dir = "{state}/images"
-[http]
-{http}
+[metrics]
+public = true
 """
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (a netdeploy and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    family, total, grown = {pid}, 0, True
+    while grown:
+        grown = False
+        for child, (parent, _) in stats.items():
+            if parent in family and child not in family:
+                family.add(child)
+                grown = True
+    total = sum(stats[p][1] for p in family if p in stats)
+    return total / tick
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -101,6 +130,12 @@ def unit_settings() -> dict[str, str]:
     return found
 
 
+def autogroup_nice(weight: int) -> int:
+    """The autogroup nice level whose weight is CPUWeight=``weight`` against the default 100
+    (each nice step is a factor 1.25 in the kernel's weight table)."""
+    return -round(math.log(weight / 100) / math.log(1.25))
+
+
 def unit_wrapper(settings: dict[str, str]) -> list[str]:
     argv: list[str] = []
     if "CPUSchedulingPolicy" in settings:
@@ -113,8 +148,18 @@ def unit_wrapper(settings: dict[str, str]) -> list[str]:
 
 # -- servers ---------------------------------------------------------------------------------
 class Server:
-    def __init__(self, name: str, root: Path, tmp: Path, *, cpus: list[int], unit: list[str]):
-        self.name, self.port = name, free_port()
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        tmp: Path,
+        *,
+        cpus: list[int],
+        unit: list[str],
+        checkout: str | None = None,
+        weight: int | None = None,
+    ):
+        self.name, self.port, self.http = name, free_port(), 0
         pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus != CPUS else []
         if name == "in.tftpd":
             argv = ["in.tftpd", "-L", "-s", "-a", f"127.0.0.1:{self.port}", str(root)]
@@ -123,20 +168,33 @@ class Server:
         else:
             state = tmp / "state"
             config = tmp / "netdeploy.toml"
-            config.write_text(NETDEPLOY_CONF.format(state=state, root=root, http=""))
-            netdeploy = str(Path(sys.executable).with_name("netdeploy"))
-            argv = [*unit, netdeploy, "serve", "--config", str(config), "--state-dir", str(state)]
-            argv += [
-                "--tftp-port",
-                str(self.port),
-                "--http-port",
-                str(free_port(socket.SOCK_STREAM)),
-            ]
+            config.write_text(NETDEPLOY_CONF.format(state=state, root=root))
+            self.http = free_port(socket.SOCK_STREAM)
+            argv = [*unit, sys.executable, "-m", "netdeploy", "serve", "--config", str(config)]
+            argv += ["--state-dir", str(state), "--tftp-port", str(self.port)]
+            argv += ["--http-port", str(self.http)]
         self.log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONPATH": checkout} if checkout else None
         self.proc = subprocess.Popen(
-            [*pin, *argv], start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT
+            [*pin, *argv],
+            start_new_session=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self.wait_ready(root)
+        if weight is not None:  # --cpu-weight: this session's (autogroup's) share of the CPU
+            Path(f"/proc/{self.proc.pid}/autogroup").write_text(str(autogroup_nice(weight)))
+
+    def outcomes(self) -> dict[str, float]:
+        """netdeploy's finished transfers by outcome so far (its /metrics)."""
+        if not self.http:
+            return {}
+        url = f"http://127.0.0.1:{self.http}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+        found = re.findall(r'^netdeploy_tftp_transfers_total\{outcome="(\w+)"\} (\S+)', text, re.M)
+        return {outcome: float(count) for outcome, count in found}
 
     def wait_ready(self, root: Path) -> None:
         probe = ["curl", "-s", "-o", "/dev/null", f"tftp://127.0.0.1:{self.port}/probe.bin"]
@@ -195,7 +253,8 @@ def source(i: int) -> str:
 
 def curl(port: int, name: str, src: str, out: str, *, blksize: int = BLKSIZE) -> list[str]:
     url = f"tftp://127.0.0.1:{port}/{name}"
-    return ["curl", "-sS", "--interface", src, "--tftp-blksize", str(blksize), "-o", out, url]
+    argv = ["curl", "-sS", "--interface", src, "--tftp-blksize", str(blksize), "-o", out, url]
+    return [*argv, "--max-time", "120"]  # a fetch that stalls counts as failed, not a hang
 
 
 def atftp(port: int, name: str, out: str, *options: str) -> list[str]:
@@ -264,7 +323,11 @@ def storm(
     os.close(release)  # EOF for all at once
     failed = 0
     for p in procs:
-        out, _ = p.communicate(timeout=900)
+        try:
+            out, _ = p.communicate(timeout=max(10.0, 180 - (time.perf_counter() - start)))
+        except subprocess.TimeoutExpired:  # (atftp gives up by itself; this is a backstop)
+            p.kill()
+            out, _ = p.communicate()
         if p.returncode != 0 or (kind == "curl" and out.strip() != str(size)):
             failed += 1
     return time.perf_counter() - start, failed
@@ -285,7 +348,10 @@ class Run:
         self.clients = Clients(tmp)
         self.unit = [] if args.no_unit else unit_wrapper(unit_settings())
         self.names = ["in.tftpd", "netdeploy"] + (["fbtftp"] if args.fbtftp else [])
+        if args.baseline:
+            self.names.append("baseline")
         self.lines: list[str] = []
+        self.cpu: dict[str, list[float]] = {}  # server CPU / wall time per storm
 
     def servers(self, cpus: list[int]) -> dict[str, Server]:
         started: dict[str, Server] = {}
@@ -293,7 +359,17 @@ class Run:
             for name in self.names:
                 where = self.tmp / f"{name}-{len(cpus)}"
                 where.mkdir(exist_ok=True)
-                started[name] = Server(name, self.root, where, cpus=cpus, unit=self.unit)
+                checkout = self.args.baseline if name == "baseline" else None
+                weight = self.args.cpu_weight if name in ("netdeploy", "baseline") else None
+                started[name] = Server(
+                    name,
+                    self.root,
+                    where,
+                    cpus=cpus,
+                    unit=self.unit,
+                    checkout=checkout,
+                    weight=weight,
+                )
         except BaseException:
             for server in started.values():
                 server.stop()
@@ -320,7 +396,11 @@ class Run:
                 line += f"   ratio min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x"
             print(line, flush=True)
             self.lines.append(line)
-        print(f"  {'':34} (load average {load:.2f})", flush=True)
+        busy = "; ".join(
+            f"{n} used {statistics.median(c):.2f} CPUs" for n, c in self.cpu.items() if c
+        )
+        self.cpu.clear()
+        print(f"  {'':34} (load average {load:.2f}{'; ' + busy if busy else ''})", flush=True)
 
     def fetch(self, argv: list[str], env: dict | None = None) -> Callable[[], tuple[float, int]]:  # type: ignore[type-arg]
         out = self.tmp / "out.bin"
@@ -354,17 +434,25 @@ class Run:
             },
         )
 
+    def storm_of(self, server: Server, kind: str, count: int, cpus: list[int]) -> tuple[float, int]:
+        before, outcomes = tree_cpu(server.proc.pid), server.outcomes()
+        seconds, failed = storm(self.clients, kind, server.port, count, cpus, MiB)
+        if failed and server.http:  # what the server says became of them
+            after = server.outcomes()
+            said = {k: v - outcomes.get(k, 0) for k, v in after.items() if k != "ok"}
+            print(f"  ({server.name}: {failed} failed; its outcomes other than ok: {said})")
+        if server.name != "in.tftpd":  # (its children are gone, and not waited for)
+            used = tree_cpu(server.proc.pid) - before
+            self.cpu.setdefault(server.name, []).append(used / seconds)
+        return seconds, failed
+
     def storms(self, servers: dict[str, Server], cpus: list[int], where: str) -> None:
         for kind in self.args.storm_clients.split(","):
             for count in map(int, self.args.storms.split(",")):
                 self.measure(
                     f"storm {count} x 1 MiB, {kind}, {where}",
                     {
-                        n: (
-                            lambda p=s.port, k=kind, c=count: storm(
-                                self.clients, k, p, c, cpus, MiB
-                            )
-                        )
+                        n: functools.partial(self.storm_of, s, kind, count, cpus)
                         for n, s in servers.items()
                     },
                 )
@@ -380,6 +468,15 @@ def main() -> None:
         "--only", default="lockstep,window,shared,pinned", help="lockstep,window,shared,pinned"
     )
     parser.add_argument("--fbtftp", action="store_true", help="stock fbtftp 0.5 as a peer too")
+    parser.add_argument(
+        "--baseline", help="another netdeploy checkout to run beside (e.g. /work/main)"
+    )
+    parser.add_argument(
+        "--cpu-weight",
+        type=int,
+        help="give netdeploy's session the CPU share a CPUWeight=N unit would get against the "
+        "default 100 (autogroup nice); an experiment, not what the unit ships",
+    )
     parser.add_argument("--no-unit", action="store_true", help="ignore the unit's Nice= etc.")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -397,7 +494,9 @@ def main() -> None:
         run = Run(args, Path(name))
         print(
             f"bench: {len(CPUS)} CPUs, load {os.getloadavg()[0]:.2f}, netdeploy started with "
-            f"{' '.join(run.unit) or 'no unit settings'}; ratio = time(in.tftpd) / time(x)",
+            f"{' '.join(run.unit) or 'no unit settings'}"
+            + (f", CPU weight {args.cpu_weight} (autogroup)" if args.cpu_weight else "")
+            + "; ratio = time(in.tftpd) / time(x)",
             flush=True,
         )
         if {"lockstep", "window", "shared"} & set(parts):
