@@ -191,7 +191,8 @@ async def get_gate(request: web.Request) -> web.Response:
         if view["released"] or timeout == 0 or (seen and seen != view["state"]):
             return web.json_response(view)
         try:
-            changed = await asyncio.wait_for(woken, timeout)
+            async with asyncio.timeout(timeout):  # a timer, not a task per parked poll
+                changed = await woken
         except TimeoutError:
             # authenticated when the poll began; a re-check now could see a newer claim
             return web.json_response(await engine.run(actions.gate_read(mac), [mac]))
