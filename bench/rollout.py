@@ -419,9 +419,14 @@ async def run_release(
             for rep in range(reps):
                 if rep:
                     await held_store(config, database, "n1")
+                actions = "netdeploy_rollout_batch_actions_sum"
+                checked = await metric(http, server.url, actions) + held
                 answers = [poll.ask() for poll in polls]
+                # parked, and the writer done with their gate checks (last_seen): the health
+                # report must not queue behind them
                 for _ in range(1200):
-                    if await waiters(http, server.url) >= held:
+                    parked = await waiters(http, server.url) >= held
+                    if parked and await metric(http, server.url, actions) >= checked:
                         break
                     await asyncio.sleep(0.05)
                 else:

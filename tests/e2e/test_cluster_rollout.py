@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from netdeploy.eventlog import macs_of
 from tests.conftest import (
     REPO,
     ServerProcess,
@@ -263,7 +264,8 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
     assert "next network boot: local" in explained.stdout
     assert never.returncode == 0, never.stderr
     assert "never heard from" in never.stdout and "likely cause:" in never.stdout
-    by_mac = {mac: [e for e in events if e["mac"] == mac] for mac in NODES.values()}
+    # a release wave is one row naming every node it released (docs/decisions/0014)
+    by_mac = {mac: [e for e in events if mac in macs_of(e)] for mac in NODES.values()}
 
     def first_id(mac: str, **match) -> int:
         for e in by_mac[mac]:

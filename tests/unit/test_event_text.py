@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netdeploy.eventlog import describe
+from netdeploy.eventlog import describe, macs_of, wave
 
 
 def event(what: str, **detail: object) -> dict:
@@ -99,3 +99,20 @@ def test_a_proxydhcp_answer_reads_as_its_message_and_reason():
         "DHCPDISCOVER on port 67 from uefi (x64 UEFI): offer media/snponly.efi; "
         "UEFI PXE firmware, not iPXE: chainload iPXE"
     )
+
+
+def test_a_release_wave_names_its_nodes_and_reads_as_one_line() -> None:
+    nodes = [(f"52:54:00:00:00:{i:02x}", f"n{i}") for i in range(2, 14)]
+    row = wave("clu", nodes, seq=2, reason="released by policy waves:12", actor="gate")
+    assert row.mac is None and (row.from_state, row.to_state) == ("held", "released")
+    assert macs_of(row) == [mac for mac, _ in nodes]
+    ev = {"kind": "state", "from": "held", "to": "released", "mac": None, "detail": row.detail}
+    assert macs_of(ev) == macs_of(row)
+    assert describe(ev) == (
+        "held → released: released by policy waves:12 "
+        "(wave 2: n2, n3, n4, n5, n6, n7, n8, n9 and 4 more)"
+    )
+    assert macs_of({"kind": "state", "mac": "52:54:00:00:00:02", "detail": {}}) == [
+        "52:54:00:00:00:02"
+    ]
+    assert macs_of({"kind": "gate", "mac": None, "detail": {"macs": "not a list"}}) == []
