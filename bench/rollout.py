@@ -53,6 +53,7 @@ from tests import pgserver
 from tests.integration.credentials import phase_for
 from tests.integration.rollout_support import (
     Agent,
+    ServerProcess,
     lab_config,
     mac_of,
     prepare_nodes,
@@ -95,6 +96,17 @@ def tree_cpu_seconds(pid: int | None) -> float:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
                 total += cpu_seconds(int(stat.parent.name))
     return total
+
+
+SERVER_CPUS: set[int] | None = None  # --pin: the server's CPUs (the client keeps the others)
+
+
+def pinned(server: ServerProcess) -> ServerProcess:
+    """With --pin, move the server onto its own CPU: the agents of a real rollout are other
+    machines, so the client here should not take the server's core."""
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(server.proc.pid, SERVER_CPUS)
+    return server
 
 
 def own_cpu_seconds() -> float:
@@ -205,7 +217,7 @@ async def run_mode(
     config.write_text(text)
     print(f"[{mode}] preparing {held + 1} nodes in {state}", file=sys.stderr)
     tokens = await prepare_nodes(config)
-    server = start_server_process(config, log=state / "serve.log")
+    server = pinned(start_server_process(config, log=state / "serve.log"))
     result: dict[str, float] = {}
     try:
         connector = aiohttp.TCPConnector(limit=0)
@@ -407,7 +419,7 @@ async def run_release(
     print(f"[release] preparing {held + 1} nodes in {state}", file=sys.stderr)
     tokens = await prepare_nodes(config)
     await held_store(config, database, "n1")
-    server = start_server_process(config, log=state / "serve.log")
+    server = pinned(start_server_process(config, log=state / "serve.log"))
     runs: list[dict[str, float]] = []
     try:
         timeout = aiohttp.ClientTimeout(total=600)
@@ -537,7 +549,19 @@ def main() -> int:
     parser.add_argument(
         "--dashboards", type=int, default=0, help="live dashboard streams open during the run"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="server on CPU 0, this client on the other CPUs (as agents on other machines)",
+    )
     args = parser.parse_args()
+    if args.pin:
+        global SERVER_CPUS
+        cpus = os.sched_getaffinity(0)
+        if len(cpus) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        SERVER_CPUS = {min(cpus)}
+        os.sched_setaffinity(0, cpus - SERVER_CPUS)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # each process (this client, the server it starts) holds a socket per node
     need = max(args.nodes, args.release_held) + 500
