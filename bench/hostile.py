@@ -39,6 +39,7 @@ from netdeploy.config import load_config
 from netdeploy.images.actions import AddRequest, add_image
 from netdeploy.store import open_store
 from tests.integration.rollout_support import (
+    ADMIN_TOKEN,
     Agent,
     lab_config,
     mac_of,
@@ -46,7 +47,6 @@ from tests.integration.rollout_support import (
     start_server_process,
 )
 
-ADMIN = "test-admin-token"
 MIB = 1024 * 1024
 
 
@@ -297,7 +297,7 @@ async def fanout(
             stop = asyncio.Event()
 
             async def dashboard(i: int) -> None:
-                headers = {"Authorization": f"Bearer {ADMIN}"}
+                headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
                 local = aiohttp.TCPConnector(local_addr=(f"127.0.4.{1 + i}", 0))  # a browser each
                 async with (
                     aiohttp.ClientSession(connector=local) as own,

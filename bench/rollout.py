@@ -52,6 +52,7 @@ from netdeploy.store.models import Cluster, Node, utcnow
 from tests import pgserver
 from tests.integration.credentials import phase_for
 from tests.integration.rollout_support import (
+    ADMIN,
     Agent,
     ServerProcess,
     lab_config,
@@ -157,9 +158,6 @@ async def warm_up(agents: list[Agent]) -> None:
         body = await resp.read()
         if resp.status != 200:
             raise RuntimeError(f"warm-up gate check: {resp.status} {body[:200]!r}")
-
-
-ADMIN = {"Authorization": "Bearer test-admin-token"}  # lab_config's admin token
 
 
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:

@@ -55,6 +55,10 @@ def mac_of(i: int, cluster: int = 0) -> str:
     return f"52:54:{cluster:02x}:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
 
 
+ADMIN_TOKEN = "test-admin-token"  # lab_config's admin token
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def lab_config(
     state_dir: Path,
     nodes: int,
@@ -81,7 +85,7 @@ def lab_config(
         f'state_dir = "{state_dir}"',
         f'bootfiles_dir = "{REPO / "bootfiles"}"',
         f'templates_dir = "{REPO / "config" / "templates"}"',
-        'admin_token = "test-admin-token"',
+        f'admin_token = "{ADMIN_TOKEN}"',
         *([f'database = "{database}"'] if database else []),
         "[http]",
         f"gate_poll_timeout = {gate_poll_timeout}",

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.agent_shell import BUSYBOX, agent_function
 from tests.integration.conftest_boot import agent_credential
 from tests.integration.rollout_support import (
+    ADMIN,
     Agent,
     in_process_server,
     lab_config,
@@ -25,7 +26,6 @@ from tests.integration.rollout_support import (
     prepare_nodes,
 )
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
 APPLETS = ["cat", "sed", "sleep", "timeout", "wget"]
 
 pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: busybox-static)")

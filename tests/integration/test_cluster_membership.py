@@ -23,14 +23,14 @@ import aiohttp
 from netdeploy.rollout import service
 from netdeploy.store.models import utcnow
 from tests.integration.rollout_support import (
+    ADMIN,
+    ADMIN_TOKEN,
     Agent,
     in_process_server,
     mac_of,
     prepare_nodes,
 )
 from tests.integration.rollout_support import lab_config as base_config
-
-ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
 def lab_config(state_dir: Path, nodes: int, **options: Any) -> Path:
@@ -149,7 +149,7 @@ async def test_complete_only_when_the_cluster_lists_exactly_the_configured_nodes
         assert "in cluster: joined, but not in the cluster's list" in page
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "netdeploy", "clusters", "--config", str(config),
-            "--url", srv.url, "--token", "test-admin-token",
+            "--url", srv.url, "--token", ADMIN_TOKEN,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "COLUMNS": "200"},
         )  # fmt: skip

@@ -36,10 +36,9 @@ from netdeploy.images.actions import AddRequest, add_image
 from netdeploy.server import open_context, run
 from tests.integration.conftest_boot import boot_token
 from tests.integration.conftest_images import make_image
-from tests.integration.rollout_support import free_port, lab_config, mac_of
+from tests.integration.rollout_support import ADMIN_TOKEN, free_port, lab_config, mac_of
 
 REQUESTS = 1200
-ADMIN = "test-admin-token"
 
 HOSTILE_SEGMENTS = [
     "", "x", "..", "%2e%2e", "%2F", "%00", "%ff%fe", "%C3%28", "a" * 3000, "52:54:00:00:00:01",
@@ -62,8 +61,8 @@ HEADERS = [
     ("If-Range", ['"x"', "W/\"sha256-0\"", "Mon, 32 Foo 2020", ""]),
     ("If-Match", ["*", '"x"', "garbage"]),
     ("If-None-Match", ["*", '"x"', ","]),
-    ("Authorization", ["Bearer", "Bearer ", "Bearer x", f"Bearer {ADMIN}", "Basic Zm9vOmJhcg==",
-                       "Bearer " + "a" * 4000, "bearer \u00e9"]),
+    ("Authorization", ["Bearer", "Bearer ", "Bearer x", f"Bearer {ADMIN_TOKEN}",
+                       "Basic Zm9vOmJhcg==", "Bearer " + "a" * 4000, "bearer \u00e9"]),
     ("Last-Event-ID", ["-1", "x", "1/2", "1/2.3.x", "99999999999999999999999", "0/"]),
     ("X-Netdeploy-Mac", ["zz", mac_of(1), "52:54:00:00:00:0g"]),
     ("Cookie", ["nd_session=x", "nd_session=" + "a" * 3000, "=", "a=b; c"]),
@@ -135,7 +134,7 @@ def hostile_request(
     for name, values in rng.sample(HEADERS, rng.randint(0, 4)):
         headers[name] = rng.choice(values)
     if rng.random() < 0.4:  # get past the token check: a real node token or the admin's
-        headers["Authorization"] = f"Bearer {rng.choice([*tokens, ADMIN])}"
+        headers["Authorization"] = f"Bearer {rng.choice([*tokens, ADMIN_TOKEN])}"
     body = rng.choice(BODIES) if rng.random() < 0.6 else None
     if rng.random() < 0.2 or method == "*":
         method = rng.choice(METHODS)

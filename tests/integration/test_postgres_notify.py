@@ -31,12 +31,11 @@ from netdeploy.store.db import origin_of
 from netdeploy.store.models import Event, utcnow
 from netdeploy.store.notify import CHANNEL, decode
 from tests.conftest import ServerProcess, start_server
-from tests.integration.rollout_support import Agent, lab_config, mac_of, prepare_nodes
+from tests.integration.rollout_support import ADMIN, Agent, lab_config, mac_of, prepare_nodes
 from tests.pgserver import pg_server, pg_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.postgres
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}  # lab_config's admin token
 KILL_LISTENERS = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
     "WHERE application_name LIKE 'netdeploy-%-listen' AND datname = current_database()"

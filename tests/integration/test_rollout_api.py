@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from netdeploy.store.models import Event, Node
 from tests.integration.rollout_support import (
+    ADMIN,
     Agent,
     in_process_server,
     lab_config,
@@ -20,8 +21,6 @@ from tests.integration.rollout_support import (
     prepare_nodes,
     releases,
 )
-
-ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
 async def events(ctx, **where: object) -> int:

@@ -24,6 +24,7 @@ from netdeploy.store.models import Event
 from netdeploy.store.notify import CHANNEL, decode
 from tests.conftest import start_server
 from tests.integration.rollout_support import (
+    ADMIN,
     Agent,
     in_process_server,
     lab_config,
@@ -33,8 +34,6 @@ from tests.integration.rollout_support import (
 )
 from tests.integration.test_postgres_notify import _parked
 from tests.pgserver import pg_server, pg_url  # noqa: F401  (fixtures)
-
-ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
 @contextlib.contextmanager
