@@ -178,6 +178,14 @@ def run_cli(
     )
 
 
+def build_media() -> Path:
+    """Startup media in the repository's bootfiles (gitignored), built from Debian packages
+    (``netdeploy media build`` caches its downloads in var/, so a second call is quick)."""
+    built = run_cli("media", "build", "--state-dir", str(REPO / "var"))
+    assert built.returncode == 0, built.stderr
+    return REPO / "bootfiles" / "media"
+
+
 def add_image(state_dir: Path, path: Path, name: str = "w2k3-ent-sp1") -> None:
     """`netdeploy image add` with the preflight facts a cluster image needs; asserts success."""
     added = run_cli(

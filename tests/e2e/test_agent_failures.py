@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import add_image, free_port, start_server
 from tests.e2e.diskimage import blank_disk, make_image, read_file
-from tests.e2e.test_cluster_rollout import IMAGE, NODES, media, pytestmark, wait_exit  # noqa: F401
+from tests.e2e.test_cluster_rollout import IMAGE, NODES, pytestmark, wait_exit  # noqa: F401
 from tests.e2e.vm import VM
 
 UNKNOWN_MAC = "52:54:00:99:00:01"
@@ -31,7 +31,7 @@ def wait_failed(server, vm: VM, host: str, timeout: float = 180) -> dict:
 
 
 @pytest.mark.timeout(600)
-def test_agent_reports_failures_and_discovery(media, tmp_path):  # noqa: F811
+def test_agent_reports_failures_and_discovery(media, tmp_path):
     state_dir = tmp_path / "state"
     master = tmp_path / "master.img"
     make_image(master, size_mib=64)
@@ -89,7 +89,7 @@ def test_agent_reports_failures_and_discovery(media, tmp_path):  # noqa: F811
 
 
 @pytest.mark.timeout(600)
-def test_stream_cut_mid_way_resumes_with_range(media, tmp_path):  # noqa: F811
+def test_stream_cut_mid_way_resumes_with_range(media, tmp_path):
     from tests.e2e.cutproxy import CuttingProxy
 
     state_dir = tmp_path / "state"

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO, free_port, run_cli, start_server
 from tests.e2e.cutproxy import CuttingProxy
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
-from tests.e2e.test_cluster_rollout import media, pytestmark, wait_exit  # noqa: F401
+from tests.e2e.test_cluster_rollout import pytestmark, wait_exit  # noqa: F401
 from tests.e2e.vm import VM
 
 MASTER_MAC = "52:54:00:00:30:01"  # not in the demo config: the master on the bench
@@ -51,7 +51,7 @@ def capture_state(server) -> dict:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(600)
-def test_capture_a_guest_resume_after_a_cut_and_deploy_it(media, tmp_path):  # noqa: F811
+def test_capture_a_guest_resume_after_a_cut_and_deploy_it(media, tmp_path):
     manifest = (media / "manifest.json").read_text()
     assert '"capture_streamer": "bin/ndcap"' in manifest, "the media was built without ndcap"
     state_dir = tmp_path / "state"

@@ -50,15 +50,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def media() -> Path:
-    """Startup media in the repository's bootfiles (gitignored), built from Debian packages."""
-    cache = REPO / "var"
-    result = run_cli("media", "build", "--state-dir", str(cache))
-    assert result.returncode == 0, result.stderr
-    return REPO / "bootfiles" / "media"
-
-
 def api(server: ServerProcess, path: str, token: str, body: dict | None = None) -> dict:
     request = urllib.request.Request(
         server.url + path,

@@ -41,14 +41,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def media() -> Path:
-    """Startup media in the repository's bootfiles (gitignored), built from Debian packages."""
-    result = run_cli("media", "build", "--state-dir", str(REPO / "var"))
-    assert result.returncode == 0, result.stderr
-    return REPO / "bootfiles" / "media"
-
-
 def node(server: ServerProcess, mac: str) -> dict | None:
     found = [n for n in server.get_json("/api/nodes")["nodes"] if n["mac"] == mac]
     return found[0] if found else None

@@ -25,7 +25,7 @@ import pytest
 from netdeploy.media.holdstub import HELD_MESSAGE, MBR_CODE_BYTES, bios_stub, efi_stub
 from tests.conftest import add_image, free_port, start_server
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
-from tests.e2e.test_cluster_rollout import NODES, media, states, wait_state  # noqa: F401
+from tests.e2e.test_cluster_rollout import NODES, states, wait_state
 from tests.e2e.vm import VM, ovmf_available, qemu_available
 
 pytestmark = [
@@ -66,7 +66,7 @@ def wait_for_line(vm: VM, text: str, timeout: float) -> float:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
-def test_a_held_node_never_boots_its_image_without_netdeploy(media, tmp_path, firmware):  # noqa: F811
+def test_a_held_node_never_boots_its_image_without_netdeploy(media, tmp_path, firmware):
     if firmware == "uefi" and ovmf_available() is not None:
         pytest.skip(str(ovmf_available()))
     uefi = firmware == "uefi"

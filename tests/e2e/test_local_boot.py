@@ -27,7 +27,7 @@ from netdeploy.rollout.inventory import import_config
 from netdeploy.rollout.state import set_state
 from netdeploy.store import open_store
 from netdeploy.store.models import Node
-from tests.conftest import REPO, demo_variant, free_port, run_cli, start_server
+from tests.conftest import build_media, demo_variant, free_port, start_server
 from tests.e2e.diskimage import EFI_BOOT_MARKER, LOCAL_BOOT_MARKER, make_image
 from tests.e2e.lan import lan, lan_unavailable
 from tests.e2e.vm import VM, ovmf_available, qemu_available
@@ -130,8 +130,7 @@ def proxy_lan(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     reason = lan_unavailable()
     if reason:
         pytest.skip(reason)
-    built = run_cli("media", "build", "--state-dir", str(REPO / "var"))
-    assert built.returncode == 0, built.stderr
+    build_media()
     work = tmp_path_factory.mktemp("local-boot-lan")
     config = demo_variant(
         work / "netdeploy.toml", append='\n[dhcp]\nproxy = true\ninterface = "br0"\n'

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, add_image, demo_variant, run_cli
+from tests.conftest import add_image, demo_variant
 from tests.e2e.diskimage import blank_disk, make_image, read_file
 from tests.e2e.lan import Lan, lan, lan_unavailable
 from tests.e2e.vm import VM, qemu_available
@@ -39,13 +39,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("mtype") is None, reason="needs mtools"),
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="media build needs apt-get"),
 ]
-
-
-@pytest.fixture(scope="module")
-def media() -> Path:
-    result = run_cli("media", "build", "--state-dir", str(REPO / "var"))
-    assert result.returncode == 0, result.stderr
-    return REPO / "bootfiles" / "media"
 
 
 def multicast_config(path: Path) -> Path:

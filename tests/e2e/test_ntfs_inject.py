@@ -31,7 +31,7 @@ from tests.e2e.ntfsimage import (
     ntfs_read,
     system_partition,
 )
-from tests.e2e.test_cluster_rollout import NODES, media, wait_exit  # noqa: F401
+from tests.e2e.test_cluster_rollout import NODES, wait_exit
 from tests.e2e.test_cluster_rollout import pytestmark as rollout_marks
 from tests.e2e.vm import VM
 
@@ -81,7 +81,7 @@ def served(config, mac: str, name: str, token: str) -> bytes:
 
 
 @pytest.mark.timeout(300)
-def test_sysprep_inf_is_injected_into_an_ntfs_system_partition(media, tmp_path):  # noqa: F811
+def test_sysprep_inf_is_injected_into_an_ntfs_system_partition(media, tmp_path):
     manifest = (media / "manifest.json").read_text()
     assert '"bin/ntfs-3g"' in manifest, "the startup media was built without ntfs-3g"
     state_dir = tmp_path / "state"

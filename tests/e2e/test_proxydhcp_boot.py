@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, demo_variant, run_cli
+from tests.conftest import REPO, build_media, demo_variant
 from tests.e2e.lan import SERVER_IP, SUBNET, Lan, lan, lan_unavailable
 from tests.e2e.vm import VM, ovmf_available, qemu_available
 
@@ -36,8 +36,7 @@ PLAN_LINE = "plan: mode="
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    built = run_cli("media", "build", "--state-dir", str(REPO / "var"))
-    assert built.returncode == 0, built.stderr
+    build_media()
     work = tmp_path_factory.mktemp("proxydhcp-lan")
     config = demo_variant(
         work / "netdeploy.toml", append='\n[dhcp]\nproxy = true\ninterface = "br0"\n'
