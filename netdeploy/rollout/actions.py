@@ -52,23 +52,11 @@ class NodeOutcome:
 # ---------------------------------------------------------------- refusals are recorded
 
 
-def _refuse(
-    batch: Batch,
-    node: NodeRow | None,
-    mac: str | None,
-    route: str,
-    error: Exception,
-    ip: str | None,
-    **extra: Any,
-) -> Exception:
-    return identity.refuse(batch, node, mac, route, error, ip, **extra)
-
-
 def reject(mac: str | None, route: str, error: Exception, ip: str | None) -> Action:
     """Record a request refused before it reached a node (e.g. an unparseable MAC)."""
 
     async def action(batch: Batch) -> None:
-        raise _refuse(batch, None, mac, route, error, ip)
+        raise identity.refuse(batch, None, mac, route, error, ip)
 
     return action
 
@@ -114,7 +102,7 @@ def agent_report(
     async def action(batch: Batch) -> NodeOutcome:
         node = await _reporter(batch, mac, token, report, ip, known_ip, quiet)
         if isinstance(report, BadReport):
-            raise _refuse(batch, node, mac, "events", report, ip)
+            raise identity.refuse(batch, node, mac, "events", report, ip)
         cluster = batch.cluster_of(node)
         try:
             verdict = judge_report(node.state, report.state)
@@ -123,7 +111,7 @@ def agent_report(
             if node.state == S.HELD and report.state in RELEASED_STATES:
                 # first node alone: a held node must not run its cluster service yet
                 extra["alarm"] = "held node claims to have started: check it did not boot its disk"
-            raise _refuse(
+            raise identity.refuse(
                 batch, node, mac, "events", Refused(f"{label(node)}: {exc}"), ip, **extra
             ) from None
         if report.message:
@@ -182,9 +170,9 @@ def facts_report(mac: str, token: str | None, body: Any, ip: str | None) -> Acti
         try:
             facts = parse_facts(body) if not isinstance(body, BadReport) else None
         except BadReport as exc:
-            raise _refuse(batch, node, mac, "facts", exc, ip) from None
+            raise identity.refuse(batch, node, mac, "facts", exc, ip) from None
         if facts is None:
-            raise _refuse(batch, node, mac, "facts", body, ip)
+            raise identity.refuse(batch, node, mac, "facts", body, ip)
         await batch.session.merge(MachineFacts(mac=mac, facts=facts, reported_at=batch.now, ip=ip))
         batch.record(eventlog.facts_report(mac, node.cluster, summary(facts), ip=ip))
         return {"mac": mac, "facts": facts}
@@ -248,17 +236,17 @@ def health(
     async def action(batch: Batch) -> NodeOutcome:
         node = await identity.started_node(batch, mac, token, "health", ip, known_ip, quiet)
         if isinstance(report, BadReport):
-            raise _refuse(batch, node, mac, "health", report, ip)
+            raise identity.refuse(batch, node, mac, "health", report, ip)
         cluster = batch.cluster_of(node)
         if cluster is None:
             error = Refused(f"{label(node)} is not in a cluster; only a first node reports health")
-            raise _refuse(batch, node, mac, "health", error, ip)
+            raise identity.refuse(batch, node, mac, "health", error, ip)
         if node.hostname != cluster.first_node:
             error = Refused(
                 f"{label(node)} is not the first node of cluster {cluster.name} "
                 f"({cluster.first_node} is); only the first node reports cluster health"
             )
-            raise _refuse(batch, node, mac, "health", error, ip)
+            raise identity.refuse(batch, node, mac, "health", error, ip)
         # a first node that timed out while its OS came up still runs it: a late report counts
         # (not one that failed by its own report or by the admin's decision)
         timed_out = (
@@ -271,13 +259,13 @@ def health(
                 f"first node {label(node)} is {node.state}; its health counts only after it "
                 "was released and started"
             )
-            raise _refuse(batch, node, mac, "health", error, ip)
+            raise identity.refuse(batch, node, mac, "health", error, ip)
         if cluster.alarm and cluster.formed_at is None:  # fail-safe: an alarm never forms
             error = Refused(
                 f"cluster {cluster.name} has an identity alarm ({cluster.alarm}); it is not "
                 "formed until the admin retries the node or resets the cluster"
             )
-            raise _refuse(batch, node, mac, "health", error, ip)
+            raise identity.refuse(batch, node, mac, "health", error, ip)
         if report.members is not None:
             _store_membership(batch, cluster, node, report.members, report.cluster_state)
         healthy, reason = _health_verdict(node, report)
@@ -333,7 +321,7 @@ def gate_check(
     async def action(batch: Batch) -> dict[str, Any]:
         node = await identity.agent_node(batch, mac, token, "gate", ip)
         if isinstance(timeout, BadReport):
-            raise _refuse(batch, node, mac, "gate", timeout, ip)
+            raise identity.refuse(batch, node, mac, "gate", timeout, ip)
         return gate_view(node, batch.cluster_of(node))
 
     return action
