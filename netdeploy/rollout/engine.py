@@ -33,11 +33,10 @@ from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.errors import RolloutError, StoreUnreachable, Unavailable
-from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, write_rows
 from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
-from netdeploy.rollout.wave import Wave, release_held
+from netdeploy.rollout.wave import Wave, gate_answer, release_held
 from netdeploy.store.db import origin_of
 from netdeploy.store.models import Cluster, Event, Node, SecretFetch, utcnow
 from netdeploy.store.notify import notify_live
@@ -323,16 +322,15 @@ class Batch:
 
 def gate_view(node: Node | NodeRow, cluster: Cluster | None) -> dict[str, Any]:
     """What an agent's long-poll learns: may it boot its disk, and why (not)."""
-    return {
-        "mac": node.mac,
-        "hostname": node.hostname,
-        "state": node.state,
-        "released": S(node.state) in RELEASED_STATES,
-        "cluster": node.cluster,
-        "gate": cluster.gate if cluster else None,
-        "detail": cluster.gate_detail if cluster else "",
-        "message": node.message or "",  # e.g. why it failed: the agent shows it
-    }
+    return gate_answer(
+        node.mac,
+        node.hostname,
+        node.state,
+        node.cluster,
+        cluster.gate if cluster else None,
+        cluster.gate_detail if cluster else "",
+        node.message or "",
+    )
 
 
 @dataclass

@@ -26,11 +26,34 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from netdeploy.inventory import NodeState as S
+from netdeploy.rollout.machine import RELEASED_STATES
 from netdeploy.rollout.rows import NODES
 from netdeploy.store.models import Cluster
 
 # an IN list longer than this is sent in parts (SQLite and asyncpg allow 32,767 parameters)
 IN_CHUNK = 10_000
+
+
+def gate_answer(
+    mac: str,
+    hostname: str | None,
+    state: str,
+    cluster: str | None,
+    gate: str | None,
+    detail: str,
+    message: str = "",
+) -> dict[str, Any]:
+    """What an agent's long-poll learns: may it boot its disk, and why (not)."""
+    return {
+        "mac": mac,
+        "hostname": hostname,
+        "state": state,
+        "released": S(state) in RELEASED_STATES,
+        "cluster": cluster,
+        "gate": gate,
+        "detail": detail,
+        "message": message,  # e.g. why it failed: the agent shows it
+    }
 
 
 @dataclass
@@ -49,21 +72,20 @@ class Wave:
 
     def views(self, wanted: Container[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(mac, gate view)`` of the wave's nodes in ``wanted`` (those someone waits on):
-        what ``engine.gate_view`` gives for a released node."""
+        what ``engine.gate_view`` gives for a released node, built by the same function."""
         for mac, hostname, message in self.nodes:
             if mac in wanted:
                 yield (
                     mac,
-                    {
-                        "mac": mac,
-                        "hostname": hostname,
-                        "state": S.RELEASED.value,
-                        "released": True,
-                        "cluster": self.cluster.name,
-                        "gate": self.gate,
-                        "detail": self.detail,
-                        "message": message,
-                    },
+                    gate_answer(
+                        mac,
+                        hostname,
+                        S.RELEASED.value,
+                        self.cluster.name,
+                        self.gate,
+                        self.detail,
+                        message,
+                    ),
                 )
 
 
