@@ -352,6 +352,7 @@ class Run:
             self.names.append("baseline")
         self.lines: list[str] = []
         self.cpu: dict[str, list[float]] = {}  # server CPU / wall time per storm
+        self.block_cpu: dict[str, list[float]] = {}  # server CPU µs per block, lockstep
 
     def servers(self, cpus: list[int]) -> dict[str, Server]:
         started: dict[str, Server] = {}
@@ -397,29 +398,61 @@ class Run:
             print(line, flush=True)
             self.lines.append(line)
         busy = "; ".join(
-            f"{n} used {statistics.median(c):.2f} CPUs" for n, c in self.cpu.items() if c
+            [f"{n} used {statistics.median(c):.2f} CPUs" for n, c in self.cpu.items() if c]
+            + [
+                f"{n} used {statistics.median(c):.1f} µs CPU per block"
+                for n, c in self.block_cpu.items()
+                if c
+            ]
         )
         self.cpu.clear()
+        self.block_cpu.clear()
         print(f"  {'':34} (load average {load:.2f}{'; ' + busy if busy else ''})", flush=True)
 
-    def fetch(self, argv: list[str], env: dict | None = None) -> Callable[[], tuple[float, int]]:  # type: ignore[type-arg]
+    def fetch(
+        self,
+        argv: list[str],
+        env: dict | None = None,  # type: ignore[type-arg]
+        server: Server | None = None,
+    ) -> Callable[[], tuple[float, int]]:
+        """One whole-file fetch; with ``server`` (a netdeploy) its CPU per block is noted too."""
         out = self.tmp / "out.bin"
-        return lambda: (one(argv, env or {}, out, self.big), 0)
+
+        def job() -> tuple[float, int]:
+            before = tree_cpu(server.proc.pid) if server else 0.0
+            seconds = one(argv, env or {}, out, self.big)
+            if server is not None:
+                blocks = len(self.big) // BLKSIZE + 1
+                used = tree_cpu(server.proc.pid) - before
+                self.block_cpu.setdefault(server.name, []).append(used / blocks * 1e6)
+            return seconds, 0
+
+        return job
 
     def lockstep(self, servers: dict[str, Server]) -> None:
         out = str(self.tmp / "out.bin")
         mib = self.args.big_mib
         self.measure(
             f"lockstep {mib} MiB, curl",
-            {n: self.fetch(curl(s.port, "big.bin", "127.0.0.1", out)) for n, s in servers.items()},
+            {
+                n: self.fetch(curl(s.port, "big.bin", "127.0.0.1", out), server=self.ours(s))
+                for n, s in servers.items()
+            },
         )
         self.measure(
             f"lockstep {mib} MiB, atftp",
             {
-                n: self.fetch(atftp(s.port, "big.bin", out, f"blksize {BLKSIZE}"))
+                n: self.fetch(
+                    atftp(s.port, "big.bin", out, f"blksize {BLKSIZE}"), server=self.ours(s)
+                )
                 for n, s in servers.items()
             },
         )
+
+    @staticmethod
+    def ours(server: Server) -> Server | None:
+        """``server`` when it is a netdeploy (its CPU is its process tree's), else None."""
+        return server if server.http else None
 
     def window(self, servers: dict[str, Server]) -> None:
         out = str(self.tmp / "out.bin")
