@@ -3,7 +3,7 @@
 
     sudo ./dev bench tftp                                   # everything, 3 repetitions
     sudo ./dev bench tftp --only shared --storms 500        # one part (lockstep, window,
-                                                            #   shared, pinned)
+                                                            #   shared, blockcpu, pinned)
     sudo ./dev bench tftp --fbtftp                          # stock fbtftp 0.5 as a third peer
     sudo ./dev bench tftp --baseline /work/main             # another checkout beside
 
@@ -20,6 +20,9 @@ and LD_PRELOADed), so per-client limits count machines the way they would on a L
 Scenarios (all over loopback, blksize 1468 as PXE ROMs ask):
   lockstep  one 32 MiB transfer with curl, and with atftp;
   window    netdeploy windowsize 16 against in.tftpd lockstep, atftp on both sides;
+  blockcpu  one 32 MiB transfer with every server on the first CPU and curl on the same CPU,
+            then on another: time, and the server's CPU per block from `perf stat` (the
+            figure the wake-ups' placement moves least; needs perf, from linux-perf);
   storm     N clients x 1 MiB started together (held at a pipe, then released at once) —
             "shared": clients and servers on every core; "pinned": the server on CPU 0 and
             the clients on the other cores (taskset). Time = release to the last exit.
@@ -348,8 +351,11 @@ class Run:
         self.clients = Clients(tmp)
         self.unit = [] if args.no_unit else unit_wrapper(unit_settings())
         self.names = ["in.tftpd", "netdeploy"] + (["fbtftp"] if args.fbtftp else [])
-        if args.baseline:
-            self.names.append("baseline")
+        # other checkouts beside: baseline, baseline2, ... in the order given
+        self.checkouts = {
+            f"baseline{i + 1 if i else ''}": path for i, path in enumerate(args.baseline or [])
+        }
+        self.names += list(self.checkouts)
         self.lines: list[str] = []
         self.cpu: dict[str, list[float]] = {}  # server CPU / wall time per storm
         self.block_cpu: dict[str, list[float]] = {}  # server CPU µs per block, lockstep
@@ -360,8 +366,8 @@ class Run:
             for name in self.names:
                 where = self.tmp / f"{name}-{len(cpus)}"
                 where.mkdir(exist_ok=True)
-                checkout = self.args.baseline if name == "baseline" else None
-                weight = self.args.cpu_weight if name in ("netdeploy", "baseline") else None
+                checkout = self.checkouts.get(name)
+                weight = self.args.cpu_weight if name == "netdeploy" or checkout else None
                 started[name] = Server(
                     name,
                     self.root,
@@ -449,6 +455,51 @@ class Run:
             },
         )
 
+    def lockstep_pinned(self, servers: dict[str, Server]) -> None:
+        """One lockstep transfer with every server on the first CPU and curl on the same CPU,
+        then on another: the time, and the server's CPU per block from ``perf stat``
+        (task-clock of the server's threads and of the children it forks after the counter
+        starts) - the figure the placement of the wake-ups moves least."""
+        perf = shutil.which("perf")
+        if perf is None:
+            print("  (perf not found: apt-get install linux-perf; the block-CPU rows are skipped)")
+            return
+        out, stat = self.tmp / "out.bin", self.tmp / "perf.csv"
+        blocks = len(self.big) // BLKSIZE + 1
+        for cpu in (CPUS[0], CPUS[1]):
+            key = f"lockstep {self.args.big_mib} MiB, curl CPU {cpu}"
+            wall: dict[str, list[float]] = {n: [] for n in servers}
+            cost: dict[str, list[float]] = {n: [] for n in servers}
+            order = list(servers)
+            for rep in range(self.args.repeat):
+                for name in order if rep % 2 == 0 else order[::-1]:
+                    pid = str(servers[name].proc.pid)
+                    argv = [perf, "stat", "-x,", "-e", "task-clock", "-p", pid, "-o", str(stat)]
+                    counter = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+                    time.sleep(0.3)  # (attached before the transfer starts)
+                    fetch = curl(servers[name].port, "big.bin", "127.0.0.1", str(out))
+                    wall[name].append(one(["taskset", "-c", str(cpu), *fetch], {}, out, self.big))
+                    counter.send_signal(signal.SIGINT)
+                    counter.wait()
+                    msec = next(
+                        float(line.split(",")[0])
+                        for line in stat.read_text().splitlines()
+                        if "task-clock" in line
+                    )
+                    cost[name].append(msec * 1000 / blocks)
+            for name in servers:
+                each = " ".join(f"{t:.2f}" for t in wall[name])
+                line = f"  {key:34} {name:10} {each} s; {statistics.median(cost[name]):.1f} µs"
+                line += " server CPU per block (median)"
+                if name != "in.tftpd":
+                    ratios = [b / t for b, t in zip(wall["in.tftpd"], wall[name], strict=True)]
+                    line += (
+                        f"   ratio min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x"
+                    )
+                print(line, flush=True)
+                self.lines.append(line)
+            print(f"  {'':34} (load average {os.getloadavg()[0]:.2f}; server on CPU {CPUS[0]})")
+
     @staticmethod
     def ours(server: Server) -> Server | None:
         """``server`` when it is a netdeploy (its CPU is its process tree's), else None."""
@@ -498,11 +549,15 @@ def main() -> None:
     parser.add_argument("--storm-clients", default="curl,atftp", help="curl,atftp")
     parser.add_argument("--big-mib", type=int, default=32, help="lockstep file size (32)")
     parser.add_argument(
-        "--only", default="lockstep,window,shared,pinned", help="lockstep,window,shared,pinned"
+        "--only",
+        default="lockstep,window,shared,blockcpu,pinned",
+        help="lockstep,window,shared,blockcpu,pinned",
     )
     parser.add_argument("--fbtftp", action="store_true", help="stock fbtftp 0.5 as a peer too")
     parser.add_argument(
-        "--baseline", help="another netdeploy checkout to run beside (e.g. /work/main)"
+        "--baseline",
+        action="append",
+        help="another netdeploy checkout to run beside (e.g. /work/main); may be repeated",
     )
     parser.add_argument(
         "--cpu-weight",
@@ -544,10 +599,13 @@ def main() -> None:
             finally:
                 for server in servers.values():
                     server.stop()
-        if "pinned" in parts and len(CPUS) > 1:
+        if {"pinned", "blockcpu"} & set(parts) and len(CPUS) > 1:
             servers = run.servers(CPUS[:1])
             try:
-                run.storms(servers, CPUS[1:], f"server CPU {CPUS[0]}, clients apart")
+                if "blockcpu" in parts:
+                    run.lockstep_pinned(servers)
+                if "pinned" in parts:
+                    run.storms(servers, CPUS[1:], f"server CPU {CPUS[0]}, clients apart")
             finally:
                 for server in servers.values():
                     server.stop()
