@@ -258,6 +258,22 @@ async def test_retransmitted_rrq_starts_no_second_transfer(root: Path) -> None:
         client.close()
 
 
+async def test_a_client_reusing_its_port_gets_each_next_request_at_once(root: Path) -> None:
+    """tftp-hpa's client keeps one socket for a session: its last ACK and its next RRQ come
+    back to back, and the RRQ must start a new transfer, not be taken for a retransmission
+    of the one that just ended. RawClient never retransmits an RRQ, so a request taken for
+    a duplicate would time out here (it did, on a data plane that read the ACK late)."""
+    names = ["one.bin", "exact512.bin", "sub/nested.bin", "empty.bin"] * 5
+    async with tftp_server(root) as (server, finished):
+        client = RawClient(server.port)
+        for name in names:
+            assert await client.fetch(name, blksize=512) == (root / name).read_bytes()
+        stats = await finished.wait(len(names))
+        client.close()
+    assert [s.filename for s in stats] == names
+    assert {s.outcome for s in stats} == {"ok"}
+
+
 async def test_limits_hold_requests_silently_until_a_slot_frees(root: Path) -> None:
     config = TftpConfig(max_per_client=2, max_transfers=3, timeout=0.2, retries=1)
     async with tftp_server(root, config) as (server, finished):
