@@ -41,9 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.integration.mc_harness import IMAGE, ndmc_recv_shell_argv, receive_argv  # noqa: E402
 from tests.integration.mc_netns import SENDER_IP, Rig, netns_unavailable, receiver_ip, wait_line  # noqa: E402
-
-IMAGE_NAME = "w2k3-ent-sp1"  # the demo config's image; netdeploy serves the bench file as it
 
 
 @dataclass
@@ -225,7 +224,8 @@ class Bench:
         state = self.work / "nd-state"
         shutil.rmtree(state, ignore_errors=True)
         (state / "state" / "images").mkdir(parents=True)  # the server's state_dir/images
-        os.link(self.image, state / "state" / "images" / f"{IMAGE_NAME}.img")
+        # the demo config's image (the receivers ask for it): netdeploy serves the bench file as it
+        os.link(self.image, state / "state" / "images" / f"{IMAGE}.img")
         report = self.work / "nd.json"
         server = self.net.spawn(
             self.net.sender,
@@ -247,35 +247,14 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
         url = wait_line(server, b"READY ", timeout=120).split()[0]
-        join = f"{url}/api/multicast/join?image={IMAGE_NAME}&format=args"
         # receivers that are not nodes join with the admin token (docs/security.md)
         admin = (state / "state" / "admin-token").read_text().strip()
 
         def c_receiver(i: int, out: Path) -> list[str]:
-            return [
-                "sh",
-                "-c",
-                f'exec {self.ndmc_recv} $(curl -sf -X POST -H "Authorization: Bearer {admin}" '
-                f'"{join}&name=r{i}") --out {out} --quiet',
-            ]
+            return ndmc_recv_shell_argv(self.ndmc_recv, url, f"r{i}", admin, out)
 
         def py_receiver(i: int, out: Path) -> list[str]:
-            return [
-                sys.executable,
-                "-m",
-                "netdeploy",
-                "receive",
-                "--server",
-                url,
-                "--image",
-                IMAGE_NAME,
-                "--out",
-                str(out),
-                "--name",
-                f"r{i}",
-                f"--token={admin}",  # a token may begin with "-"
-                "--quiet",
-            ]
+            return receive_argv(url, out, "--name", f"r{i}", "--quiet", token=admin)
 
         tool = f"netdeploy-{receiver}"
         result = self.measure(tool, None, c_receiver if receiver == "c" else py_receiver)

@@ -27,7 +27,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.mc_harness import IMAGE, Server, running_server, sha256_of  # noqa: E402
+from tests.integration.mc_harness import (  # noqa: E402
+    Server,
+    join_url,
+    ndmc_recv_argv,
+    receive_argv,
+    running_server,
+    sha256_of,
+)
 
 
 async def run(argv: list[str]) -> tuple[float, float, int]:
@@ -46,29 +53,15 @@ async def run(argv: list[str]) -> tuple[float, float, int]:
 
 async def c_argv(server: Server, binary: Path, name: str, out: Path) -> list[str]:
     """What the agent does: join for command-line words (its shell's wget), then ndmc-recv."""
-    url = f"{server.url}/api/multicast/join?image={IMAGE}&name={name}&format=args"
-    request = urllib.request.Request(url, method="POST", headers=server.admin)
+    request = urllib.request.Request(
+        join_url(server.url, name), method="POST", headers=server.admin
+    )
     words = await asyncio.to_thread(lambda: urllib.request.urlopen(request).read().decode())
-    return [str(binary), *words.split(), "--out", str(out), "--quiet"]
+    return ndmc_recv_argv(binary, words.split(), out)
 
 
 def py_argv(server: Server, name: str, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "netdeploy",
-        "receive",
-        "--server",
-        server.url,
-        "--image",
-        IMAGE,
-        "--out",
-        str(out),
-        "--name",
-        name,
-        f"--token={server.ctx.admin_token}",  # a token may begin with "-"
-        "--quiet",
-    ]
+    return receive_argv(server.url, out, "--name", name, "--quiet", token=server.ctx.admin_token)
 
 
 async def one_kind(

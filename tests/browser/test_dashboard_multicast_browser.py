@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 
 import pytest
 from playwright.async_api import expect
@@ -15,7 +14,7 @@ from playwright.async_api import expect
 from netdeploy.http.multicast_view import TIMES
 from tests.browser.test_dashboard_browser import CONTRAST_JS, WALL, browser, login, shot
 from tests.conftest import REPO
-from tests.integration.mc_harness import IMAGE, running_server, sha256_of, wait_for
+from tests.integration.mc_harness import receive_argv, running_server, sha256_of, wait_for
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser"]  # the fixture, shared with the other dashboard browser tests
@@ -28,8 +27,7 @@ async def receiver(url: str, out: os.PathLike, mac: str, token: str) -> asyncio.
     """`netdeploy receive` for one node; the test keeps the process to stop and resume it.
     It stands in for the node's agent, so it joins with the admin token (docs/security.md)."""
     return await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "netdeploy", "receive", "--server", url, "--image", IMAGE),
-        *("--out", str(out), "--mac", mac, "--json", "--quiet", f"--token={token}"),
+        *receive_argv(url, out, "--mac", mac, "--json", "--quiet", token=token),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,

@@ -9,9 +9,9 @@ IPv6 router advertisements (dnsmasq), without which iPXE waits ~16 s per boot.
 
 Slirp (tests/e2e/vm.py's default) carries no multicast, so multicast imaging is tested here.
 Nothing touches the host's own interfaces: every link lives in the namespace
-``ndlan-<pid>``, and the test reaches the server from a worker thread that entered the
-namespace (setns(2) changes only the calling thread). ``down()`` kills only what it started
-and what runs inside its own namespace, and deletes only that namespace.
+``ndlan-<pid>`` (``ndlan-<pid><tag>`` with a tag), and the test reaches the server from a worker
+thread that entered the namespace (setns(2) changes only the calling thread). ``down()`` kills
+only what it started and what runs inside its own namespace, and deletes only that namespace.
 """
 
 from __future__ import annotations
@@ -67,10 +67,12 @@ class Lan:
         dhcp: str = "dnsmasq",
         veths: int = 0,
         boot_first: tuple[str, ...] = (),
+        tag: str = "",
     ):
         if dhcp not in DHCP_MODES:
             raise ValueError(f"dhcp must be one of {', '.join(DHCP_MODES)}")
-        self.netns = f"ndlan-{os.getpid()}"
+        # ``tag`` tells apart two LANs of one process (bench/proxydhcp.py keeps two up at once)
+        self.netns = f"ndlan-{os.getpid()}{tag}"
         self.workdir = workdir
         self.taps = [f"tap{i}" for i in range(taps)]
         self.dhcp = dhcp
@@ -283,8 +285,9 @@ def lan(
     dhcp: str = "dnsmasq",
     veths: int = 0,
     boot_first: tuple[str, ...] = (),
+    tag: str = "",
 ) -> Iterator[Lan]:
-    net = Lan(workdir, taps, dhcp, veths, boot_first).up()
+    net = Lan(workdir, taps, dhcp, veths, boot_first, tag).up()
     try:
         yield net
     finally:

@@ -1,6 +1,7 @@
 """Helpers for the multicast tests: a real netdeploy server in-process, images, receivers.
 
-Imported by tests/integration/test_multicast_*.py (not a conftest: the lead owns those).
+Imported by tests/integration/test_multicast_*.py (not a conftest: the lead owns those), the
+browser tests and bench/multicast*.py; the receivers' command lines are built here only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,51 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def receive_argv(
+    server_url: str,
+    out: Path | str,
+    *options: str,
+    token: str | None = None,
+    image: str = IMAGE,
+) -> list[str]:
+    """`netdeploy receive` of ``image`` into ``out``, then ``options`` (``--name``, ``--json``,
+    ``--quiet``...), then ``token`` as ``--token=`` (a generated token may begin with "-",
+    which argparse would take for an option)."""
+    return [
+        sys.executable,
+        "-m",
+        "netdeploy",
+        "receive",
+        "--server",
+        server_url,
+        "--image",
+        image,
+        "--out",
+        str(out),
+        *options,
+        *((f"--token={token}",) if token else ()),
+    ]
+
+
+def join_url(server_url: str, name: str, image: str = IMAGE) -> str:
+    """The join a receiver POSTs first; the answer (``format=args``) is ndmc-recv's words."""
+    return f"{server_url}/api/multicast/join?image={image}&name={name}&format=args"
+
+
+def ndmc_recv_argv(binary: Path | str, words: Sequence[str], out: Path | str) -> list[str]:
+    """The media's C receiver with the words a join answered, writing ``out``."""
+    return [str(binary), *words, "--out", str(out), "--quiet"]
+
+
+def ndmc_recv_shell_argv(
+    binary: Path | str, server_url: str, name: str, token: str, out: Path | str
+) -> list[str]:
+    """ndmc-recv behind a shell that joins first with curl, as the agent's script does with
+    wget: the join runs where the receiver runs (its namespace) and in its time."""
+    join = f'$(curl -sf -X POST -H "Authorization: Bearer {token}" "{join_url(server_url, name)}")'
+    return ["sh", "-c", "exec " + " ".join(ndmc_recv_argv(binary, [join], out))]
 
 
 # admin token per server URL: `netdeploy receive` stand-ins for nodes join with it (a real
@@ -171,24 +217,15 @@ async def run_receiver(
     server_url: str, out: Path, *extra: str, timeout: float = 60, image: str = IMAGE
 ) -> tuple[int, str]:
     """`netdeploy receive` as a real subprocess; returns (exit status, stderr+stdout)."""
+    own_token = any(e.startswith("--token") for e in extra)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "netdeploy",
-        "receive",
-        "--server",
-        server_url,
-        "--image",
-        image,
-        "--out",
-        str(out),
-        "--json",
-        *extra,
-        # --token=: a generated token may begin with "-", which argparse would take for an option
-        *(
-            ()
-            if any(e.startswith("--token") for e in extra)
-            else (f"--token={ADMIN_TOKENS[server_url]}",)
+        *receive_argv(
+            server_url,
+            out,
+            "--json",
+            *extra,
+            token=None if own_token else ADMIN_TOKENS[server_url],
+            image=image,
         ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

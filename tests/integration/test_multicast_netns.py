@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.mc_harness import sha256_of
+from tests.integration.mc_harness import ndmc_recv_shell_argv, receive_argv, sha256_of
 from tests.integration.mc_netns import REPO, SENDER_IP, netns_unavailable, rig, wait_line
 
 pytestmark = pytest.mark.netns
@@ -70,32 +70,10 @@ def one_run(
         admin = (state / "state" / "admin-token").read_text().strip()  # mc_harness layout
 
         def argv(i: int) -> list[str]:
-            target = str(tmp_path / f"{tag}-{i}.img")
+            target = tmp_path / f"{tag}-{i}.img"
             if c_receiver is not None and i % 2:
-                join = f"{url}/api/multicast/join?image=w2k3-ent-sp1&name=r{i}&format=args"
-                return [
-                    "sh",
-                    "-c",
-                    f'exec {c_receiver} $(curl -sf -X POST -H "Authorization: Bearer {admin}" '
-                    f'"{join}") --out {target} --quiet',
-                ]
-            return [
-                sys.executable,
-                "-m",
-                "netdeploy",
-                "receive",
-                "--server",
-                url,
-                "--image",
-                "w2k3-ent-sp1",
-                "--out",
-                target,
-                "--name",
-                f"r{i}",
-                "--json",
-                "--quiet",
-                f"--token={admin}",  # a token may begin with "-"
-            ]
+                return ndmc_recv_shell_argv(c_receiver, url, f"r{i}", admin, target)
+            return receive_argv(url, target, "--name", f"r{i}", "--json", "--quiet", token=admin)
 
         receivers = [
             net.spawn(
