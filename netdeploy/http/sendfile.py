@@ -159,7 +159,11 @@ class _Job:
             return
         self.offset += n
         self.left -= n
-        self.sent(n)
+        try:
+            self.sent(n)
+        except Exception as exc:  # a loop callback must not raise: the awaiting send() does
+            self.done.set_exception(exc)
+            return
         if self.left == 0:
             self.done.set_result(self.count)
 

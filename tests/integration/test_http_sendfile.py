@@ -230,3 +230,19 @@ async def test_refuses_what_is_not_a_plain_tcp_transport() -> None:
         FileSender(Fake())
     with pytest.raises(ValueError):
         FileSender(Fake(), max_per_call=0)
+
+
+async def test_a_failing_count_callback_ends_the_send_with_its_error(
+    server: Server, tmp_path: Path
+) -> None:
+    with data_file(tmp_path, 1024 * 1024) as fh:
+        transport, _reader, writer = await server.connect()
+
+        def sent(n: int) -> None:
+            raise RuntimeError("accounting broke")
+
+        async with FileSender(transport, max_per_call=SLICE) as sender:
+            with pytest.raises(RuntimeError, match="accounting broke"):
+                await sender.send(fh, 0, 1024 * 1024, sent)
+        writer.close()
+        transport.close()
