@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +32,7 @@ from netdeploy import eventlog
 from netdeploy.context import Context
 from netdeploy.http.auth import is_admin, refuse
 from netdeploy.http.common import IMAGES, ctx_of, json_error, request_token
+from netdeploy.http.sendfile import FileSender
 from netdeploy.images import catalog
 from netdeploy.images.admission import Slot, ordinal
 from netdeploy.images.catalog import NotServable, OpenImage
@@ -55,8 +57,8 @@ routes = web.RouteTableDef()
 # Bodies up to this size (a partition table, a probe) never need a stream slot, so a busy
 # server still answers them; everything larger counts against http.max_image_streams.
 SMALL_BODY = 1024 * 1024
-# Bytes per loop.sendfile() call: large enough that Python runs once per ~16 MiB sent,
-# small enough that per-node progress moves several times a second on a 1 Gbit/s link.
+# The file is checked unchanged (one fstat) after every this many bytes sent. Each sendfile(2)
+# call sends at most sendfile.MAX_PER_CALL, so streams take turns (decision 0017).
 SENDFILE_CHUNK = 16 * 1024 * 1024
 
 
@@ -305,12 +307,17 @@ async def _stream(
     aborted = ""
 
     async def send() -> None:
-        await response.prepare(request)  # StreamResponse sends the headers now
-        await _send_range(request, response, image, offset, length - 1, stream.sent)
-        changed = await asyncio.to_thread(image.still_same)
-        if changed:
-            raise _FileChanged(f"{changed} during the transfer")
-        await _send_range(request, response, image, offset + length - 1, 1, stream.sent)
+        try:
+            sender: FileSender | None = FileSender(request.transport)
+        except NotImplementedError:  # no plain TCP socket (TLS): read and write instead
+            sender = None
+        async with sender or contextlib.nullcontext():  # corked: headers ride with the body
+            await response.prepare(request)  # StreamResponse sends the headers now
+            await _send_range(response, sender, image, offset, length - 1, stream.sent)
+            changed = await asyncio.to_thread(image.still_same)
+            if changed:
+                raise _FileChanged(f"{changed} during the transfer")
+            await _send_range(response, sender, image, offset + length - 1, 1, stream.sent)
 
     sending = asyncio.ensure_future(send())
     watchdog = asyncio.ensure_future(_watch_progress(request, stream, service.stall_timeout))
@@ -389,36 +396,26 @@ class _FileChanged(Exception):
 
 
 async def _send_range(
-    request: web.Request,
     response: web.StreamResponse,
+    sender: FileSender | None,
     image: OpenImage,
     offset: int,
     count: int,
-    sent: Any,
+    sent: Callable[[int], None],
 ) -> None:
-    loop = asyncio.get_running_loop()
     end = offset + count
     while offset < end:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client closed the connection")
         chunk = min(SENDFILE_CHUNK, end - offset)
-        image.fh.seek(offset)
-        try:
-            n = await loop.sendfile(transport, image.fh, offset, chunk)
-        except (ConnectionError, OSError):
-            # asyncio leaves the file position after the last byte the kernel took, even on
-            # error: account those bytes too, so a dropped node's count is exact
-            sent(max(0, image.fh.tell() - offset))
-            raise
-        except NotImplementedError:  # no sendfile (TLS, exotic loop): read and write
+        if sender is not None:  # sendfile(2); sent() per call, so a dropped node's count is exact
+            n = await sender.send(image.fh, offset, chunk, sent)
+        else:
             data = await asyncio.to_thread(_pread, image, offset, min(chunk, 1024 * 1024))
             await response.write(data)
             n = len(data)
+            sent(n)
         if n == 0:  # the file is shorter than its catalog size: truncated under us
             raise _FileChanged(f"the file ended early at byte {offset}")
         offset += n
-        sent(n)
         if changed := image.still_same():  # one fstat per chunk: stop a mix early
             raise _FileChanged(f"{changed} during the transfer")
 
