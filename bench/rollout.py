@@ -577,7 +577,8 @@ def main() -> int:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="server on CPU 0, this client on the other CPUs (as agents on other machines)",
+        help="server on CPU 0, this client (and PostgreSQL) on the other CPUs (as agents and "
+        "the database on other machines)",
     )
     args = parser.parse_args()
     if args.pin:
@@ -603,6 +604,10 @@ def main() -> int:
             durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
             pg = pgserver.start(**(durable if args.pg_durable else {}))
             stack.callback(pg.stop)
+            if SERVER_CPUS is not None and pg.proc is not None:
+                # --pin: the database off the server's CPU too, as on a machine of its own
+                # (its backends, forked later, inherit this)
+                os.sched_setaffinity(pg.proc.pid, os.sched_getaffinity(0))
         for store in stores if not args.skip_reports else []:
             for rep in range(args.reps):
                 for mode in modes:  # alternating: load that comes and goes hits both
