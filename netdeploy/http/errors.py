@@ -117,7 +117,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 408, "the request body did not arrive in time ([http] body_timeout)"
             )
         else:
-            response = outage.with_retry_after(await handler(request))
+            try:
+                response = outage.with_retry_after(await handler(request))
+            except web.HTTPException:
+                raise
+            except Exception as exc:  # an unreachable store, before anything reads it as a bug
+                if not is_outage(exc):
+                    raise
+                response = outage.answered(request, exc)
     except web.HTTPException as exc:
         if (
             exc.status < 400
@@ -137,9 +144,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _answer(request: web.Request, exc: Exception) -> web.Response:
-    """The answer to what a handler raised (not an HTTPException)."""
-    if is_outage(exc):  # before anything reads it as a bug: the store is down, retry
-        return outage.answered(request, exc)
+    """The answer to what reading the body or a handler raised (not an HTTPException, not
+    an outage)."""
     if isinstance(exc, OperationalError):
         if not is_busy(exc):
             return _bug(request, exc)
