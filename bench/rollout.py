@@ -2,8 +2,9 @@
 
 One asyncio client process drives every node through the whole state machine over HTTP:
 
-1. reports: each node sends imaging 0/25/50/75/100 % and imaged (6 reports each), all at once;
-   events/s sustained and p50/p99 latency;
+1. reports: each node sends imaging 0/25/50/75/100 % and imaged (6 reports each), all at once,
+   on a bare keep-alive connection of its own (request bytes: the client must not cost as
+   much as the server, docs/decisions/0018); events/s sustained and p50/p99 latency;
 2. gate: every held node parks on ``GET /api/nodes/{mac}/gate``; the first node reports
    healthy; time until *every* long-poll has returned released (policy ``waves:N``, N = all);
 3. join: every released node reports starting and joined.
@@ -24,6 +25,7 @@ release of 10,000 held nodes in < 1 s.
     ./dev bench rollout [--nodes 1000] [--modes naive,group] [--stores sqlite,postgresql]
                         [--reps 3] [--release-held 10000] [--skip-reports]
                         [--dashboards 100]   (live SSE streams open the whole run; issue 15)
+                        [--pin]   (server on CPU 0; this client and PostgreSQL on the others)
 """
 
 from __future__ import annotations
