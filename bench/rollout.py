@@ -2,8 +2,9 @@
 
 One asyncio client process drives every node through the whole state machine over HTTP:
 
-1. reports: each node sends imaging 0/25/50/75/100 % and imaged (6 reports each), all at once;
-   events/s sustained and p50/p99 latency;
+1. reports: each node sends imaging 0/25/50/75/100 % and imaged (6 reports each), all at once,
+   on a bare keep-alive connection of its own (request bytes: the client must not cost as
+   much as the server, docs/decisions/0018); events/s sustained and p50/p99 latency;
 2. gate: every held node parks on ``GET /api/nodes/{mac}/gate``; the first node reports
    healthy; time until *every* long-poll has returned released (policy ``waves:N``, N = all);
 3. join: every released node reports starting and joined.
@@ -24,6 +25,7 @@ release of 10,000 held nodes in < 1 s.
     ./dev bench rollout [--nodes 1000] [--modes naive,group] [--stores sqlite,postgresql]
                         [--reps 3] [--release-held 10000] [--skip-reports]
                         [--dashboards 100]   (live SSE streams open the whole run; issue 15)
+                        [--pin]   (server on CPU 0; this client and PostgreSQL on the others)
 """
 
 from __future__ import annotations
@@ -115,27 +117,27 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class LeanReports:
-    """An agent's report calls with the bodies encoded once and the answers not parsed: the
-    client shares the host's two cores with the server, so its own CPU per report (aiohttp's
-    ``json=`` and ``resp.json()``) would cap the rate it measures."""
+# an agent's report bodies, encoded once
+BODIES = {
+    (state, pct): json.dumps(
+        {"state": state, **({} if pct is None else {"progress": pct})}
+    ).encode()
+    for state, pct in [*(("imaging", p) for p in (0, 25, 50, 75, 100)), ("imaged", None)]
+}
 
-    BODIES = {
-        (state, pct): json.dumps(
-            {"state": state, **({} if pct is None else {"progress": pct})}
-        ).encode()
-        for state, pct in [*(("imaging", p) for p in (0, 25, 50, 75, 100)), ("imaged", None)]
-    }
 
-    def __init__(self, agent: Agent) -> None:
-        self.http = agent.http
-        self.url = f"{agent.url}/api/nodes/{agent.mac}/events"
-        self.headers = {**agent.headers, "Content-Type": "application/json"}
-
-    async def __call__(self, state: str, pct: int | None = None) -> tuple[int, bytes]:
-        body = self.BODIES[state, pct]
-        async with self.http.post(self.url, data=body, headers=self.headers) as resp:
-            return resp.status, await resp.read()
+def report_request(mac: str, token: str, state: str, pct: int | None = None) -> bytes:
+    """One agent report as the bytes of an HTTP/1.1 request on a keep-alive connection, with
+    the headers an aiohttp client call sent (the server parses as many as before)."""
+    body = BODIES[state, pct]
+    head = (
+        f"POST /api/nodes/{mac}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
+        "User-Agent: Python/3.11 aiohttp/3.14.5\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 async def warm_up(agents: list[Agent]) -> None:
@@ -230,23 +232,35 @@ async def run_mode(
             stop_dashboards = asyncio.Event()
             readers = await open_dashboards(server.url, dashboards, stop_dashboards)
 
-            # 1. reports: everyone images at once
+            # 1. reports: everyone images at once, each agent on a keep-alive connection of its
+            # own written as bytes (RawPoll): an aiohttp client call cost this process ~165 µs
+            # per report, as much as the server's whole work, and the client ran in lockstep
+            # with the server (docs/decisions/0018)
+            raws = await open_raw(server.port, len(agents))
             timed = Timed()
             server_cpu, client_cpu = cpu_seconds(server.proc.pid), own_cpu_seconds()
             db_cpu = tree_cpu_seconds(db_pid)
             writer = await metric(http, server.url, "netdeploy_rollout_batch_seconds_sum")
             batches = await metric(http, server.url, "netdeploy_rollout_batch_actions_count")
 
-            async def image(agent: Agent) -> None:
-                post = LeanReports(agent)
-                for pct in (0, 25, 50, 75, 100):
-                    await timed(post("imaging", pct))
-                await timed(post("imaged"))
+            async def image(agent: Agent, raw: RawPoll) -> None:
+                token = tokens[agent.mac]
+                for state, pct in [
+                    *(("imaging", p) for p in (0, 25, 50, 75, 100)),
+                    ("imaged", None),
+                ]:
+                    sent = time.perf_counter()
+                    at, answer = await raw.ask(report_request(agent.mac, token, state, pct))
+                    timed.latencies.append(at - sent)
+                    if not answer.startswith(b"HTTP/1.1 200"):
+                        raise RuntimeError(f"report answered {answer[:300]!r}")
 
             print(f"[{mode}] phase 1: {6 * len(agents)} reports", file=sys.stderr)
             started = time.perf_counter()
-            await asyncio.gather(*(image(a) for a in agents))
+            await asyncio.gather(*(image(a, r) for a, r in zip(agents, raws, strict=True)))
             elapsed = time.perf_counter() - started
+            for raw in raws:
+                raw.close()
             result["events_per_s"] = len(timed.latencies) / elapsed
             result["p50_ms"], result["p99_ms"] = timed.pct(0.50), timed.pct(0.99)
             n = len(timed.latencies)
@@ -344,10 +358,10 @@ async def held_store(config: Path, database: str | None, first: str) -> None:
 
 
 class RawPoll(asyncio.Protocol):
-    """One held agent's long-poll on a bare keep-alive connection: the request written as
-    bytes, the answer timed when its last byte arrives. An aiohttp client call costs this
-    process ~100 µs (1 s for 10,000 answers), and it shares the host with the server: the
-    bench would time its own client."""
+    """One agent's bare keep-alive connection (a held agent's long-poll, or its reports):
+    requests written as bytes, each answer timed when its last byte arrives. An aiohttp
+    client call costs this process ~100-165 µs, as much as the server's own work, and it
+    shares the host with the server: the bench would time its own client."""
 
     def __init__(self, request: bytes) -> None:
         self.request = request
@@ -358,11 +372,13 @@ class RawPoll(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def ask(self) -> asyncio.Future[tuple[float, bytes]]:
+    def ask(self, request: bytes | None = None) -> asyncio.Future[tuple[float, bytes]]:
+        """Send ``request`` (default: the one this connection was made for); the future
+        gives the time the answer's last byte arrived and the answer."""
         self.buffer.clear()
         self.answer = asyncio.get_running_loop().create_future()
         assert self.transport is not None
-        self.transport.write(self.request)
+        self.transport.write(self.request if request is None else request)
         return self.answer
 
     def data_received(self, data: bytes) -> None:
@@ -380,6 +396,19 @@ class RawPoll(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+async def open_raw(port: int, count: int) -> list[RawPoll]:
+    """``count`` bare keep-alive connections, 100 connecting at a time (the listen backlog)."""
+    gate = asyncio.Semaphore(100)
+    loop = asyncio.get_running_loop()
+
+    async def one() -> RawPoll:
+        async with gate:
+            _, conn = await loop.create_connection(lambda: RawPoll(b""), "127.0.0.1", port)
+        return conn
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
 async def open_polls(port: int, nodes: list[tuple[str, str]]) -> list[RawPoll]:
@@ -550,7 +579,8 @@ def main() -> int:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="server on CPU 0, this client on the other CPUs (as agents on other machines)",
+        help="server on CPU 0, this client (and PostgreSQL) on the other CPUs (as agents and "
+        "the database on other machines)",
     )
     args = parser.parse_args()
     if args.pin:
@@ -562,7 +592,7 @@ def main() -> int:
         os.sched_setaffinity(0, cpus - SERVER_CPUS)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # each process (this client, the server it starts) holds a socket per node
-    need = max(args.nodes, args.release_held) + 500
+    need = max(2 * args.nodes, args.release_held) + 500  # reports: aiohttp + raw per agent
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -576,6 +606,10 @@ def main() -> int:
             durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
             pg = pgserver.start(**(durable if args.pg_durable else {}))
             stack.callback(pg.stop)
+            if SERVER_CPUS is not None and pg.proc is not None:
+                # --pin: the database off the server's CPU too, as on a machine of its own
+                # (its backends, forked later, inherit this)
+                os.sched_setaffinity(pg.proc.pid, os.sched_getaffinity(0))
         for store in stores if not args.skip_reports else []:
             for rep in range(args.reps):
                 for mode in modes:  # alternating: load that comes and goes hits both

@@ -10,6 +10,7 @@ import re
 from enum import StrEnum
 
 _HEX12 = re.compile(r"[0-9a-f]{12}")
+_CANONICAL = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 class BadMac(ValueError):
@@ -22,6 +23,8 @@ def normalize_mac(text: str) -> str:
     Separators must be consistent (all ``:``, all ``-``, all ``.`` or none), so a typo such as
     ``52:54:00-12:34:56`` is refused rather than silently accepted.
     """
+    if _CANONICAL.fullmatch(text):  # the form every agent sends: nothing to change
+        return text
     raw = text.strip().lower()
     if raw.startswith("01-") and len(raw) == 20:  # PXE BOOTIF: hardware type 1 (Ethernet)
         raw = raw[3:]

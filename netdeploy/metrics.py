@@ -135,8 +135,17 @@ async def _read_store(sessions: async_sessionmaker, event_streams: int, gate_wai
     )
 
 
+# (route pattern, status) -> its counter: ``labels()`` takes a lock and builds the key on every
+# call, a few µs of each agent report (bench/rollout.py). Bounded like the labels themselves:
+# route patterns and status codes.
+_RESPONSE_COUNTERS: dict[tuple[str, int], Any] = {}
+
+
 def count_response(request: Any, status: int) -> None:
     """One HTTP response; the route label is the pattern, never the raw path (bounded labels)."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    HTTP_RESPONSES.labels(route, str(status)).inc()
+    counter = _RESPONSE_COUNTERS.get((route, status))
+    if counter is None:
+        counter = _RESPONSE_COUNTERS[route, status] = HTTP_RESPONSES.labels(route, str(status))
+    counter.inc()

@@ -9,7 +9,9 @@ from aiohttp import web
 from sqlalchemy import select
 
 import netdeploy
+from netdeploy import metrics as store_gauges
 from netdeploy.context import Context
+from netdeploy.http import events_routes
 from netdeploy.http.common import ctx_of, mac_param
 from netdeploy.rollout.membership import membership_json
 from netdeploy.store.models import Cluster, MachineFacts, Node
@@ -72,8 +74,13 @@ async def version(_request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
-async def metrics(_request: web.Request) -> web.Response:
-    """Prometheus text format; each module registers its own metrics on the default registry."""
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; each module registers its own metrics on the default registry.
+    The store's gauges (nodes by state, gates, images) are read now, for this scrape."""
+    ctx = ctx_of(request)
+    streams = request.app.get(events_routes.STREAMS, set())
+    waits = len(ctx.rollout.waiters)
+    await store_gauges.refresh(ctx.sessions, event_streams=len(streams), gate_waits=waits)
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 

@@ -6,7 +6,6 @@ import logging
 
 from aiohttp import web
 
-from netdeploy import metrics
 from netdeploy.boot.service import BootService
 from netdeploy.context import Context
 from netdeploy.http import (
@@ -24,7 +23,6 @@ from netdeploy.http import (
     image_routes,
     multicast_routes,
     node_page,
-    outage,
     sparse_routes,
 )
 from netdeploy.http.common import BOOT, CTX, IMAGES, MULTICAST, RELOADER
@@ -54,26 +52,6 @@ ROUTE_MODULES = [
 ]
 
 
-@web.middleware
-async def http_metrics(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Count every HTTP response by route and status; refresh the store gauges for /metrics."""
-    if request.path == "/metrics":
-        ctx = request.app[CTX]
-        streams = request.app.get(events_routes.STREAMS, set())
-        waits = len(ctx.rollout.waiters)
-        await metrics.refresh(ctx.sessions, event_streams=len(streams), gate_waits=waits)
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.count_response(request, status)
-
-
 def build_app(
     ctx: Context,
     *,
@@ -89,12 +67,9 @@ def build_app(
     without ``multicast`` the multicast routes answer 503.
     """
     quiet_protocol_errors()
-    # outermost first: errors turns what escapes into 4xx (one log line), the outage answer
-    # sits innermost so it sees an unreachable store before anything else reads it as a bug
-    app = web.Application(
-        middlewares=[errors, http_metrics, auth.declared_auth, outage.answer_outages],
-        client_max_size=1024**2,
-    )
+    # outermost first: errors turns what escapes into an answer (an unreachable store into
+    # 503 before anything reads it as a bug) and counts every response; then declared auth
+    app = web.Application(middlewares=[errors, auth.declared_auth], client_max_size=1024**2)
     app[CTX] = ctx
     app[BOOT] = boot or BootService(ctx)
     app[IMAGES] = images or ImageStreams.from_config(ctx.config.http)

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import prometheus_client
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from netdeploy import eventlog
@@ -33,7 +33,14 @@ from netdeploy.events import EventBus
 from netdeploy.inventory import NodeState as S
 from netdeploy.rollout import gate as G
 from netdeploy.rollout.errors import RolloutError, StoreUnreachable, Unavailable
-from netdeploy.rollout.rows import NODES, NodeRow, insert_events, load_rows, write_rows
+from netdeploy.rollout.rows import (
+    NODES,
+    NodeRow,
+    insert_events,
+    load_by_macs,
+    load_rows,
+    write_rows,
+)
 from netdeploy.rollout.state import set_state
 from netdeploy.rollout.waiters import Waiters
 from netdeploy.rollout.wave import Wave, gate_answer, release_held
@@ -77,6 +84,18 @@ _GATE_INPUTS = frozenset({S.HELD, S.JOINED, S.FAILED, S.REGISTERED, S.RELEASED, 
 _LOCK_CLUSTERS = select(Cluster).order_by(Cluster.name).with_for_update(key_share=True)
 
 
+# what settling a cluster reads of each node: six columns as plain tuples (built once)
+_SETTLE = select(
+    NODES.c.mac,
+    NODES.c.hostname,
+    NODES.c.state,
+    NODES.c.stops_rollout,
+    NODES.c.release_seq,
+    NODES.c.message,
+).where(NODES.c.cluster == bindparam("cluster"))
+_STATES = {str(s): s for s in S}  # a stored state's member without an enum call per node
+
+
 @dataclass
 class LiveEvent:
     """A bus-only event (imaging progress): same fields as an Event row, never stored.
@@ -111,7 +130,9 @@ class Batch:
 
     async def load(self, where: Any) -> list[NodeRow]:
         """Nodes matching ``where``; a node this batch already holds is kept as it is now."""
-        rows = await load_rows(self.session, where)
+        return self._keep(await load_rows(self.session, where))
+
+    def _keep(self, rows: list[NodeRow]) -> list[NodeRow]:
         return [self.nodes.setdefault(row.mac, row) for row in rows]
 
     async def prefetch(self, macs: Iterable[str]) -> None:
@@ -120,7 +141,7 @@ class Batch:
             self.clusters = {c.name: c for c in await self.session.scalars(_LOCK_CLUSTERS)}
         wanted = [m for m in set(macs) if m not in self.nodes]
         for chunk in range(0, len(wanted), 500):
-            await self.load(Node.mac.in_(wanted[chunk : chunk + 500]))
+            self._keep(await load_by_macs(self.session, wanted[chunk : chunk + 500]))
 
     async def node(self, mac: str) -> NodeRow | None:
         if mac not in self.nodes:
@@ -239,22 +260,15 @@ class Batch:
     async def settle_cluster(self, cluster: Cluster) -> None:
         # only the six columns a decision needs, as plain tuples (a 1,000-node cluster is
         # settled in a few ms); nodes this batch changed count as they are now
-        result = await self.session.execute(
-            select(
-                Node.mac,
-                Node.hostname,
-                Node.state,
-                Node.stops_rollout,
-                Node.release_seq,
-                Node.message,
-            ).where(Node.cluster == cluster.name)
-        )
+        result = await self.session.execute(_SETTLE, {"cluster": cluster.name})
         rows = [self.nodes.get(r.mac) or r for r in result]
         view = G.cluster_view(cluster)
         decision = G.decide(
             view,
             [
-                G.NodeView(r.mac, r.hostname or r.mac, S(r.state), r.stops_rollout, r.message or "")
+                G.NodeView(
+                    r.mac, r.hostname or r.mac, _STATES[r.state], r.stops_rollout, r.message or ""
+                )
                 for r in rows
             ],
         )

@@ -84,7 +84,7 @@ def parse_report(body: Any) -> AgentReport:
     """Validate ``POST /api/nodes/{mac}/events`` JSON; raise :class:`BadReport` with the fix."""
     body = _fields(body, {"state", "progress", "message", *MEMBER_FIELDS}, "an event")
     state = body.get("state")
-    if state not in {str(s) for s in AGENT_STATES}:
+    if not isinstance(state, str) or state not in AGENT_STATES:
         raise BadReport(
             f"state must be one of {', '.join(sorted(AGENT_STATES))} (got {state!r}); "
             "pxe, held and released are decided by the server"

@@ -29,6 +29,9 @@ EVENTS = cast(Table, Event.__table__)
 COLUMNS: tuple[str, ...] = tuple(c.name for c in NODES.c if c.name not in ("vars", "in_config"))
 
 
+_set = object.__setattr__  # NodeRow's own __setattr__ marks a column changed
+
+
 class NodeRow:
     """One node as the writer sees it inside one batch."""
 
@@ -57,22 +60,53 @@ class NodeRow:
     last_ip: str | None
     changed: set[str]
 
-    def __init__(self, values: Any) -> None:
-        for name in COLUMNS:
-            object.__setattr__(self, name, getattr(values, name))
-        object.__setattr__(self, "changed", set())
+    @classmethod
+    def of_tuple(cls, values: tuple[Any, ...]) -> NodeRow:
+        """A row of :func:`load_rows`'s SELECT (the columns in ``COLUMNS`` order): by
+        position, without a name lookup per column (the writer loads ~250 rows a batch)."""
+        row = cls.__new__(cls)
+        for name, value in zip(COLUMNS, values, strict=True):
+            _set(row, name, value)
+        _set(row, "changed", set())
+        return row
 
     def __setattr__(self, name: str, value: Any) -> None:
         self.changed.add(name)
-        object.__setattr__(self, name, value)
+        _set(self, name, value)
 
     def __repr__(self) -> str:
         return f"<NodeRow {self.mac} {self.hostname} {self.state}>"
 
 
+# Statements built once, not per batch: building a SELECT or an UPDATE and its cache key is
+# a fixed cost of every batch, and small batches pay it per few reports (docs/decisions/0018).
+_SELECT = select(*(NODES.c[name] for name in COLUMNS))
+_BY_MACS = _SELECT.where(NODES.c.mac.in_(bindparam("macs", expanding=True)))
+_UPDATES: dict[frozenset[str], Any] = {}  # changed columns -> their UPDATE
+
+
 async def load_rows(session: AsyncSession, where: ColumnElement[bool]) -> list[NodeRow]:
-    result = await session.execute(select(*(NODES.c[name] for name in COLUMNS)).where(where))
-    return [NodeRow(row) for row in result]
+    result = await session.execute(_SELECT.where(where))
+    return [NodeRow.of_tuple(row) for row in result]  # type: ignore[arg-type]
+
+
+async def load_by_macs(session: AsyncSession, macs: list[str]) -> list[NodeRow]:
+    """The rows of ``macs`` (a batch loads at most 500 at a time)."""
+    result = await session.execute(_BY_MACS, {"macs": macs})
+    return [NodeRow.of_tuple(row) for row in result]  # type: ignore[arg-type]
+
+
+def _update(columns: frozenset[str]) -> Any:
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        statement = (
+            update(NODES)
+            .where(NODES.c.mac == bindparam("_mac"))
+            .values({name: bindparam(name) for name in sorted(columns)})
+        )
+        if len(_UPDATES) < 1024:  # bounded: column sets come from the code, never from input
+            _UPDATES[columns] = statement
+    return statement
 
 
 async def write_rows(session: AsyncSession, rows: Iterable[NodeRow]) -> int:
@@ -82,11 +116,7 @@ async def write_rows(session: AsyncSession, rows: Iterable[NodeRow]) -> int:
         if row.changed:
             groups[frozenset(row.changed)].append(row)
     for columns, members in groups.items():
-        statement = (
-            update(NODES)
-            .where(NODES.c.mac == bindparam("_mac"))
-            .values({name: bindparam(name) for name in columns})
-        )
+        statement = _update(columns)
         params = [{"_mac": r.mac, **{name: getattr(r, name) for name in columns}} for r in members]
         await session.execute(statement, params)
         for r in members:

@@ -48,7 +48,7 @@ def gate_answer(
         "mac": mac,
         "hostname": hostname,
         "state": state,
-        "released": S(state) in RELEASED_STATES,
+        "released": state in RELEASED_STATES,  # str == its StrEnum member, same hash
         "cluster": cluster,
         "gate": gate,
         "detail": detail,

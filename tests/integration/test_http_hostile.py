@@ -26,6 +26,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
+from sqlalchemy.exc import OperationalError
 from yarl import URL
 
 from netdeploy.config import load_config
@@ -237,6 +239,46 @@ async def test_connection_limits_answer_instead_of_dropping(tmp_path: Path) -> N
             http.get(f"http://127.0.0.1:{port}/api/version") as r,
         ):
             assert r.status == 200 and json.loads(await r.read())["name"] == "netdeploy"
+
+
+async def test_the_error_middleware_answers_outages_and_counts_what_it_answered() -> None:
+    """One layer (decision 0018): a store that cannot be reached is a 503 with Retry-After, not
+    a bug; every response is counted with the status it was answered with (bad input: 400)."""
+
+    async def store_down(_request: web.Request) -> web.Response:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    async def bad_input(_request: web.Request) -> web.Response:
+        int("x")
+        raise AssertionError
+
+    def count(route: str, status: int) -> float:
+        labels = {"route": route, "status": str(status)}
+        return REGISTRY.get_sample_value("netdeploy_http_responses_total", labels) or 0.0
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_get("/api/test-down", store_down)
+    app.router.add_get("/api/test-bad", bad_input)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    before = [
+        count("/api/test-down", 503),
+        count("/api/test-bad", 400),
+        count("/api/test-bad", 500),
+    ]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/api/test-down") as r:
+                assert r.status == 503 and r.headers["Retry-After"]
+                assert "cannot reach its database" in (await r.json())["error"]
+            async with http.get(f"http://127.0.0.1:{port}/api/test-bad") as r:
+                assert r.status == 400
+    finally:
+        await runner.cleanup()
+    after = [count("/api/test-down", 503), count("/api/test-bad", 400), count("/api/test-bad", 500)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 0]
 
 
 async def test_the_error_middleware_answers_json_and_logs_one_traceback_per_kind(
