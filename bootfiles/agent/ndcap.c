@@ -1,5 +1,6 @@
 /*
- * ndcap: the startup media's sparse disk streamer for network capture (issue 17).
+ * ndcap: the startup media's disk streamer: network capture and sparse deploy (issue 17), and
+ * raw+zstd images decompressed onto the disk (docs/images.md "Compressed images").
  *
  *   ndcap pack DEV OFFSET LENGTH [LEVEL]   one segment of DEV to stdout: a zstd frame (with
  *                                          its content checksum) of the sparse format below,
@@ -7,6 +8,9 @@
  *                                          [OFFSET, OFFSET+LENGTH); "data=N" on stderr
  *   ndcap unpack DEV                       concatenated segments from stdin onto DEV: data at
  *                                          its offsets, every skipped block written as zeros
+ *   ndcap unzstd DEV SIZE                  a raw+zstd image from stdin decompressed onto DEV
+ *                                          from byte 0: exactly SIZE bytes (the image's
+ *                                          raw_size), else exit 3 ("written=N" on stderr)
  *   ndcap post URL FILE                    POST FILE (binary) to an http:// URL with the header
  *                                          "Authorization: Bearer $ND_TOKEN"; the answer's body
  *                                          on stdout; exit 0 on 2xx, 22 on another status.
@@ -171,33 +175,80 @@ static size_t parse(unsigned char *buf, size_t len, int *in_segment) {
     }
 }
 
-static int unpack(const char *dev) {
-    out_fd = open(dev, O_WRONLY);
-    if (out_fd < 0) die(2, dev);
+/* decompress stdin (zstd frames, one after another) and hand every piece to sink; exit 3 on a
+ * malformed or cut stream. Shared by unpack (sparse segments) and unzstd (a raw image). */
+typedef size_t (*sink_fn)(unsigned char *buf, size_t len);
+
+static void inflate_stdin(sink_fn sink, unsigned char *buf, size_t cap) {
     ZSTD_DCtx *dctx = ZSTD_createDCtx();
     static unsigned char zin[1 << 17];
-    static unsigned char buf[4 * BLOCK];
-    size_t have = 0;
-    int in_segment = 0;
-    size_t last = 0;
+    size_t have = 0, last = 0;
     for (;;) {
         ssize_t got = read(0, zin, sizeof zin);
         if (got < 0) { if (errno == EINTR) continue; die(2, "read stdin"); }
         if (got == 0) break;
         ZSTD_inBuffer in = {zin, (size_t)got, 0};
         while (in.pos < in.size) {
-            ZSTD_outBuffer out = {buf + have, sizeof buf - have, 0};
+            ZSTD_outBuffer out = {buf + have, cap - have, 0};
             last = ZSTD_decompressStream(dctx, &out, &in);
-            if (ZSTD_isError(last)) { fprintf(stderr, "ndcap: zstd: %s\n", ZSTD_getErrorName(last)); return 3; }
+            if (ZSTD_isError(last)) { fprintf(stderr, "ndcap: zstd: %s\n", ZSTD_getErrorName(last)); exit(3); }
             have += out.pos;
-            size_t used = parse(buf, have, &in_segment);
+            size_t used = sink(buf, have);
             memmove(buf, buf + used, have - used);
             have -= used;
         }
     }
-    if (in_segment || have || last != 0) { errno = 0; die(3, "input ended inside a segment"); }
+    if (have || last != 0) { errno = 0; die(3, "input ended inside a zstd frame or record"); }
+    ZSTD_freeDCtx(dctx);
+}
+
+static int in_segment;
+
+static size_t sparse_sink(unsigned char *buf, size_t len) { return parse(buf, len, &in_segment); }
+
+static int unpack(const char *dev) {
+    out_fd = open(dev, O_WRONLY);
+    if (out_fd < 0) die(2, dev);
+    static unsigned char buf[4 * BLOCK];
+    inflate_stdin(sparse_sink, buf, sizeof buf);
+    if (in_segment) { errno = 0; die(3, "input ended inside a segment"); }
     if (fsync(out_fd) < 0 && errno != EINVAL) die(2, "fsync");
     fprintf(stderr, "written=%llu zeroed=%llu\n", (unsigned long long)written, (unsigned long long)zeroed);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- unzstd */
+
+static uint64_t raw_size;
+
+/* the decompressed image, in order from byte 0; never past raw_size (a stream that grows past
+ * what the catalog recorded is not the image, and must not run over the disk's hold record) */
+static size_t raw_sink(unsigned char *buf, size_t len) {
+    if (written + len > raw_size) {
+        errno = 0;
+        fprintf(stderr, "written=%llu\n", (unsigned long long)written);
+        die(3, "the stream holds more than the image's raw size");
+    }
+    size_t left = len;
+    const unsigned char *p = buf;
+    while (left) {
+        ssize_t w = pwrite(out_fd, p, left, (off_t)written);
+        if (w < 0) { if (errno == EINTR) continue; die(2, "write"); }
+        if (w == 0) { errno = ENOSPC; die(2, "write"); } /* the disk ends here */
+        p += w; left -= (size_t)w; written += (uint64_t)w;
+    }
+    return len;
+}
+
+static int unzstd(const char *dev, uint64_t size) {
+    out_fd = open(dev, O_WRONLY);
+    if (out_fd < 0) die(2, dev);
+    raw_size = size;
+    static unsigned char buf[1 << 20];
+    inflate_stdin(raw_sink, buf, sizeof buf);
+    if (fsync(out_fd) < 0 && errno != EINVAL) die(2, "fsync");
+    fprintf(stderr, "written=%llu\n", (unsigned long long)written);
+    if (written != raw_size) { errno = 0; die(3, "the stream ended short of the image's raw size"); }
     return 0;
 }
 
@@ -273,6 +324,8 @@ int main(int argc, char **argv) {
         return pack(argv[2], strtoull(argv[3], 0, 10), strtoull(argv[4], 0, 10), argc > 5 ? atoi(argv[5]) : 3);
     if (argc == 3 && strcmp(argv[1], "unpack") == 0)
         return unpack(argv[2]);
-    fprintf(stderr, "usage: ndcap pack DEV OFFSET LENGTH [LEVEL] | unpack DEV | post URL FILE\n");
+    if (argc == 4 && strcmp(argv[1], "unzstd") == 0)
+        return unzstd(argv[2], strtoull(argv[3], 0, 10));
+    fprintf(stderr, "usage: ndcap pack DEV OFFSET LENGTH [LEVEL] | unpack DEV | unzstd DEV SIZE | post URL FILE\n");
     return 1;
 }

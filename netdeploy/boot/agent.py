@@ -27,6 +27,27 @@ MULTICAST_OFF = (
 )
 
 
+# an agent whose media cannot decompress zstd would write the compressed bytes to the disk;
+# it asks for its plan without ?zstd=1 (old media, or media built without libzstd-dev)
+NO_UNZSTD = (
+    "image {name} is stored as raw+zstd, but this node's startup media cannot decompress it "
+    "onto the disk (its agent did not ask with ?zstd=1: the media has no /bin/ndcap, or predates "
+    "it); nothing was written. Rebuild the media with `netdeploy media build` on a host with gcc "
+    'and libzstd-dev (its manifest.json then says "capture_streamer": "bin/ndcap") and '
+    'PXE-boot the node again, or add the image uncompressed: format = "raw" in '
+    "[images.{name}] and `netdeploy image add {name} PATH` without --compress"
+)
+NO_RAW_FACTS = (
+    "image {name} is raw+zstd but its catalog entry has no raw_size/raw_sha256 (what the disk "
+    "must hash to); run `netdeploy image add {name} PATH --compress zstd` again"
+)
+MULTICAST_ZSTD = (
+    'distribution = "multicast" but image {name} is raw+zstd: the agent decompresses one '
+    "stream from byte 0, which a multicast session with repairs by byte range cannot feed; "
+    'streaming over HTTP. Add the image with format = "raw" to image it by multicast'
+)
+
+
 class PlanRefused(Refusal):
     """The plan is not handed out; ``status`` is the HTTP status, the message what to do."""
 
@@ -40,6 +61,11 @@ class ImageRef:
     # a captured image goes back as it came: only its non-zero blocks (http/sparse_routes);
     # other images keep the whole-image stream with its ?offset= resume
     sparse_url: str | None = None
+    # "raw": the disk is the served bytes (sha256/size). "raw+zstd": the served bytes are a
+    # zstd stream; the disk is what it decompresses to, raw_size bytes hashing to raw_sha256
+    format: str = "raw"
+    raw_size: int | None = None
+    raw_sha256: str | None = None
 
     def as_plan(self) -> dict[str, Any]:
         plan: dict[str, Any] = {
@@ -47,14 +73,23 @@ class ImageRef:
             "url": self.url,
             "sha256": self.sha256,
             "size": self.size,
+            "format": self.format,
         }
         if self.sparse_url:
             plan["sparse_url"] = self.sparse_url
+        if self.format == "raw+zstd":
+            plan.update(raw_size=self.raw_size, raw_sha256=self.raw_sha256)
         return plan
 
 
-def image_plan(public_url: str, node: Node, image: Image | None) -> tuple[ImageRef | None, str]:
-    """The image part of the plan, or None and why the node cannot be imaged now."""
+def image_plan(
+    public_url: str, node: Node, image: Image | None, *, unzstd: bool = False
+) -> tuple[ImageRef | None, str]:
+    """The image part of the plan, or None and why the node cannot be imaged now.
+
+    ``unzstd``: the agent said its media decompresses zstd onto the disk (``?zstd=1``); without
+    it a raw+zstd image is refused here, before the agent writes anything.
+    """
     if node.image is None:
         return None, "no image is configured for this node"
     if image is None or image.status != "ok" or not image.sha256 or not image.size:
@@ -64,33 +99,49 @@ def image_plan(public_url: str, node: Node, image: Image | None) -> tuple[ImageR
             f"run `netdeploy image add {node.image} PATH`"
         )
     url = f"{public_url}/images/{image.name}?mac={node.mac}"
+    facts = image.facts or {}
+    if image.format == "raw+zstd":
+        raw_size, raw_sha256 = facts.get("raw_size"), facts.get("raw_sha256")
+        if not isinstance(raw_size, int) or raw_size <= 0 or not isinstance(raw_sha256, str):
+            return None, NO_RAW_FACTS.format(name=image.name)
+        if not unzstd:
+            return None, NO_UNZSTD.format(name=image.name)
+        return ImageRef(
+            image.name, url, image.sha256, image.size, None, image.format, raw_size, raw_sha256
+        ), ""
+    if image.format != "raw":  # a format this server cannot deploy is never handed out
+        return None, f"image {image.name} has format {image.format!r}, which no agent can write"
     sparse = None
-    if image.format == "raw" and (image.facts or {}).get("captured_from"):
+    if facts.get("captured_from"):
         sparse = f"{public_url}/images/{image.name}/sparse?mac={node.mac}"
     return ImageRef(image.name, url, image.sha256, image.size, sparse), ""
 
 
 def distribution(
-    cfg: Config, public_url: str, node_cfg: NodeConfig, image: str, mac: str
+    cfg: Config, public_url: str, node_cfg: NodeConfig, image: ImageRef, mac: str
 ) -> dict[str, str]:
     """How the agent receives the image: its own HTTP stream, or the cluster's multicast session.
 
     The join URL is what the agent POSTs to; the session it answers with may still turn out to
-    be unicast (late joiner, no free ports), which the agent handles the same way.
+    be unicast (late joiner, no free ports), which the agent handles the same way. A raw+zstd
+    image always streams over HTTP (decision 0017).
     """
     if cfg.distribution_for(node_cfg) != "multicast":
         return {"mode": "unicast"}
     if not cfg.multicast.enabled:
         return {"mode": "unicast", "why": MULTICAST_OFF}
-    query = urlencode({"image": image, "mac": mac})
+    if image.format != "raw":
+        return {"mode": "unicast", "why": MULTICAST_ZSTD.format(name=image.name)}
+    query = urlencode({"image": image.name, "mac": mac})
     return {"mode": "multicast", "join": f"{public_url}/api/multicast/join?{query}"}
 
 
 async def agent_plan(
-    ctx: Context, mac: str, token: str | None, *, ip: str | None, path: str
+    ctx: Context, mac: str, token: str | None, *, ip: str | None, path: str, unzstd: bool = False
 ) -> dict[str, Any]:
     """The plan for ``mac``, for the agent that claimed it in this boot phase; else
-    :class:`PlanRefused` (the route records it with the requester's address)."""
+    :class:`PlanRefused` (the route records it with the requester's address). ``unzstd``: the
+    agent can decompress a raw+zstd image onto the disk (:func:`image_plan`)."""
 
     async def read() -> tuple[Node | None, Cluster | None, Image | None, Capture | None]:
         async with ctx.sessions() as session:
@@ -145,11 +196,11 @@ async def agent_plan(
     if decision.refused:  # the agent reports it failed, with the PCI ID; the disk is untouched
         body.update(mode="error", why=decision.why, missing_drivers=list(hardware.missing))
     if decision.action == BootAction.IMAGE:
-        ref, problem = image_plan(ctx.public_url, node, image)
+        ref, problem = image_plan(ctx.public_url, node, image, unzstd=unzstd)
         if ref is None:
             body.update(mode="error", why=problem)
         else:
             body["image"] = ref.as_plan()
             if node_cfg is not None:
-                body["distribution"] = distribution(cfg, ctx.public_url, node_cfg, ref.name, mac)
+                body["distribution"] = distribution(cfg, ctx.public_url, node_cfg, ref, mac)
     return body

@@ -2,7 +2,8 @@
 
 The plan itself is decided in :mod:`netdeploy.boot.agent`; this route checks the request and
 renders it. ``?format=sh`` answers with shell assignments the busybox agent sources; values are
-single-quoted so nothing in them is executed.
+single-quoted so nothing in them is executed. ``?zstd=1``: the agent's media can decompress a
+raw+zstd image onto the disk (``ndcap unzstd``); without it such an image is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ async def plan(request: web.Request) -> web.Response:
     mac = mac_param(request)
     try:
         body = await agent_plan(
-            ctx_of(request), mac, request_token(request), ip=request.remote, path=request.path
+            ctx_of(request),
+            mac,
+            request_token(request),
+            ip=request.remote,
+            path=request.path,
+            unzstd=request.query.get("zstd") == "1",
         )
     except PlanRefused as exc:
         return refuse(request, exc.status, str(exc), mac=mac, forbidden=exc.status in (401, 403))
@@ -48,6 +54,11 @@ def as_shell(body: dict[str, Any]) -> str:
         "ND_IMAGE_SHA256": image.get("sha256", ""),
         "ND_IMAGE_SIZE": str(image.get("size", "")),
         "ND_IMAGE_SPARSE_URL": image.get("sparse_url", ""),
+        # raw: the disk is the served bytes (ND_IMAGE_SHA256/SIZE); raw+zstd: the disk is what
+        # they decompress to, ND_IMAGE_RAW_SIZE bytes hashing to ND_IMAGE_RAW_SHA256
+        "ND_IMAGE_FORMAT": image.get("format", ""),
+        "ND_IMAGE_RAW_SIZE": str(image.get("raw_size") or ""),
+        "ND_IMAGE_RAW_SHA256": image.get("raw_sha256") or "",
         "ND_DISK": body["disk"],
         # empty: stream over HTTP; else the join URL for the media's multicast receiver
         "ND_MULTICAST": (

@@ -21,13 +21,15 @@ from tests.integration.conftest_boot import agent_credential
 from tests.integration.mc_harness import running_server
 
 SQL_N1 = "52:54:00:00:10:01"
-# hold_mbr_now: verify_disk calls it (no stubs here, so it does nothing)
+# hold_mbr_now: verify_disk calls it (no stubs here, so it does nothing); disk_target: what
+# verify_disk compares the disk with
 SHELL_FUNCTIONS = (
     "fetch_plan",
     "watch",
     "fetch",
     "receive_multicast",
     "hold_mbr_now",
+    "disk_target",
     "verify_disk",
 )
 APPLETS = [
@@ -81,6 +83,7 @@ AUTH="Authorization: Bearer {token}"; IP=127.0.0.1/8; DEV={block}
 {agent_functions(*SHELL_FUNCTIONS, tmp=tmp)}
 fetch_plan || exit 9
 ND_DISK={disk}
+disk_target
 {call}
 """
     proc = await asyncio.create_subprocess_exec(

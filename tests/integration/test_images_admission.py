@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: 
 def agent_script(
     url: str, mac: str, sha: str, size: int, disk: Path, tmp: Path, auth: str = ""
 ) -> str:
-    names = ("ordinal", "image_queue_wait", "watch", "stream_http", "verify_disk")
+    names = ("ordinal", "image_queue_wait", "watch", "stream_http", "disk_target", "verify_disk")
     functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp}/")
     block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
     return f"""
@@ -50,7 +50,7 @@ DEV={block}; ND_DISK={disk}; ND_IMAGE_SIZE={size}; ND_IMAGE_SHA256={sha}
 ND_IMAGE_URL="{url}/images/base?mac={mac}"
 AUTH="{auth}"
 {functions}
-stream_http && verify_disk && echo "VERIFIED $SUM"
+disk_target && stream_http && verify_disk && echo "VERIFIED $SUM"
 """
 
 

@@ -1,0 +1,190 @@
+"""A raw+zstd image onto a disk: the plan, the media's ``ndcap unzstd``, the agent's own shell.
+
+The disk must end up holding the master (``raw_size`` bytes hashing to ``raw_sha256``), never
+the zstd stream; an agent that cannot decompress is refused in the plan, before it writes
+anything (docs/images.md "Compressed images"). The QEMU proof is tests/e2e/test_zstd_deploy.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netdeploy.images.hashing import compress_and_hash
+from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.conftest_boot import agent_credential, curl
+from tests.integration.conftest_images import start_lab
+from tests.integration.test_capture_api import build_ndcap
+
+Z1 = "52:54:00:aa:00:09"
+Z_NODE = f'\n[[nodes]]\nmac = "{Z1}"\nhostname = "z1"\nimage = "packed"\n'
+APPLETS = ["awk", "cat", "cut", "dd", "grep", "head", "kill", "sed", "sha256sum", "sleep", "tail",
+           "timeout", "wget"]  # fmt: skip
+
+
+def master(path: Path, size: int = 6 * 2**20 + 4321) -> str:
+    """A compressible disk image with random parts (an odd size, as a real one may have)."""
+    data = bytearray(size)
+    for at in (0, 2**20, 5 * 2**20):
+        data[at : at + 300_000] = os.urandom(300_000)
+    path.write_bytes(bytes(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- ndcap unzstd (the C helper)
+
+
+def test_ndcap_unzstd_writes_exactly_the_raw_image_or_fails(tmp_path: Path) -> None:
+    ndcap = build_ndcap(tmp_path)
+    raw = tmp_path / "raw.img"
+    want = master(raw)
+    size = raw.stat().st_size
+    packed = tmp_path / "packed.zst"
+    digest = compress_and_hash(raw, packed)  # what `image add --compress zstd` stores
+    assert digest.raw.sha256 == want and digest.raw.size == size
+    stream = packed.read_bytes()
+    disk = tmp_path / "disk"
+    old = b"\xaa" * (size + 2**20)  # a used disk: every byte must be overwritten
+    disk.write_bytes(old)
+
+    def unzstd(data: bytes, raw_size: int) -> subprocess.CompletedProcess[bytes]:
+        cmd = [str(ndcap), "unzstd", str(disk), str(raw_size)]
+        return subprocess.run(cmd, input=data, capture_output=True)
+
+    done = unzstd(stream, size)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode().strip() == f"written={size}"
+    got = disk.read_bytes()
+    assert hashlib.sha256(got[:size]).hexdigest() == want
+    assert got[size:] == old[size:]  # nothing past the image (the hold record lives there)
+
+    # a cut stream, garbage, or a stream longer than the catalog says: exit 3, never 0
+    disk.write_bytes(old)
+    cut = unzstd(stream[: len(stream) // 2], size)
+    assert cut.returncode == 3 and b"ended" in cut.stderr, cut.stderr
+    assert unzstd(b"not zstd" * 100, size).returncode == 3
+    small = unzstd(stream, size - 4096)
+    assert small.returncode == 3 and b"more than the image's raw size" in small.stderr
+    assert disk.read_bytes()[size - 4096 :] == old[size - 4096 :]
+    assert unzstd(stream, size + 1).returncode == 3  # short of what the catalog recorded
+
+
+# ---------------------------------------------------------------- the plan over HTTP
+
+
+async def shell_plan(url: str, query: str, token: str) -> dict[str, str]:
+    got = await curl(f"{url}/api/nodes/{Z1}/plan?{query}", "-H", f"Authorization: Bearer {token}")
+    assert got.status == 200, got.text
+    lines = (line.partition("=") for line in got.text.splitlines())
+    return {key: "".join(shlex.split(value)) for key, _, value in lines}
+
+
+async def test_the_plan_names_the_format_and_refuses_media_that_cannot_decompress(
+    tmp_path: Path,
+) -> None:
+    lab = await start_lab(tmp_path / "lab", extra=Z_NODE)
+    try:
+        raw = tmp_path / "raw.img"
+        want = master(raw)
+        await lab.add("packed", raw, compress="zstd")
+        token = await agent_credential(lab.url, Z1)
+        served = lab.cfg.image_path("packed")
+
+        plan = await shell_plan(lab.url, "format=sh&zstd=1", token)
+        assert plan["ND_MODE"] == "image", plan
+        assert plan["ND_IMAGE_FORMAT"] == "raw+zstd"
+        assert plan["ND_IMAGE_RAW_SIZE"] == str(raw.stat().st_size)
+        assert plan["ND_IMAGE_RAW_SHA256"] == want
+        # the served bytes stay what ND_IMAGE_SHA256/SIZE name (the stream's own check)
+        assert plan["ND_IMAGE_SIZE"] == str(served.stat().st_size)
+        assert plan["ND_IMAGE_SHA256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+        assert plan["ND_IMAGE_SPARSE_URL"] == "" and plan["ND_MULTICAST"] == ""
+
+        # media without ndcap (or older than it) does not ask with zstd=1: refused, with what
+        # to do; the agent reports it failed and writes nothing
+        for query in ("format=sh", "format=sh&zstd=0"):
+            plan = await shell_plan(lab.url, query, token)
+            assert plan["ND_MODE"] == "error" and plan["ND_IMAGE"] == "", plan
+            assert plan["ND_IMAGE_URL"] == "" and plan["ND_IMAGE_FORMAT"] == ""
+            why = plan["ND_WHY"]
+            assert why.startswith("image packed is stored as raw+zstd, but this node's startup "
+                                  "media cannot decompress it"), why  # fmt: skip
+            assert "libzstd-dev" in why and "netdeploy media build" in why
+            assert 'format = "raw"' in why and "without --compress" in why
+
+        auth = f"Authorization: Bearer {token}"
+        got = await curl(f"{lab.url}/api/nodes/{Z1}/plan?zstd=1", "-H", auth)
+        image = json.loads(got.body)["image"]
+        assert image["format"] == "raw+zstd" and image["raw_sha256"] == want, image
+
+        # a raw image: its format, and no raw_* fields
+        base = tmp_path / "base.img"
+        master(base)
+        await lab.add("base", base)
+        token2 = await agent_credential(lab.url, "52:54:00:aa:00:02")
+        got = await curl(
+            f"{lab.url}/api/nodes/52:54:00:aa:00:02/plan?format=sh&zstd=1",
+            "-H", f"Authorization: Bearer {token2}",
+        )  # fmt: skip
+        assert "ND_IMAGE_FORMAT=raw\n" in got.text
+        assert "ND_IMAGE_RAW_SIZE=''\n" in got.text and "ND_IMAGE_RAW_SHA256=''\n" in got.text
+    finally:
+        await lab.close()
+
+
+# ---------------------------------------------------------------- the agent's shell
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: busybox-static)")
+async def test_the_agent_decompresses_onto_the_disk_and_verifies_the_raw_sha256(
+    tmp_path: Path,
+) -> None:
+    """fetch_plan, disk_target, stream_http, verify_disk from bootfiles/agent/init, run by the
+    host's busybox with the host-built ndcap against a real server."""
+    assert BUSYBOX is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for applet in APPLETS:
+        (bin_dir / applet).symlink_to(BUSYBOX)
+    build_ndcap(bin_dir)
+    lab = await start_lab(tmp_path / "lab", extra=Z_NODE)
+    try:
+        raw = tmp_path / "raw.img"
+        want = master(raw)
+        size = raw.stat().st_size
+        await lab.add("packed", raw, compress="zstd")
+        token = await agent_credential(lab.url, Z1)
+        disk = tmp_path / "disk"
+        disk.write_bytes(b"\x55" * (size + 2**20))
+        names = ("fetch_plan", "watch", "image_queue_wait", "stream_http", "disk_target",
+                 "hold_mbr_now", "verify_disk")  # fmt: skip
+        functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp_path}/")
+        block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
+        script = f"""
+set -o pipefail
+log() {{ echo "[agent] $*"; }}
+report() {{ echo "[report] $*"; }}
+fail() {{ echo "FAILED: $*"; exit 1; }}
+API="{lab.url}/api/nodes/{Z1}"; AUTH="Authorization: Bearer {token}"; DEV={block}
+{functions}
+fetch_plan || exit 9
+ND_DISK={disk}
+disk_target && stream_http && verify_disk && echo "VERIFIED $DISK_SIZE $SUM"
+"""
+        proc = await asyncio.create_subprocess_exec(
+            BUSYBOX, "sh", "-c", script,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        )  # fmt: skip
+        out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode(errors="replace")
+        assert f"VERIFIED {size} {want}" in out and "FAILED" not in out, out
+        assert hashlib.sha256(disk.read_bytes()[:size]).hexdigest() == want
+    finally:
+        await lab.close()
