@@ -124,7 +124,7 @@ def distribution(
 
     The join URL is what the agent POSTs to; the session it answers with may still turn out to
     be unicast (late joiner, no free ports), which the agent handles the same way. A raw+zstd
-    image always streams over HTTP (decision 0017).
+    image always streams over HTTP (decision 0019).
     """
     if cfg.distribution_for(node_cfg) != "multicast":
         return {"mode": "unicast"}
