@@ -126,13 +126,17 @@ BODIES = {
 }
 
 
-def report_request(mac: str, token: str, state: str, pct: int | None = None) -> bytes:
+def report_request(
+    mac: str, token: str, state: str, pct: int | None = None, *, close: bool = False
+) -> bytes:
     """One agent report as the bytes of an HTTP/1.1 request on a keep-alive connection, with
-    the headers an aiohttp client call sent (the server parses as many as before)."""
+    the headers an aiohttp client call sent (the server parses as many as before); with
+    ``close``, asking the server to close the connection after it, as busybox wget does."""
     body = BODIES[state, pct]
     head = (
         f"POST /api/nodes/{mac}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
         "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
         "User-Agent: Python/3.11 aiohttp/3.14.5\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -201,6 +205,7 @@ async def run_mode(
     database: str | None = None,
     db_pid: int | None = None,
     dashboards: int = 0,
+    fresh: bool = False,
 ) -> dict[str, float]:
     state = workdir / mode
     config = lab_config(
@@ -243,6 +248,15 @@ async def run_mode(
             writer = await metric(http, server.url, "netdeploy_rollout_batch_seconds_sum")
             batches = await metric(http, server.url, "netdeploy_rollout_batch_actions_count")
 
+            connecting = asyncio.Semaphore(100)  # (aiohttp's listen backlog, as open_raw)
+
+            async def fresh_connection() -> RawPoll:
+                async with connecting:
+                    _, conn = await asyncio.get_running_loop().create_connection(
+                        lambda: RawPoll(b""), "127.0.0.1", server.port
+                    )
+                return conn
+
             async def image(agent: Agent, raw: RawPoll) -> None:
                 token = tokens[agent.mac]
                 for state, pct in [
@@ -250,7 +264,13 @@ async def run_mode(
                     ("imaged", None),
                 ]:
                     sent = time.perf_counter()
-                    at, answer = await raw.ask(report_request(agent.mac, token, state, pct))
+                    if fresh:  # as the real agent: busybox wget, a connection per report
+                        conn = await fresh_connection()
+                        request = report_request(agent.mac, token, state, pct, close=True)
+                        at, answer = await conn.ask(request)
+                        conn.close()
+                    else:
+                        at, answer = await raw.ask(report_request(agent.mac, token, state, pct))
                     timed.latencies.append(at - sent)
                     if not answer.startswith(b"HTTP/1.1 200"):
                         raise RuntimeError(f"report answered {answer[:300]!r}")
@@ -569,6 +589,12 @@ def main() -> int:
     )
     parser.add_argument("--skip-reports", action="store_true", help="only the --release-held runs")
     parser.add_argument(
+        "--fresh-connections",
+        action="store_true",
+        help="phase 1: every report on a new connection closed after it, as the real agent's "
+        "busybox wget sends it (default: one keep-alive connection per agent)",
+    )
+    parser.add_argument(
         "--pg-durable",
         action="store_true",
         help="PostgreSQL with fsync and synchronous_commit on (default: off, like a test server)",
@@ -622,7 +648,15 @@ def main() -> int:
                     work = tmp / store / f"{rep}"
                     results.setdefault(name, []).append(
                         asyncio.run(
-                            run_mode(mode, args.nodes, work, database, db_pid, args.dashboards)
+                            run_mode(
+                                mode,
+                                args.nodes,
+                                work,
+                                database,
+                                db_pid,
+                                args.dashboards,
+                                fresh=args.fresh_connections,
+                            )
                         )
                     )
         for store in stores if args.release_held else []:
@@ -634,6 +668,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     what = " and ".join("SQLite" if s == "sqlite" else "PostgreSQL" for s in stores)
     host = f"{os.cpu_count()} CPUs, load average {load:.1f} at the end"
+    if args.fresh_connections:
+        what += ", every report on a new connection (as busybox wget)"
     if results:
         print_table(
             f"rollout bench: {args.nodes} held nodes + 1 first node, {what}, one client process, "
