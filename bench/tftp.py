@@ -464,41 +464,31 @@ class Run:
         if perf is None:
             print("  (perf not found: apt-get install linux-perf; the block-CPU rows are skipped)")
             return
-        out, stat = self.tmp / "out.bin", self.tmp / "perf.csv"
-        blocks = len(self.big) // BLKSIZE + 1
         for cpu in (CPUS[0], CPUS[1]):
-            key = f"lockstep {self.args.big_mib} MiB, curl CPU {cpu}"
-            wall: dict[str, list[float]] = {n: [] for n in servers}
-            cost: dict[str, list[float]] = {n: [] for n in servers}
-            order = list(servers)
-            for rep in range(self.args.repeat):
-                for name in order if rep % 2 == 0 else order[::-1]:
-                    pid = str(servers[name].proc.pid)
-                    argv = [perf, "stat", "-x,", "-e", "task-clock", "-p", pid, "-o", str(stat)]
-                    counter = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-                    time.sleep(0.3)  # (attached before the transfer starts)
-                    fetch = curl(servers[name].port, "big.bin", "127.0.0.1", str(out))
-                    wall[name].append(one(["taskset", "-c", str(cpu), *fetch], {}, out, self.big))
-                    counter.send_signal(signal.SIGINT)
-                    counter.wait()
-                    msec = next(
-                        float(line.split(",")[0])
-                        for line in stat.read_text().splitlines()
-                        if "task-clock" in line
-                    )
-                    cost[name].append(msec * 1000 / blocks)
-            for name in servers:
-                each = " ".join(f"{t:.2f}" for t in wall[name])
-                line = f"  {key:34} {name:10} {each} s; {statistics.median(cost[name]):.1f} µs"
-                line += " server CPU per block (median)"
-                if name != "in.tftpd":
-                    ratios = [b / t for b, t in zip(wall["in.tftpd"], wall[name], strict=True)]
-                    line += (
-                        f"   ratio min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x"
-                    )
-                print(line, flush=True)
-                self.lines.append(line)
-            print(f"  {'':34} (load average {os.getloadavg()[0]:.2f}; server on CPU {CPUS[0]})")
+            self.measure(
+                f"lockstep {self.args.big_mib} MiB, curl CPU {cpu}",
+                {n: functools.partial(self.counted, perf, s, cpu) for n, s in servers.items()},
+            )
+
+    def counted(self, perf: str, server: Server, cpu: int) -> tuple[float, int]:
+        """One curl fetch on ``cpu`` while ``perf stat`` counts ``server``'s CPU per block."""
+        out, stat = self.tmp / "out.bin", self.tmp / "perf.csv"
+        pid = str(server.proc.pid)
+        argv = [perf, "stat", "-x,", "-e", "task-clock", "-p", pid, "-o", str(stat)]
+        counter = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # (attached before the transfer starts)
+        fetch = curl(server.port, "big.bin", "127.0.0.1", str(out))
+        seconds = one(["taskset", "-c", str(cpu), *fetch], {}, out, self.big)
+        counter.send_signal(signal.SIGINT)
+        counter.wait()
+        msec = next(
+            float(line.split(",")[0])
+            for line in stat.read_text().splitlines()
+            if "task-clock" in line
+        )
+        blocks = len(self.big) // BLKSIZE + 1
+        self.block_cpu.setdefault(server.name, []).append(msec * 1000 / blocks)
+        return seconds, 0
 
     @staticmethod
     def ours(server: Server) -> Server | None:
