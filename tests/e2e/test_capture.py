@@ -8,17 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import time
 
 import pytest
 
-from tests.conftest import REPO, free_port, run_cli, start_server
+from tests.conftest import free_port, run_cli, start_server
 from tests.e2e.cutproxy import CuttingProxy
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
 from tests.e2e.test_cluster_rollout import pytestmark, wait_exit  # noqa: F401
-from tests.e2e.vm import VM
+from tests.e2e.vm import VM, keep_serial_logs
 
 MASTER_MAC = "52:54:00:00:30:01"  # not in the demo config: the master on the bench
 WEB = ("web-1", "52:54:00:00:20:01")  # the demo's standalone node, image debian-12
@@ -128,8 +127,4 @@ def test_capture_a_guest_resume_after_a_cut_and_deploy_it(media, tmp_path):
             for v in vms:
                 v.kill()
             server.stop()
-            artifacts = REPO / "test-artifacts"
-            artifacts.mkdir(exist_ok=True)
-            for v in vms:
-                if v.log.exists():
-                    shutil.copy(v.log, artifacts / f"e2e-capture-{v.name}.log")
+            keep_serial_logs(vms, "e2e-capture-")

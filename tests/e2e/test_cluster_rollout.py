@@ -23,7 +23,6 @@ import pytest
 
 from netdeploy.eventlog import macs_of
 from tests.conftest import (
-    REPO,
     ServerProcess,
     add_image,
     demo_variant,
@@ -32,7 +31,7 @@ from tests.conftest import (
     start_server,
 )
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
-from tests.e2e.vm import VM, qemu_available
+from tests.e2e.vm import ARTIFACTS, VM, keep_serial_logs, qemu_available
 
 NODES = {  # hostname -> MAC (config/netdeploy.toml)
     "sql-n1": "52:54:00:00:10:01",
@@ -219,10 +218,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
         for vm in vms:
             vm.kill()
         server.stop()
-        artifacts = REPO / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        for vm in vms:  # serial logs, time-stamped: what each guest printed
-            shutil.copy(vm.log, artifacts / f"e2e-{vm.name}.log")
+        keep_serial_logs(vms)  # time-stamped: what each guest printed
 
     # 4. the record: held until formed, one at a time, verified before personalised
     server = start_server(state_dir, config=config, http_port=free_port())
@@ -235,8 +231,7 @@ def test_staged_cluster_rollout_on_qemu(media, tmp_path):
         never = run_cli("explain", "52:54:00:00:99:99", *common)
     finally:
         server.stop()
-    artifacts = REPO / "test-artifacts"
-    (artifacts / "e2e-explain-sql-n2.txt").write_text(explained.stdout + explained.stderr)
+    (ARTIFACTS / "e2e-explain-sql-n2.txt").write_text(explained.stdout + explained.stderr)
     assert explained.returncode == 0, explained.stderr
     lines = explained.stdout.splitlines()
     assert lines[0] == "sql-n2 (52:54:00:00:10:02): joined, cluster sqlclu", lines[0]

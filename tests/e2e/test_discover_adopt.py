@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    REPO,
     ServerProcess,
     add_image,
     demo_variant,
@@ -27,7 +26,7 @@ from tests.conftest import (
     start_server,
 )
 from tests.e2e.diskimage import blank_disk, make_image, read_file
-from tests.e2e.vm import VM, qemu_available
+from tests.e2e.vm import VM, keep_serial_logs, qemu_available
 
 VIRTIO_BOX = "52:54:00:00:99:01"
 AHCI_BOX = "52:54:00:00:99:02"
@@ -153,7 +152,4 @@ def test_a_discovered_machine_is_adopted_and_imaged_with_its_own_answer_files(
         for vm in vms:
             vm.kill()
         server.stop()
-        artifacts = REPO / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        for vm in vms:
-            shutil.copy(vm.log, artifacts / f"e2e-adopt-{vm.name}.log")
+        keep_serial_logs(vms, "e2e-adopt-")

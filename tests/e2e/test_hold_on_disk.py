@@ -18,7 +18,6 @@ import json
 import shutil
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,7 @@ from netdeploy.media.holdstub import HELD_MESSAGE, MBR_CODE_BYTES, bios_stub, ef
 from tests.conftest import add_image, free_port, start_server
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
 from tests.e2e.test_cluster_rollout import NODES, states, wait_state
-from tests.e2e.vm import VM, ovmf_available, qemu_available
+from tests.e2e.vm import VM, keep_serial_logs, ovmf_available, qemu_available
 
 pytestmark = [
     pytest.mark.e2e,
@@ -154,10 +153,7 @@ def test_a_held_node_never_boots_its_image_without_netdeploy(media, tmp_path, fi
         for vm in vms:
             vm.kill()
         server.stop()
-        artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        for vm in vms:
-            shutil.copy(vm.log, artifacts / f"e2e-{vm.name}.log")
+        keep_serial_logs(vms)
     print(f"{firmware}: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     # the image's files are untouched by the hold and its release
     for name, data in built["files"].items():

@@ -33,7 +33,7 @@ from tests.e2e.ntfsimage import (
 )
 from tests.e2e.test_cluster_rollout import NODES, wait_exit
 from tests.e2e.test_cluster_rollout import pytestmark as rollout_marks
-from tests.e2e.vm import VM
+from tests.e2e.vm import VM, keep_serial_logs
 
 pytestmark = [
     *rollout_marks,
@@ -105,9 +105,7 @@ def test_sysprep_inf_is_injected_into_an_ntfs_system_partition(media, tmp_path):
     finally:
         vm.kill()
         server.stop()
-        artifacts = REPO / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        shutil.copy(vm.log, artifacts / "e2e-ntfs-inject.log")
+        keep_serial_logs([vm], "e2e-ntfs-inject-")
     print(f"\nNTFS inject guest: {seconds:.1f} s from QEMU start to its reboot")
     boot = re.search(r"Kernel command line: .* nd\.token=(\S+)", vm.text())
     assert boot, "no nd.token= on the guest's kernel command line"

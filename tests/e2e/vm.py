@@ -183,3 +183,15 @@ class VM:
 
     def text(self) -> str:
         return "\n".join(line for _, line in self.lines)
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # gitignored
+
+
+def keep_serial_logs(vms: list[VM], prefix: str = "e2e-") -> None:
+    """Copy each guest's time-stamped serial log to test-artifacts/{prefix}{name}.log for a
+    human to read after the run (a guest that never started has none)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for vm in vms:
+        if vm.log.exists():
+            shutil.copy(vm.log, ARTIFACTS / f"{prefix}{vm.name}.log")
