@@ -6,6 +6,7 @@
                                                             #   shared, blockcpu, pinned)
     sudo ./dev bench tftp --fbtftp                          # stock fbtftp 0.5 as a third peer
     sudo ./dev bench tftp --baseline /work/main             # another checkout beside
+    sudo ./dev bench tftp --python-plane                    # also netdeploy with native = false
 
 What users run: netdeploy is `netdeploy serve` with its own temp config, state dir and root and
 the [tftp] limits as shipped (max_per_client 16, max_unacked 1,024, ...), started the way
@@ -172,6 +173,8 @@ class Server:
             state = tmp / "state"
             config = tmp / "netdeploy.toml"
             config.write_text(NETDEPLOY_CONF.format(state=state, root=root))
+            if name == "python-plane":  # the same checkout on its pure-Python data plane
+                config.write_text(config.read_text() + "[tftp]\nnative = false\n")
             self.http = free_port(socket.SOCK_STREAM)
             argv = [*unit, sys.executable, "-m", "netdeploy", "serve", "--config", str(config)]
             argv += ["--state-dir", str(state), "--tftp-port", str(self.port)]
@@ -351,6 +354,7 @@ class Run:
         self.clients = Clients(tmp)
         self.unit = [] if args.no_unit else unit_wrapper(unit_settings())
         self.names = ["in.tftpd", "netdeploy"] + (["fbtftp"] if args.fbtftp else [])
+        self.names += ["python-plane"] if args.python_plane else []
         # other checkouts beside: baseline, baseline2, ... in the order given
         self.checkouts = {
             f"baseline{i + 1 if i else ''}": path for i, path in enumerate(args.baseline or [])
@@ -367,7 +371,8 @@ class Run:
                 where = self.tmp / f"{name}-{len(cpus)}"
                 where.mkdir(exist_ok=True)
                 checkout = self.checkouts.get(name)
-                weight = self.args.cpu_weight if name == "netdeploy" or checkout else None
+                ours = name in ("netdeploy", "python-plane") or checkout
+                weight = self.args.cpu_weight if ours else None
                 started[name] = Server(
                     name,
                     self.root,
@@ -497,16 +502,13 @@ class Run:
 
     def window(self, servers: dict[str, Server]) -> None:
         out = str(self.tmp / "out.bin")
-        hpa, nd = servers["in.tftpd"].port, servers["netdeploy"].port
-        self.measure(
-            f"{self.args.big_mib} MiB, netdeploy windowsize 16",
-            {
-                "in.tftpd": self.fetch(atftp(hpa, "big.bin", out, f"blksize {BLKSIZE}")),
-                "netdeploy": self.fetch(
-                    atftp(nd, "big.bin", out, f"blksize {BLKSIZE}", "windowsize 16")
-                ),
-            },
-        )
+        hpa = servers["in.tftpd"].port
+        jobs = {"in.tftpd": self.fetch(atftp(hpa, "big.bin", out, f"blksize {BLKSIZE}"))}
+        for name, server in servers.items():
+            if self.ours(server):  # every netdeploy: this checkout, its Python plane, baselines
+                argv = atftp(server.port, "big.bin", out, f"blksize {BLKSIZE}", "windowsize 16")
+                jobs[name] = self.fetch(argv)
+        self.measure(f"{self.args.big_mib} MiB, netdeploy windowsize 16", jobs)
 
     def storm_of(self, server: Server, kind: str, count: int, cpus: list[int]) -> tuple[float, int]:
         before, outcomes = tree_cpu(server.proc.pid), server.outcomes()
@@ -544,6 +546,11 @@ def main() -> None:
         help="lockstep,window,shared,blockcpu,pinned",
     )
     parser.add_argument("--fbtftp", action="store_true", help="stock fbtftp 0.5 as a peer too")
+    parser.add_argument(
+        "--python-plane",
+        action="store_true",
+        help="also this checkout with [tftp] native = false (the pure-Python data plane)",
+    )
     parser.add_argument(
         "--baseline",
         action="append",

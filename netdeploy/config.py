@@ -91,6 +91,11 @@ class TftpConfig(_Section):
     # so a boot storm reads each file once; larger files are read per block.
     cache_max_bytes: Annotated[int, Field(ge=0)] = 256 << 20
     cache_file_max_bytes: Annotated[int, Field(ge=0)] = 64 << 20
+    # The data phase (DATA, ACKs, retransmission) runs in C on native_threads worker threads
+    # (0: one per CPU) when netdeploy was built with its C part; false, or a build without a
+    # compiler, serves it from the event loop in Python (decision 0020)
+    native: bool = True
+    native_threads: Annotated[int, Field(ge=0, le=64)] = 0
 
 
 class HttpConfig(_Section):

@@ -34,6 +34,7 @@ from netdeploy.tftp.files import (
     load,
     to_netascii,
 )
+from netdeploy.tftp.native import NativePlane, NativeTransfer, open_native
 from netdeploy.tftp.options import negotiate
 from netdeploy.tftp.packets import BadPacket, ErrorCode, Op, Request
 from netdeploy.tftp.plane import DataPlane, open_plane
@@ -132,7 +133,8 @@ class TftpServer:
         self.on_finished = on_finished
         self.on_refused = on_refused
         self.cache = FileCache(self.config.cache_max_bytes, self.config.cache_file_max_bytes)
-        self.transfers: dict[tuple[str, int], Transfer | None] = {}  # None: still starting
+        # None: still starting
+        self.transfers: dict[tuple[str, int], Transfer | NativeTransfer | None] = {}
         self.per_client: Counter[str] = Counter()
         # transfers that have not had their first ACK yet, oldest first: RRQs are spoofable,
         # so these hold a pool of their own (max_unacked) and never the confirmed slots
@@ -141,6 +143,7 @@ class TftpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.plane: DataPlane | None = None
+        self.native: NativePlane | None = None  # the C data phase, when built and enabled
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
@@ -158,6 +161,8 @@ class TftpServer:
         self._loop.add_reader(sock.fileno(), self._on_listener, sock)
         if self.plane is None:
             self.plane = open_plane(self._loop)
+        if self.native is None:
+            self.native = open_native(self._loop, self.config.native, self.config.native_threads)
 
     @property
     def port(self) -> int:
@@ -178,6 +183,9 @@ class TftpServer:
         if self.plane is not None:
             self.plane.close()
             self.plane = None
+        if self.native is not None:
+            self.native.close()
+            self.native = None
 
     @property
     def active(self) -> int:
@@ -234,6 +242,10 @@ class TftpServer:
         ip = _plain_ip(addr[0])
         key = (ip, addr[1])
         if key in self.transfers:
+            running = self.transfers[key]
+            if isinstance(running, NativeTransfer) and not running.done:
+                # its last ACK may still be queued on a worker: a client reusing its port
+                running.request_again(lambda: self._accept(request, addr, local))
             return  # a retransmitted RRQ: the running transfer retransmits by itself
         # Over a limit we stay silent: the client retransmits its RRQ, which queues it
         # without ending its boot the way an ERROR would.
@@ -299,6 +311,32 @@ class TftpServer:
             return
         stats.blksize, stats.windowsize = chosen.blksize, chosen.windowsize
         gso_batch = _enable_gso(sock, chosen.blksize, chosen.windowsize)
+        oack = packets.oack(chosen.reply) if chosen.reply else None
+        if self.native is not None and not isinstance(content, NetasciiContent):
+            native = NativeTransfer(
+                self.native,
+                sock,
+                content,
+                stats,
+                blksize=chosen.blksize,
+                windowsize=chosen.windowsize,
+                timeout=chosen.timeout,
+                retries=self.config.retries,
+                oack=oack,
+                on_done=self._transfer_done,
+                gso_batch=gso_batch,
+                first_ack_budget=self.config.first_ack_budget,
+                on_confirmed=self._confirmed,
+            )
+            try:
+                native.start()
+            except Exception as exc:  # a plane that cannot take it: the client retries
+                log.exception("TFTP transfer of %r could not start", request.filename)
+                content.close()
+                self._release(key, stats, "error", f"data plane refused it: {exc}")
+                return
+            self.transfers[key] = native
+            return
         transfer = Transfer(
             sock,
             peer,
@@ -308,7 +346,7 @@ class TftpServer:
             windowsize=chosen.windowsize,
             timeout=chosen.timeout,
             retries=self.config.retries,
-            oack=packets.oack(chosen.reply) if chosen.reply else None,
+            oack=oack,
             on_done=self._transfer_done,
             gso_batch=gso_batch,
             first_ack_budget=self.config.first_ack_budget,
@@ -374,7 +412,7 @@ class TftpServer:
         if self.on_finished:
             self.on_finished(stats)
 
-    def _confirmed(self, transfer: Transfer) -> None:
+    def _confirmed(self, transfer: Transfer | NativeTransfer) -> None:
         """The first ACK came: the client is real, its transfer now holds a confirmed slot."""
         self.unacked.pop((transfer.stats.client_ip, transfer.stats.client_port), None)
 
@@ -391,6 +429,6 @@ class TftpServer:
                 return True
         return False
 
-    def _transfer_done(self, transfer: Transfer) -> None:
+    def _transfer_done(self, transfer: Transfer | NativeTransfer) -> None:
         key = (transfer.stats.client_ip, transfer.stats.client_port)
         self._release(key, transfer.stats, transfer.stats.outcome, transfer.stats.message)

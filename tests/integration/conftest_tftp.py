@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from netdeploy.config import TftpConfig
+from netdeploy.tftp import engine, native
 from netdeploy.tftp.engine import Resolver, TftpServer
 from netdeploy.tftp.packets import Op
 from netdeploy.tftp.transfer import TransferStats
@@ -24,6 +25,19 @@ def need(tool: str) -> str:
     if path is None:
         pytest.skip(f"{tool} is not installed (tests/debian-packages.txt lists its package)")
     return path
+
+
+@pytest.fixture(params=["native", "python"])
+def plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each data plane: the C one (decision 0020) and the Python one that
+    serves builds without a compiler. Use with ``pytestmark = pytest.mark.usefixtures("plane")``.
+    """
+    if request.param == "native":
+        if not native.AVAILABLE:
+            pytest.skip("netdeploy.tftp._native was not built (needs gcc and Python's headers)")
+    else:
+        monkeypatch.setattr(engine, "open_native", lambda *args: None)
+    return str(request.param)
 
 
 def make_root(tmp: Path) -> Path:

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from netdeploy.config import TftpConfig
-from tests.integration.conftest_tftp import make_root, need, run, tftp_server
+from tests.integration.conftest_tftp import (
+    make_root,
+    need,
+    plane,  # noqa: F401 (the fixture)
+    run,
+    tftp_server,
+)
+
+# every test runs on the C data plane and on the Python one
+pytestmark = pytest.mark.usefixtures("plane")
 
 # curl 7.88 fails on a zero-byte file with any server (in.tftpd too: "getpeername() failed"),
 # so empty.bin is fetched with atftp and tftp-hpa only.

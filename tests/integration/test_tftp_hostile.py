@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 
 from netdeploy.config import TftpConfig
 from netdeploy.tftp.packets import ErrorCode, Op, parse_error
-from tests.integration.conftest_tftp import RawClient, make_root, tftp_server, threaded_server
+from tests.integration.conftest_tftp import (
+    RawClient,
+    make_root,
+    plane,  # noqa: F401 (the fixture)
+    tftp_server,
+    threaded_server,
+)
+
+# every test runs on the C data plane and on the Python one
+pytestmark = pytest.mark.usefixtures("plane")
 
 SECRET = b"root:x:0:0"
 

@@ -11,7 +11,16 @@ import pytest
 
 from netdeploy.config import TftpConfig
 from netdeploy.tftp.packets import ErrorCode, Op, parse_error
-from tests.integration.conftest_tftp import RawClient, make_root, options_of, tftp_server
+from tests.integration.conftest_tftp import (
+    RawClient,
+    make_root,
+    options_of,
+    plane,  # noqa: F401 (the fixture)
+    tftp_server,
+)
+
+# every test runs on the C data plane and on the Python one
+pytestmark = pytest.mark.usefixtures("plane")
 
 
 @pytest.fixture

@@ -1,0 +1,249 @@
+"""The TFTP data phase on native threads (``_native.c``), seen from the event loop.
+
+The loop decides every request as before (limits, boot decision, options, the socket
+connected to the client); :meth:`NativePlane.submit` then hands the transfer's socket and
+bytes to a worker thread that sends, answers ACKs and retransmits without the GIL
+(docs/decisions/0020-tftp-native-data-plane.md). What comes back, through one eventfd the
+loop watches, is each transfer's first ACK and its end. :class:`NativeTransfer` gives the
+engine the same handle as a Python :class:`~netdeploy.tftp.transfer.Transfer`.
+
+The module is compiled when netdeploy is installed with a C compiler and Python's headers;
+without it (or with ``[tftp] native = false``) :func:`open_native` returns None and the
+Python plane serves every transfer. Netascii transfers always take the Python plane: their
+bytes are converted while they are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from netdeploy.tftp import packets
+from netdeploy.tftp.files import Content
+from netdeploy.tftp.packets import ErrorCode
+from netdeploy.tftp.transfer import TransferStats
+
+try:
+    from netdeploy.tftp import _native  # type: ignore[attr-defined]
+except ImportError:  # built without a compiler: the Python plane serves everything
+    _native = None
+
+log = logging.getLogger("netdeploy.tftp")
+
+AVAILABLE = _native is not None
+
+
+def cpus() -> int:
+    """CPUs this process may run on (its affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class NativeTransfer:
+    """One transfer whose data phase runs on the native plane; ends by ``on_done(self)`` once."""
+
+    def __init__(
+        self,
+        plane: NativePlane,
+        sock: socket.socket,
+        content: Content,
+        stats: TransferStats,
+        *,
+        blksize: int,
+        windowsize: int,
+        timeout: float,
+        retries: int,
+        oack: bytes | None,
+        on_done: Callable[[NativeTransfer], None],
+        gso_batch: int = 1,
+        first_ack_budget: float = 10.0,
+        on_confirmed: Callable[[NativeTransfer], None] | None = None,
+    ):
+        self.plane = plane
+        self.sock = sock
+        self.content = content
+        self.stats = stats
+        self.blksize = blksize
+        self.windowsize = windowsize
+        self.timeout = timeout
+        self.retries = retries
+        self.oack = oack
+        self.on_done = on_done
+        self.gso_batch = gso_batch
+        self.first_ack_budget = first_ack_budget
+        self.on_confirmed = on_confirmed
+        self.confirmed = False
+        self.done = False
+        self.id = 0
+        # an RRQ from this client port that came while the transfer ran: retried at its end
+        self.again: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        """Hand the socket (now the plane's) and the bytes to a worker thread."""
+        fd = self.sock.detach()
+        try:
+            self.id = self.plane.submit(self, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # -- ended by the loop ---------------------------------------------------------------
+    def finish(self, outcome: str, message: str = "") -> None:
+        """End it from the loop (a reclaimed slot): the slot is free when this returns."""
+        self._end_here(outcome, message, None)
+
+    def abort(self, code: ErrorCode, message: str) -> None:
+        """End the transfer and tell the client why (server shutting down, limits)."""
+        self._end_here("error", message, packets.error(code, message))
+
+    def _end_here(self, outcome: str, message: str, packet: bytes | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.plane.cancel(self.id, packet)  # the worker ends it; its report only frees content
+        self.stats.outcome, self.stats.message = outcome, message
+        self.stats.duration = time.monotonic() - self.stats.started
+        self.on_done(self)
+
+    def request_again(self, retry: Callable[[], None]) -> None:
+        """An RRQ from this transfer's client port: ``retry`` it if the transfer turns out to
+        have ended (its last ACK still queued on the worker's side), drop it if it goes on."""
+        self.again = retry
+        self.plane.core.poke(self.id)
+
+    # -- reported by the plane -----------------------------------------------------------
+    def running(self) -> None:
+        self.again = None  # the RRQ was a retransmission: the transfer resends by itself
+
+    def confirmed_now(self) -> None:
+        if self.done or self.confirmed:
+            return
+        self.confirmed = True
+        if self.on_confirmed is not None:
+            self.on_confirmed(self)
+
+    def ended(
+        self,
+        end: int,
+        code: int,
+        detail: bytes,
+        sent: int,
+        retransmits: int,
+        resent: int,
+        errno: int,
+    ) -> None:
+        self.content.close()  # the worker no longer reads it
+        if self.done:
+            return
+        self.done = True
+        stats = self.stats
+        stats.outcome, stats.message = _outcome(self, end, code, detail, errno)
+        stats.duration = time.monotonic() - stats.started
+        stats.blocks = sent
+        stats.retransmits = retransmits
+        stats.bytes_sent = min(sent * self.blksize, self.content.size) + resent
+        self.on_done(self)
+
+
+def _outcome(t: NativeTransfer, end: int, code: int, detail: bytes, errno: int) -> tuple[str, str]:
+    """The (outcome, message) the Python plane gives the same end (transfer.py)."""
+    assert _native is not None
+    if end == _native.END_OK:
+        return "ok", ""
+    if end == _native.END_ABORTED:
+        return "aborted", f"client sent error {code}: {detail.decode('utf-8', 'replace')}"
+    if end == _native.END_BADOP:
+        return "error", f"client sent opcode {code} during a read"
+    if end == _native.END_FIRST_ACK:
+        return "timeout", f"no first ACK within {t.first_ack_budget:g} s"
+    if end == _native.END_RETRIES:
+        return "timeout", f"no ACK after {t.retries} retransmissions"
+    if end == _native.END_SEND:
+        return "error", f"send failed: {os.strerror(errno)}"
+    if end == _native.END_READ:
+        return "error", f"read failed: {os.strerror(errno)}"
+    return "error", "shutdown"
+
+
+class NativePlane:
+    """Worker threads serving transfers' data phase; the loop watches one eventfd."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int):
+        assert _native is not None
+        self.loop = loop
+        self.core = _native.Plane(threads)
+        self.transfers: dict[int, NativeTransfer] = {}
+        loop.add_reader(self.core.fileno(), self._drain)
+
+    @property
+    def threads(self) -> int:
+        return int(self.core.threads)
+
+    def submit(self, transfer: NativeTransfer, fd: int) -> int:
+        content = transfer.content
+        data = content.data
+        id_ = int(
+            self.core.submit(
+                fd,
+                data,
+                -1 if content.fd is None else content.fd,
+                content.size,
+                transfer.blksize,
+                transfer.windowsize,
+                transfer.timeout,
+                transfer.retries,
+                transfer.first_ack_budget,
+                transfer.oack,
+                transfer.gso_batch if data is not None else 1,
+            )
+        )
+        self.transfers[id_] = transfer
+        return id_
+
+    def cancel(self, id_: int, packet: bytes | None) -> None:
+        self.core.cancel(id_, packet)
+
+    def _drain(self) -> None:
+        for event in self.core.events():
+            transfer = self.transfers.get(event[0])
+            if transfer is None:
+                continue
+            try:
+                if event[1] == 0:
+                    transfer.confirmed_now()
+                elif event[1] == 2:
+                    transfer.running()
+                else:
+                    del self.transfers[event[0]]
+                    _, _, end, code, detail, sent, retransmits, resent, errno = event
+                    transfer.ended(end, code, detail, sent, retransmits, resent, errno)
+                    if transfer.again is not None:  # a new request from the same port
+                        transfer.again()
+            except Exception:  # one transfer's bookkeeping must not stop the others'
+                log.exception("TFTP transfer %d: its end could not be recorded", event[0])
+
+    def close(self) -> None:
+        """Stop the threads; transfers still running end (their files are closed)."""
+        self.core.close()
+        self._drain()
+        self.loop.remove_reader(self.core.fileno())
+
+
+def open_native(loop: asyncio.AbstractEventLoop, enabled: bool, threads: int) -> NativePlane | None:
+    """The native plane with ``threads`` workers (0: one per CPU), or None when it is off or
+    was not built (the Python plane then serves every transfer)."""
+    if not enabled:
+        return None
+    if _native is None:
+        log.warning(
+            "TFTP runs on the Python data plane: netdeploy was installed without its C part "
+            "(install gcc and Python's headers, then reinstall); see docs/tftp.md"
+        )
+        return None
+    return NativePlane(loop, threads or cpus())
