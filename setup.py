@@ -1,4 +1,4 @@
-"""The one compiled part: the TFTP data plane (docs/decisions/0020-tftp-native-data-plane.md).
+"""The one compiled part: the TFTP data plane (docs/decisions/0021-tftp-native-data-plane.md).
 
 Optional: without a C compiler and Python's headers the install still succeeds and TFTP
 runs on the pure-Python plane (netdeploy/tftp/transfer.py); `netdeploy serve` logs which.

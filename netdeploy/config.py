@@ -93,7 +93,7 @@ class TftpConfig(_Section):
     cache_file_max_bytes: Annotated[int, Field(ge=0)] = 64 << 20
     # The data phase (DATA, ACKs, retransmission) runs in C on native_threads worker threads
     # (0: one per CPU) when netdeploy was built with its C part; false, or a build without a
-    # compiler, serves it from the event loop in Python (decision 0020)
+    # compiler, serves it from the event loop in Python (decision 0021)
     native: bool = True
     native_threads: Annotated[int, Field(ge=0, le=64)] = 0
 

@@ -1,6 +1,6 @@
 /*
  * netdeploy.tftp._native: the data phase of TFTP read transfers, in C, on threads of its own
- * (docs/decisions/0020-tftp-native-data-plane.md).
+ * (docs/decisions/0021-tftp-native-data-plane.md).
  *
  * The event loop keeps everything that decides: the listener, the limits, the boot decisions,
  * option negotiation, the records. Once a transfer is decided it hands this plane its connected
@@ -904,7 +904,7 @@ static PyTypeObject PlaneType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "netdeploy.tftp._native",
-    "The TFTP data plane in C (docs/decisions/0020-tftp-native-data-plane.md).", -1, NULL,
+    "The TFTP data plane in C (docs/decisions/0021-tftp-native-data-plane.md).", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
 

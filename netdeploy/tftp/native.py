@@ -3,7 +3,7 @@
 The loop decides every request as before (limits, boot decision, options, the socket
 connected to the client); :meth:`NativePlane.submit` then hands the transfer's socket and
 bytes to a worker thread that sends, answers ACKs and retransmits without the GIL
-(docs/decisions/0020-tftp-native-data-plane.md). What comes back, through one eventfd the
+(docs/decisions/0021-tftp-native-data-plane.md). What comes back, through one eventfd the
 loop watches, is each transfer's first ACK and its end. :class:`NativeTransfer` gives the
 engine the same handle as a Python :class:`~netdeploy.tftp.transfer.Transfer`.
 
@@ -114,8 +114,10 @@ class NativeTransfer:
     def request_again(self, retry: Callable[[], None]) -> None:
         """An RRQ from this transfer's client port: ``retry`` it if the transfer turns out to
         have ended (its last ACK still queued on the worker's side), drop it if it goes on."""
+        asked = self.again is not None  # one poke at a time, however many RRQs come
         self.again = retry
-        self.plane.core.poke(self.id)
+        if not asked:
+            self.plane.core.poke(self.id)
 
     # -- reported by the plane -----------------------------------------------------------
     def running(self) -> None:
@@ -179,6 +181,7 @@ class NativePlane:
         self.loop = loop
         self.core = _native.Plane(threads)
         self.transfers: dict[int, NativeTransfer] = {}
+        self.closing = False
         loop.add_reader(self.core.fileno(), self._drain)
 
     @property
@@ -223,13 +226,14 @@ class NativePlane:
                     del self.transfers[event[0]]
                     _, _, end, code, detail, sent, retransmits, resent, errno = event
                     transfer.ended(end, code, detail, sent, retransmits, resent, errno)
-                    if transfer.again is not None:  # a new request from the same port
-                        transfer.again()
+                    if transfer.again is not None and not self.closing:
+                        transfer.again()  # a new request from the same port
             except Exception:  # one transfer's bookkeeping must not stop the others'
                 log.exception("TFTP transfer %d: its end could not be recorded", event[0])
 
     def close(self) -> None:
         """Stop the threads; transfers still running end (their files are closed)."""
+        self.closing = True
         self.core.close()
         self._drain()
         self.loop.remove_reader(self.core.fileno())

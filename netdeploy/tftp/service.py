@@ -67,7 +67,8 @@ async def start(ctx: Context, boot: BootService) -> Callable[[], Awaitable[None]
         ) from None
     record.ACTIVE.set_function(lambda: server.active)
     writer.start()
-    log.info("TFTP on %s:%d serving %s", host, server.port, root)
+    plane = f"C, {server.native.threads} threads" if server.native else "Python"
+    log.info("TFTP on %s:%d serving %s (data plane: %s)", host, server.port, root, plane)
 
     async def stop() -> None:
         await server.stop()

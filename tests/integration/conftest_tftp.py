@@ -29,7 +29,7 @@ def need(tool: str) -> str:
 
 @pytest.fixture(params=["native", "python"])
 def plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test on each data plane: the C one (decision 0020) and the Python one that
+    """Run the test on each data plane: the C one (decision 0021) and the Python one that
     serves builds without a compiler. Use with ``pytestmark = pytest.mark.usefixtures("plane")``.
     """
     if request.param == "native":

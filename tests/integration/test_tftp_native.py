@@ -1,4 +1,4 @@
-"""What only the C data plane (netdeploy/tftp/_native.c, decision 0020) can get wrong: files
+"""What only the C data plane (netdeploy/tftp/_native.c, decision 0021) can get wrong: files
 read per block from a descriptor, the ownership of sockets and descriptors across threads,
 shutdown mid-transfer, and that a build with a compiler really has it."""
 
