@@ -770,18 +770,35 @@ PyDoc_STRVAR(cancel_doc,
              "shutdown), sending `packet` (an ERROR) first when given. Its end is still "
              "reported, with kind END_CANCELLED, unless it had already ended.");
 
+/* A command for the worker that owns `id` (its low bits); NULL with an exception set. */
+static cmd *command(plane *p, unsigned long long id, int kind, worker **owner) {
+    unsigned index = (unsigned)(id & ((1u << WORKER_BITS) - 1));
+    if (index >= (unsigned)p->nworkers) {
+        PyErr_Format(PyExc_ValueError, "%llu is no transfer of this plane", id);
+        return NULL;
+    }
+    cmd *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    c->kind = kind;
+    c->id = id;
+    *owner = &p->workers[index];
+    return c;
+}
+
 static PyObject *plane_cancel(plane *p, PyObject *args) {
     unsigned long long id;
     PyObject *packet = Py_None;
+    worker *owner;
     if (!PyArg_ParseTuple(args, "K|O", &id, &packet))
         return NULL;
     if (p->closed)
         Py_RETURN_NONE;
-    cmd *c = calloc(1, sizeof *c);
+    cmd *c = command(p, id, 1, &owner);
     if (c == NULL)
-        return PyErr_NoMemory();
-    c->kind = 1;
-    c->id = id;
+        return NULL;
     if (packet != Py_None) {
         char *bytes;
         Py_ssize_t len;
@@ -794,7 +811,7 @@ static PyObject *plane_cancel(plane *p, PyObject *args) {
         memcpy(c->pkt, bytes, (size_t)len);
         c->pkt_len = (size_t)len;
     }
-    push(&p->workers[id & ((1u << WORKER_BITS) - 1)], c);
+    push(owner, c);
     Py_RETURN_NONE;
 }
 
@@ -803,16 +820,15 @@ PyDoc_STRVAR(poke_doc,
 
 static PyObject *plane_poke(plane *p, PyObject *args) {
     unsigned long long id;
+    worker *owner;
     if (!PyArg_ParseTuple(args, "K", &id))
         return NULL;
     if (p->closed)
         Py_RETURN_NONE;
-    cmd *c = calloc(1, sizeof *c);
+    cmd *c = command(p, id, 2, &owner);
     if (c == NULL)
-        return PyErr_NoMemory();
-    c->kind = 2;
-    c->id = id;
-    push(&p->workers[id & ((1u << WORKER_BITS) - 1)], c);
+        return NULL;
+    push(owner, c);
     Py_RETURN_NONE;
 }
 

@@ -38,7 +38,7 @@ from netdeploy.tftp.native import NativePlane, NativeTransfer, open_native
 from netdeploy.tftp.options import negotiate
 from netdeploy.tftp.packets import BadPacket, ErrorCode, Op, Request
 from netdeploy.tftp.plane import DataPlane, open_plane
-from netdeploy.tftp.transfer import Transfer, TransferStats
+from netdeploy.tftp.transfer import Terms, Transfer, TransferStats
 
 log = logging.getLogger("netdeploy.tftp")
 
@@ -311,22 +311,19 @@ class TftpServer:
             return
         stats.blksize, stats.windowsize = chosen.blksize, chosen.windowsize
         gso_batch = _enable_gso(sock, chosen.blksize, chosen.windowsize)
-        oack = packets.oack(chosen.reply) if chosen.reply else None
+        terms = Terms(
+            blksize=chosen.blksize,
+            windowsize=chosen.windowsize,
+            timeout=chosen.timeout,
+            retries=self.config.retries,
+            oack=packets.oack(chosen.reply) if chosen.reply else None,
+            gso_batch=gso_batch,
+            first_ack_budget=self.config.first_ack_budget,
+        )
+        done, confirmed = self._transfer_done, self._confirmed
         if self.native is not None and not isinstance(content, NetasciiContent):
             native = NativeTransfer(
-                self.native,
-                sock,
-                content,
-                stats,
-                blksize=chosen.blksize,
-                windowsize=chosen.windowsize,
-                timeout=chosen.timeout,
-                retries=self.config.retries,
-                oack=oack,
-                on_done=self._transfer_done,
-                gso_batch=gso_batch,
-                first_ack_budget=self.config.first_ack_budget,
-                on_confirmed=self._confirmed,
+                self.native, sock, content, stats, terms, on_done=done, on_confirmed=confirmed
             )
             try:
                 native.start()
@@ -337,21 +334,7 @@ class TftpServer:
                 return
             self.transfers[key] = native
             return
-        transfer = Transfer(
-            sock,
-            peer,
-            content,
-            stats,
-            blksize=chosen.blksize,
-            windowsize=chosen.windowsize,
-            timeout=chosen.timeout,
-            retries=self.config.retries,
-            oack=oack,
-            on_done=self._transfer_done,
-            gso_batch=gso_batch,
-            first_ack_budget=self.config.first_ack_budget,
-            on_confirmed=self._confirmed,
-        )
+        transfer = Transfer(sock, peer, content, stats, terms, on_done=done, on_confirmed=confirmed)
         if isinstance(content, NetasciiContent):  # keep what a window may ask for again
             content.keep = chosen.blksize * (chosen.windowsize + 1)
         self.transfers[key] = transfer

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from netdeploy.tftp import packets
 from netdeploy.tftp.files import Content
 from netdeploy.tftp.packets import ErrorCode
-from netdeploy.tftp.transfer import TransferStats
+from netdeploy.tftp.transfer import Terms, TransferStats
 
 try:
     from netdeploy.tftp import _native  # type: ignore[attr-defined]
@@ -54,29 +54,17 @@ class NativeTransfer:
         sock: socket.socket,
         content: Content,
         stats: TransferStats,
+        terms: Terms,
         *,
-        blksize: int,
-        windowsize: int,
-        timeout: float,
-        retries: int,
-        oack: bytes | None,
         on_done: Callable[[NativeTransfer], None],
-        gso_batch: int = 1,
-        first_ack_budget: float = 10.0,
         on_confirmed: Callable[[NativeTransfer], None] | None = None,
     ):
         self.plane = plane
         self.sock = sock
         self.content = content
         self.stats = stats
-        self.blksize = blksize
-        self.windowsize = windowsize
-        self.timeout = timeout
-        self.retries = retries
-        self.oack = oack
+        self.terms = terms
         self.on_done = on_done
-        self.gso_batch = gso_batch
-        self.first_ack_budget = first_ack_budget
         self.on_confirmed = on_confirmed
         self.confirmed = False
         self.done = False
@@ -149,7 +137,7 @@ class NativeTransfer:
         stats.duration = time.monotonic() - stats.started
         stats.blocks = sent
         stats.retransmits = retransmits
-        stats.bytes_sent = min(sent * self.blksize, self.content.size) + resent
+        stats.bytes_sent = min(sent * self.terms.blksize, self.content.size) + resent
         self.on_done(self)
 
 
@@ -163,9 +151,9 @@ def _outcome(t: NativeTransfer, end: int, code: int, detail: bytes, errno: int) 
     if end == _native.END_BADOP:
         return "error", f"client sent opcode {code} during a read"
     if end == _native.END_FIRST_ACK:
-        return "timeout", f"no first ACK within {t.first_ack_budget:g} s"
+        return "timeout", f"no first ACK within {t.terms.first_ack_budget:g} s"
     if end == _native.END_RETRIES:
-        return "timeout", f"no ACK after {t.retries} retransmissions"
+        return "timeout", f"no ACK after {t.terms.retries} retransmissions"
     if end == _native.END_SEND:
         return "error", f"send failed: {os.strerror(errno)}"
     if end == _native.END_READ:
@@ -189,7 +177,7 @@ class NativePlane:
         return int(self.core.threads)
 
     def submit(self, transfer: NativeTransfer, fd: int) -> int:
-        content = transfer.content
+        content, terms = transfer.content, transfer.terms
         data = content.data
         id_ = int(
             self.core.submit(
@@ -197,13 +185,13 @@ class NativePlane:
                 data,
                 -1 if content.fd is None else content.fd,
                 content.size,
-                transfer.blksize,
-                transfer.windowsize,
-                transfer.timeout,
-                transfer.retries,
-                transfer.first_ack_budget,
-                transfer.oack,
-                transfer.gso_batch if data is not None else 1,
+                terms.blksize,
+                terms.windowsize,
+                terms.timeout,
+                terms.retries,
+                terms.first_ack_budget,
+                terms.oack,
+                terms.gso_batch if data is not None else 1,
             )
         )
         self.transfers[id_] = transfer

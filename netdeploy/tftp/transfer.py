@@ -65,6 +65,21 @@ class TransferStats:
         return detail
 
 
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What a transfer runs with: the negotiated options and the configured limits. Both
+    data planes take them (this module's :class:`Transfer` and the C plane's
+    :class:`~netdeploy.tftp.native.NativeTransfer`)."""
+
+    blksize: int
+    windowsize: int
+    timeout: float  # the first retransmission's wait; doubled up to `retries` times
+    retries: int
+    oack: bytes | None  # sent first (RFC 2347); None: DATA 1 is
+    gso_batch: int = 1  # DATA packets per send (UDP_SEGMENT); 1 = one each
+    first_ack_budget: float = 10.0
+
+
 class Transfer:
     """Sends ``content`` to ``peer`` from ``sock``; calls ``on_done(self)`` exactly once."""
 
@@ -74,29 +89,24 @@ class Transfer:
         peer: tuple[str, int],
         content: Content,
         stats: TransferStats,
+        terms: Terms,
         *,
-        blksize: int,
-        windowsize: int,
-        timeout: float,
-        retries: int,
-        oack: bytes | None,
         on_done: Callable[[Transfer], None],
-        gso_batch: int = 1,
-        first_ack_budget: float = 10.0,
         on_confirmed: Callable[[Transfer], None] | None = None,
     ):
         self.sock = sock
         self.peer = peer
         self.content = content
         self.stats = stats
-        self.blksize = blksize
-        self.windowsize = windowsize
-        self.timeout = timeout
-        self.retries = retries
-        self.oack = oack
+        # copied out of terms: the packet path reads them as plain attributes
+        self.blksize = blksize = terms.blksize
+        self.windowsize = terms.windowsize
+        self.timeout = terms.timeout
+        self.retries = terms.retries
+        self.oack = oack = terms.oack
         self.on_done = on_done
-        self.gso_batch = gso_batch  # DATA packets per sendto (UDP_SEGMENT); 1 = one each
-        self.first_ack_budget = first_ack_budget
+        self.gso_batch = terms.gso_batch
+        self.first_ack_budget = terms.first_ack_budget
         self.on_confirmed = on_confirmed
         self.confirmed = False  # the client's first ACK arrived: it is real, not spoofed
         self.loop = asyncio.get_running_loop()

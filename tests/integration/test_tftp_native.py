@@ -125,3 +125,27 @@ async def test_a_storm_of_real_clients_spreads_over_every_worker(
     want = (root / "odd.bin").read_bytes()
     assert all(o.read_bytes() == want for o in outs)
     assert {(s.outcome, s.blocks) for s in stats} == {("ok", len(want) // 1468 + 1)}
+
+
+def test_the_plane_refuses_parameters_it_cannot_serve() -> None:
+    """The C side checks what the loop hands it; a wrong call is an exception, not a crash."""
+    if not native.AVAILABLE:
+        pytest.skip("netdeploy.tftp._native was not built")
+    from netdeploy.tftp import _native  # type: ignore[attr-defined]
+
+    with pytest.raises(ValueError, match="threads must be 1 to 64"):
+        _native.Plane(0)
+    core = _native.Plane(1)
+    try:
+        args = (-1, b"data", -1, 4, 512, 1, 1.0, 5, 10.0, None, 1)
+        with pytest.raises(ValueError, match="out of range"):
+            core.submit(*args)  # no socket
+        with pytest.raises(ValueError, match="shorter than size"):
+            core.submit(0, b"data", -1, 5, 512, 1, 1.0, 5, 10.0, None, 1)
+        with pytest.raises(ValueError, match="no transfer of this plane"):
+            core.cancel(3, None)  # worker 3 of a one-worker plane
+        assert core.events() == []
+    finally:
+        core.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        core.submit(0, b"data", -1, 4, 512, 1, 1.0, 5, 10.0, None, 1)
