@@ -15,12 +15,14 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from netdeploy.images.hashing import compress_and_hash
 from tests.integration.agent_shell import BUSYBOX, agent_function
 from tests.integration.conftest_boot import agent_credential, curl
 from tests.integration.conftest_images import start_lab
+from tests.integration.mc_harness import REPO, free_port_pair, receive_argv
 from tests.integration.test_capture_api import build_ndcap
 
 Z1 = "52:54:00:aa:00:09"
@@ -135,6 +137,81 @@ async def test_the_plan_names_the_format_and_refuses_media_that_cannot_decompres
         )  # fmt: skip
         assert "ND_IMAGE_FORMAT=raw\n" in got.text
         assert "ND_IMAGE_RAW_SIZE=''\n" in got.text and "ND_IMAGE_RAW_SHA256=''\n" in got.text
+    finally:
+        await lab.close()
+
+
+# ---------------------------------------------------------------- never by multicast
+
+
+def _says_what_to_do(why: str) -> None:
+    assert why.startswith("image 'packed' is stored as raw+zstd and is never sent by multicast")
+    assert "?zstd=1" in why and "ndcap unzstd" in why and "/images/packed" in why, why
+    assert 'format = "raw"' in why and "without --compress" in why, why
+
+
+async def test_no_multicast_session_serves_a_zstd_image(tmp_path: Path) -> None:
+    """Decision 0019: the join route and the admin's session route refuse a raw+zstd image,
+    saying how it is fetched instead; a receiver would write the compressed bytes to its disk."""
+    port = free_port_pair()
+    section = f'\n[multicast]\ninterface = "lo"\nport_range = [{port}, {port + 5}]\n'
+    # a file put in place by hand with the sha256 in the config, never `image add`ed: its
+    # bytes say zstd though its config says raw
+    sneaky = f'\n[images.sneaky]\nfile = "sneaky.img"\nsha256 = "{"ab" * 32}"\n'
+    lab = await start_lab(tmp_path / "lab", multicast=True, extra=Z_NODE + sneaky + section)
+    assert lab.multicast is not None
+    try:
+        raw = tmp_path / "raw.img"
+        master(raw)
+        await lab.add("packed", raw, compress="zstd")
+        await lab.add("base", raw)
+        token = await agent_credential(lab.url, Z1)
+        admin = {"Authorization": f"Bearer {lab.ctx.admin_token}"}
+        join = f"{lab.url}/api/multicast/join"
+        async with aiohttp.ClientSession() as http:
+            for body, headers in (
+                ({"image": "packed", "name": "copy"}, admin),  # an admin's `netdeploy receive`
+                ({"image": "packed", "mac": Z1}, {"Authorization": f"Bearer {token}"}),  # a node
+            ):
+                async with http.post(join, json=body, headers=headers) as r:
+                    assert r.status == 409, await r.text()
+                    _says_what_to_do((await r.json())["error"])
+            # the media's C receiver joins with format=args: no words to run, the same refusal
+            async with http.post(f"{join}?image=packed&format=args", headers=admin) as r:
+                assert r.status == 409
+                _says_what_to_do((await r.json())["error"])
+            sessions = f"{lab.url}/api/multicast/sessions"
+            async with http.post(sessions, json={"image": "packed"}, headers=admin) as r:
+                assert r.status == 409
+                _says_what_to_do((await r.json())["error"])
+            lab.image_path("sneaky").write_bytes(lab.image_path("packed").read_bytes())
+            async with http.post(join, json={"image": "sneaky"}, headers=admin) as r:
+                assert r.status == 409, await r.text()
+                assert "'sneaky' is stored as raw+zstd" in (await r.json())["error"]
+            assert lab.multicast.sessions == {}
+            # with multicast off the join would answer a unicast URL of the compressed file
+            on = lab.multicast.cfg
+            lab.multicast.cfg = on.model_copy(update={"enabled": False})
+            async with http.post(join, json={"image": "packed"}, headers=admin) as r:
+                assert r.status == 409
+            async with http.post(join, json={"image": "base"}, headers=admin) as r:
+                assert r.status == 200 and (await r.json())["mode"] == "unicast"
+            lab.multicast.cfg = on
+            async with http.post(join, json={"image": "base", "name": "raw"}, headers=admin) as r:
+                assert r.status == 200 and (await r.json())["mode"] == "multicast"
+        assert [s.image for s in lab.multicast.sessions.values()] == ["base"]
+
+        # `netdeploy receive` says the same and writes nothing
+        out = tmp_path / "copy.img"
+        argv = receive_argv(lab.url, out, "--quiet", token=lab.ctx.admin_token, image="packed")
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        said = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+        assert proc.returncode == 1 and "join refused" in said and "(409)" in said, said
+        _says_what_to_do(" ".join(said.split(": ", 1)[1].split()).split("(409): ", 1)[1])
+        assert not out.exists()
     finally:
         await lab.close()
 
