@@ -27,8 +27,8 @@ from tests.integration.test_capture_api import build_ndcap
 
 Z1 = "52:54:00:aa:00:09"
 Z_NODE = f'\n[[nodes]]\nmac = "{Z1}"\nhostname = "z1"\nimage = "packed"\n'
-APPLETS = ["awk", "cat", "cut", "dd", "grep", "head", "kill", "sed", "sha256sum", "sleep", "tail",
-           "timeout", "wget"]  # fmt: skip
+APPLETS = ["awk", "cat", "cut", "dd", "grep", "head", "kill", "od", "sed", "sha256sum", "sleep",
+           "tail", "timeout", "tr", "wget"]  # fmt: skip
 
 
 def master(path: Path, size: int = 6 * 2**20 + 4321) -> str:
@@ -241,7 +241,7 @@ async def test_the_agent_decompresses_onto_the_disk_and_verifies_the_raw_sha256(
         disk = tmp_path / "disk"
         disk.write_bytes(b"\x55" * (size + 2**20))
         names = ("fetch_plan", "watch", "image_queue_wait", "stream_http", "disk_target",
-                 "hold_mbr_now", "verify_disk")  # fmt: skip
+                 "hold_mbr_now", "is_zstd", "verify_disk")  # fmt: skip
         functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp_path}/")
         block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
         script = f"""
@@ -263,5 +263,87 @@ disk_target && stream_http && verify_disk && echo "VERIFIED $DISK_SIZE $SUM"
         out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode(errors="replace")
         assert f"VERIFIED {size} {want}" in out and "FAILED" not in out, out
         assert hashlib.sha256(disk.read_bytes()[:size]).hexdigest() == want
+    finally:
+        await lab.close()
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: busybox-static)")
+async def test_the_agent_writes_no_zstd_stream_a_plan_calls_raw(tmp_path: Path) -> None:
+    """A server older than decision 0019 hands out a raw+zstd image's plan with no format: the
+    served file's sha256 and size only, which the compressed bytes on a disk would verify
+    against. The agent looks at the stream's first 4 bytes and writes nothing; a raw image
+    passes through untouched; a disk some other path filled with a zstd stream is not trusted."""
+    assert BUSYBOX is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for applet in APPLETS:
+        (bin_dir / applet).symlink_to(BUSYBOX)
+    lab = await start_lab(tmp_path / "lab", extra=Z_NODE)
+    try:
+        raw = tmp_path / "raw.img"
+        want = master(raw)
+        size = raw.stat().st_size
+        await lab.add("packed", raw, compress="zstd")
+        await lab.add("base", raw)
+        served = lab.image_path("packed").read_bytes()
+        zsha = hashlib.sha256(served).hexdigest()
+        token = await agent_credential(lab.url, Z1)
+        names = ("watch", "image_queue_wait", "is_zstd", "not_zstd", "stream_http",
+                 "disk_target", "hold_mbr_now", "verify_disk")  # fmt: skip
+        functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp_path}/")
+        block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
+        old = b"\x55" * (size + 2**20)
+
+        async def agent(
+            image: str, sha: str, length: int, fmt: str | None, call: str, auth: str = token
+        ) -> str:
+            disk = tmp_path / "disk"
+            disk.write_bytes(old)
+            plan = f"ND_IMAGE={image}; ND_IMAGE_SHA256={sha}; ND_IMAGE_SIZE={length}"
+            if fmt is not None:
+                plan += f"; ND_IMAGE_FORMAT={fmt}"
+            script = f"""
+set -o pipefail
+log() {{ echo "[agent] $*"; }}
+report() {{ echo "[report] $*"; }}
+fail() {{ echo "FAILED: $*"; exit 1; }}
+AUTH="Authorization: Bearer {auth}"; DEV={block}; ND_DISK={disk}
+ND_IMAGE_URL="{lab.url}/images/{image}?mac={Z1}"; {plan}
+{functions}
+{call}
+"""
+            proc = await asyncio.create_subprocess_exec(
+                BUSYBOX, "sh", "-c", script,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+            )  # fmt: skip
+            return (await asyncio.wait_for(proc.communicate(), 90))[0].decode(errors="replace")
+
+        write = 'disk_target && stream_http && verify_disk && echo "VERIFIED $SUM"'
+        for fmt, says in ((None, "names no format (a server older than this media), which means "
+                                 "raw"), ("raw", "says format raw")):  # fmt: skip
+            out = await agent("packed", zsha, len(served), fmt, write)
+            assert (
+                "FAILED: image packed arrives as a zstd stream (it starts with 28 b5 2f fd) but "
+                f"its plan {says}; not a byte of it was written to {tmp_path}/disk. Upgrade "
+                "netdeploy on the server"
+            ) in out, out
+            assert "add the image uncompressed" in out and "VERIFIED" not in out, out
+            assert (tmp_path / "disk").read_bytes() == old  # not one byte
+
+        # a raw image goes through the same look unchanged (the admin token stands in for the
+        # claim of a node whose image it is)
+        out = await agent("base", want, size, "raw", write, lab.ctx.admin_token)
+        assert f"VERIFIED {want}" in out and "FAILED" not in out, out
+        assert (tmp_path / "disk").read_bytes()[:size] == raw.read_bytes()
+
+        # what multicast (or a sparse stream) from such a server would leave: not trusted
+        out = await agent(
+            "packed", zsha, len(served), None,
+            f"dd if={lab.image_path('packed')} of={tmp_path}/disk conv=notrunc 2>/dev/null\n"
+            'disk_target && verify_disk && echo "VERIFIED $SUM" || echo "UNTRUSTED $SUM"',
+        )  # fmt: skip
+        assert "holds a zstd stream (28 b5 2f fd) but the plan says raw; not trusted" in out, out
+        assert "UNTRUSTED that of a zstd stream" in out and "VERIFIED" not in out, out
     finally:
         await lab.close()
