@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from netdeploy.images.hashing import compress_and_hash
+from tests.conftest import sha256_of
 from tests.integration.agent_shell import BUSYBOX, agent_function
 from tests.integration.conftest_boot import agent_credential, curl
 from tests.integration.conftest_images import start_lab
@@ -106,7 +107,7 @@ async def test_the_plan_names_the_format_and_refuses_media_that_cannot_decompres
         assert plan["ND_IMAGE_RAW_SHA256"] == want
         # the served bytes stay what ND_IMAGE_SHA256/SIZE name (the stream's own check)
         assert plan["ND_IMAGE_SIZE"] == str(served.stat().st_size)
-        assert plan["ND_IMAGE_SHA256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+        assert plan["ND_IMAGE_SHA256"] == sha256_of(served)
         assert plan["ND_IMAGE_SPARSE_URL"] == "" and plan["ND_MULTICAST"] == ""
 
         # media without ndcap (or older than it) does not ask with zstd=1: refused, with what
@@ -286,7 +287,7 @@ async def test_the_agent_writes_no_zstd_stream_a_plan_calls_raw(tmp_path: Path) 
         await lab.add("packed", raw, compress="zstd")
         await lab.add("base", raw)
         served = lab.image_path("packed").read_bytes()
-        zsha = hashlib.sha256(served).hexdigest()
+        zsha = sha256_of(lab.image_path("packed"))
         token = await agent_credential(lab.url, Z1)
         names = ("watch", "image_queue_wait", "is_zstd", "not_zstd", "stream_http",
                  "disk_target", "hold_mbr_now", "verify_disk")  # fmt: skip
