@@ -27,13 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.conftest import sha256_of  # noqa: E402
 from tests.integration.mc_harness import (  # noqa: E402
     Server,
     join_url,
     ndmc_recv_argv,
     receive_argv,
     running_server,
-    sha256_of,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -18,6 +19,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "config" / "netdeploy.toml"
+
+
+def sha256_of(path: Path | str) -> str:
+    """The sha256 of a file, read in blocks (images and disks run to tens of MiB): the one file
+    hasher of the tests (tests/unit/test_test_modules.py)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

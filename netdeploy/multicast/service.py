@@ -12,6 +12,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -19,6 +20,7 @@ from sqlalchemy import select
 
 from netdeploy import eventlog
 from netdeploy.context import Context, Refusal
+from netdeploy.images.hashing import sniff_format
 from netdeploy.inventory import NodeState
 from netdeploy.multicast.session import SenderSession, SessionParams
 from netdeploy.store.models import Event, Image, Node, utcnow
@@ -46,6 +48,18 @@ class JoinError(Refusal):
     """A join cannot be served; ``status`` is the HTTP status, the message says what to do."""
 
 
+# decision 0019: a receiver writes the file's bytes at their offsets (and repairs byte ranges),
+# so a zstd file sent by multicast would land on a disk compressed
+NO_ZSTD = (
+    "image {name!r} is stored as raw+zstd and is never sent by multicast: a receiver writes the "
+    "file's bytes at their offsets, and a zstd stream has to be decompressed in order (decision "
+    "0019). A node images it over HTTP: its agent asks for its plan with ?zstd=1 (GET "
+    "/api/nodes/MAC/plan?zstd=1) and decompresses the stream with ndcap unzstd; the compressed "
+    'file itself is GET /images/{name}. To image it by multicast, set format = "raw" in '
+    "[images.{name}] and run `netdeploy image add {name} PATH` without --compress"
+)
+
+
 @dataclass(frozen=True)
 class ImageSource:
     name: str
@@ -69,7 +83,8 @@ class MulticastService:
     # ------------------------------------------------------------------ images
 
     async def image_source(self, name: str) -> ImageSource:
-        """Path, size and sha256 of a catalogued image, or a JoinError saying what is missing."""
+        """Path, size and sha256 of a catalogued image, or a JoinError saying what is missing
+        or why it is not sent by multicast (raw+zstd, decision 0019)."""
         if name not in self.ctx.config.images:
             known = ", ".join(sorted(self.ctx.config.images)) or "none"
             raise JoinError(404, f"unknown image {name!r}; configured images: {known}")
@@ -77,6 +92,8 @@ class MulticastService:
             row = await session.get(Image, name)
         path = row.path if row else str(self.ctx.config.image_path(name))
         sha256 = (row.sha256 if row else None) or self.ctx.config.images[name].sha256
+        if "raw+zstd" in (row.format if row else None, self.ctx.config.images[name].format):
+            raise JoinError(409, NO_ZSTD.format(name=name))
         if row is not None and row.status in ("bad", "missing"):
             raise JoinError(409, f"image {name!r} is {row.status}: {row.status_detail}")
         if not sha256:
@@ -85,8 +102,13 @@ class MulticastService:
             )
         try:
             size = os.stat(path).st_size
+            # the bytes decide too, as in `image add`: a file served by its config's sha256
+            # alone was never looked at
+            compressed = sniff_format(Path(path)) == "raw+zstd"
         except OSError as exc:
             raise JoinError(409, f"image {name!r}: cannot read {path}: {exc.strerror}") from None
+        if compressed:
+            raise JoinError(409, NO_ZSTD.format(name=name))
         if row is not None and row.size is not None and row.size != size:
             raise JoinError(
                 409,

@@ -13,8 +13,8 @@ from playwright.async_api import expect
 
 from netdeploy.http.multicast_view import TIMES
 from tests.browser.test_dashboard_browser import CONTRAST_JS, WALL, browser, login, shot
-from tests.conftest import REPO
-from tests.integration.mc_harness import receive_argv, running_server, sha256_of, wait_for
+from tests.conftest import REPO, sha256_of
+from tests.integration.mc_harness import receive_argv, running_server, wait_for
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser"]  # the fixture, shared with the other dashboard browser tests

@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 from netdeploy.media.holdstub import pe32plus
+from tests.conftest import sha256_of
 
 LOCAL_BOOT_MARKER = "NETDEPLOY-LOCAL-DISK-BOOT"
 EFI_BOOT_MARKER = LOCAL_BOOT_MARKER + "-EFI"
@@ -213,7 +214,7 @@ def make_image(
             capture_output=True,
         )
         local.unlink()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     return {"files": files, "sha256": digest, "size": total}
 
 

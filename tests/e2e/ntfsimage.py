@@ -8,10 +8,10 @@ disk, so the test needs neither FUSE nor a loop device on the host.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
+from tests.conftest import sha256_of
 from tests.e2e.diskimage import PARTITION_OFFSET, mbr
 
 NTFS_TOOLS = ("mkntfs", "ntfscp", "ntfscat", "ntfsls")  # Debian: ntfs-3g
@@ -40,7 +40,7 @@ def make_ntfs_image(path: Path, size_mib: int = 32) -> dict:
         out.seek(PARTITION_OFFSET)
         out.write(part.read_bytes())
     part.unlink()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     return {"sha256": digest, "size": total, "files": {"BOOT.INI": BOOT_INI}}
 
 

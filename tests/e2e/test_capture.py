@@ -5,7 +5,6 @@ second guest is imaged with the captured image and boots it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, run_cli, start_server
+from tests.conftest import free_port, run_cli, sha256_of, start_server
 from tests.e2e.cutproxy import CuttingProxy
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
 from tests.e2e.test_cluster_rollout import pytestmark, wait_exit  # noqa: F401
@@ -25,14 +24,6 @@ IMAGE = "debian-12"
 CUT_AFTER = 1024 * 1024  # body bytes of the first upload larger than this
 
 
-def sha256(path) -> str:  # type: ignore[no-untyped-def]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def master_disk(path, size_mib: int = 64) -> str:  # type: ignore[no-untyped-def]
     """The test master (MBR printing the local-boot marker, FAT files) plus 4 MiB of random
     bytes in its free space, as a used disk has: incompressible, so one upload is large."""
@@ -40,7 +31,7 @@ def master_disk(path, size_mib: int = 64) -> str:  # type: ignore[no-untyped-def
     with open(path, "r+b") as fh:
         fh.seek(40 * 1024 * 1024)
         fh.write(os.urandom(4 * 1024 * 1024))
-    return sha256(path)
+    return sha256_of(path)
 
 
 def capture_state(server) -> dict:  # type: ignore[no-untyped-def]
@@ -85,8 +76,8 @@ def test_capture_a_guest_resume_after_a_cut_and_deploy_it(media, tmp_path):
             assert capture["sha256"] == want  # both sides: the agent's disk, the server's copy
             image = server.get_json(f"/api/images/{IMAGE}")
             assert image["status"] == "ok" and image["sha256"] == want
-            assert sha256(image["path"]) == want
-            assert sha256(master) == want  # capture never writes the disk
+            assert sha256_of(image["path"]) == want
+            assert sha256_of(master) == want  # capture never writes the disk
             assert capture["wire_bytes"] < 12 * 2**20, capture  # 64 MiB disk, ~18 MiB data
             print(
                 f"\ncapture: {seconds:.1f} s guest, {capture['wire_bytes'] / 2**20:.1f} MiB over "

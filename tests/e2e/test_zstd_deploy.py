@@ -9,7 +9,6 @@ the guest's disk itself, and the guest's next boot runs the master's own boot co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -17,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import demo_variant, free_port, run_cli, start_server
+from tests.conftest import demo_variant, free_port, run_cli, sha256_of, start_server
 from tests.e2e.cutproxy import CuttingProxy
 from tests.e2e.diskimage import LOCAL_BOOT_MARKER, blank_disk, make_image, read_file
 from tests.e2e.test_cluster_rollout import pytestmark, wait_exit  # noqa: F401
@@ -50,7 +49,7 @@ def test_a_zstd_image_is_decompressed_onto_the_disk_and_boots(media, tmp_path):
     with open(master, "r+b") as fh:  # incompressible data in free space, as a used disk has:
         fh.seek(RANDOM_AT)  # the zstd stream is then large enough to be cut in the middle
         fh.write(random_bytes)
-    built["sha256"] = hashlib.sha256(master.read_bytes()).hexdigest()
+    built["sha256"] = sha256_of(master)
     port = free_port()
     proxy = CuttingProxy(port, CUT_AFTER)  # the first image stream breaks after 1 MiB
     config = demo_variant(

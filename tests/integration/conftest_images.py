@@ -14,6 +14,7 @@ from netdeploy.config import Config, load_config
 from netdeploy.context import Context, Ports
 from netdeploy.http.app import build_app
 from netdeploy.images.actions import AddRequest, add_image
+from netdeploy.multicast.service import MulticastService
 from netdeploy.server import open_context
 
 LAB_TOML = """
@@ -83,11 +84,6 @@ def make_image(path: Path, size: int = IMAGE_SIZE) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,6 +97,7 @@ class Lab:
     runner: web.AppRunner
     url: str
     root: Path
+    multicast: MulticastService | None = None
 
     def image_path(self, name: str) -> Path:
         return self.cfg.image_path(name)
@@ -109,15 +106,22 @@ class Lab:
         await add_image(self.cfg, self.ctx.sessions, AddRequest(name, source, **kwargs))  # type: ignore[arg-type]
 
     async def close(self) -> None:
+        if self.multicast is not None:
+            await self.multicast.stop()
         await self.runner.cleanup()
         await self.ctx.close()
 
 
-async def start_lab(root: Path, max_streams: int = 32, **config: str) -> Lab:
+async def start_lab(
+    root: Path, max_streams: int = 32, *, multicast: bool = False, **config: str
+) -> Lab:
+    """The lab's server on 127.0.0.1; ``multicast``: with the multicast service (its
+    ``[multicast]`` section, e.g. a free port_range on "lo", comes with ``extra``)."""
     port = free_port()
     cfg = load_config(write_lab(root, max_streams, **config), http_port=port, bind="127.0.0.1")
     ctx = await open_context(cfg, Ports(http=port, tftp=0))
-    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+    service = MulticastService(ctx) if multicast else None
+    runner = web.AppRunner(build_app(ctx, multicast=service), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    return Lab(cfg, ctx, runner, f"http://127.0.0.1:{port}", root)
+    return Lab(cfg, ctx, runner, f"http://127.0.0.1:{port}", root, service)

@@ -24,6 +24,7 @@ from netdeploy.http.app import build_app
 from netdeploy.multicast.service import MulticastService, start_multicast
 from netdeploy.server import open_context
 from netdeploy.store.models import Image
+from tests.conftest import sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "w2k3-ent-sp1"  # a demo-config image; cluster sqlclu uses it
@@ -66,14 +67,6 @@ def make_image(path: Path, size: int, seed: int = 1) -> str:
     del data[size:]
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def receive_argv(

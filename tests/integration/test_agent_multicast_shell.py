@@ -21,14 +21,15 @@ from tests.integration.conftest_boot import agent_credential
 from tests.integration.mc_harness import running_server
 
 SQL_N1 = "52:54:00:00:10:01"
-# hold_mbr_now: verify_disk calls it (no stubs here, so it does nothing); disk_target: what
-# verify_disk compares the disk with
+# hold_mbr_now, is_zstd: verify_disk calls them (no stubs here, so hold_mbr_now does nothing);
+# disk_target: what verify_disk compares the disk with
 SHELL_FUNCTIONS = (
     "fetch_plan",
     "watch",
     "fetch",
     "receive_multicast",
     "hold_mbr_now",
+    "is_zstd",
     "disk_target",
     "verify_disk",
 )
@@ -39,12 +40,14 @@ APPLETS = [
     "dd",
     "head",
     "kill",
+    "od",
     "rm",
     "sed",
     "sha256sum",
     "sleep",
     "tail",
     "timeout",
+    "tr",
     "wc",
     "wget",
 ]

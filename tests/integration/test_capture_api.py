@@ -5,7 +5,6 @@ sides' sha256, the image added with preflight, and the machine's next boot its o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import aiohttp
 import pytest
 
 from netdeploy.images import sparse
-from tests.conftest import REPO
+from tests.conftest import REPO, sha256_of
 from tests.e2e.diskimage import make_image
 from tests.integration.conftest_boot import agent_credential, boot_server, curl
 
@@ -62,7 +61,7 @@ async def test_capture_protocol_with_a_cut_and_resume(tmp_path: Path) -> None:
     disk = tmp_path / "master.img"
     make_image(disk, size_mib=96)  # MBR + FAT with 12 MiB of files: 3 segments of 32 MiB
     size = disk.stat().st_size
-    disk_sha = hashlib.sha256(disk.read_bytes()).hexdigest()
+    disk_sha = sha256_of(disk)
     async with boot_server(tmp_path) as srv, aiohttp.ClientSession() as http:
         admin = {"Authorization": f"Bearer {srv.ctx.admin_token}"}
         body = {"image": "debian-12", "node": MAC.replace(":", "-"), "actor": "test"}
@@ -190,10 +189,7 @@ async def test_a_raw_image_is_served_sparse_and_unpacks_to_the_same_bytes(tmp_pa
         assert (await curl(f"{srv.url}/images/debian-12/sparse?mac={MAC}")).status == 401
         got = await curl(f"{srv.url}/images/debian-12/sparse?mac={MAC}", *admin)
         assert got.status == 200, got.text
-        assert (
-            "x-image-sha256: " + hashlib.sha256(disk.read_bytes()).hexdigest()
-            in got.headers.lower()
-        )
+        assert "x-image-sha256: " + sha256_of(disk) in got.headers.lower()
         assert len(got.body) < 2 * 2**20  # 80 MiB image, mostly zero
         out = tmp_path / "target.img"
         out.write_bytes(b"\xa5" * disk.stat().st_size)  # a used disk: skipped blocks must be zeroed

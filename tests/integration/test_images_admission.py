@@ -22,8 +22,8 @@ from tests.integration.conftest_images import make_image, start_lab
 from tests.integration.test_images_http import StalledClient
 
 AGENTS = 6
-APPLETS = ["awk", "cat", "cut", "dd", "grep", "head", "kill", "sed", "sha256sum", "sleep", "tail",
-           "wget"]  # fmt: skip
+APPLETS = ["awk", "cat", "cut", "dd", "grep", "head", "kill", "od", "sed", "sha256sum", "sleep",
+           "tail", "tr", "wget"]  # fmt: skip
 NODES = "".join(
     f'\n[[nodes]]\nmac = "52:54:00:bb:00:{i:02x}"\nhostname = "q{i}"\nimage = "base"\n'
     for i in range(1, AGENTS + 1)
@@ -38,7 +38,8 @@ pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: 
 def agent_script(
     url: str, mac: str, sha: str, size: int, disk: Path, tmp: Path, auth: str = ""
 ) -> str:
-    names = ("ordinal", "image_queue_wait", "watch", "stream_http", "disk_target", "verify_disk")
+    names = ("ordinal", "image_queue_wait", "watch", "is_zstd", "not_zstd", "stream_http",
+             "disk_target", "verify_disk")  # fmt: skip
     functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp}/")
     block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
     return f"""

@@ -14,15 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.conftest_images import (
-    IMAGE_SIZE,
-    MAC_N2,
-    MAC_N3,
-    Lab,
-    make_image,
-    sha256_of,
-    start_lab,
-)
+from tests.conftest import sha256_of
+from tests.integration.conftest_images import IMAGE_SIZE, MAC_N2, MAC_N3, Lab, make_image, start_lab
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 

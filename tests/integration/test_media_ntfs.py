@@ -8,7 +8,6 @@ then runs the media's ntfs-3g against nothing but the media's own files.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from netdeploy.media.elf import linkage
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, sha256_of
 
 pytestmark = pytest.mark.skipif(
     shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None,
@@ -69,7 +68,7 @@ def test_every_library_ntfs3g_loads_is_in_the_media(media):
     listed = manifest["ntfs-3g"]
     assert set(listed) == seen
     for path, facts in listed.items():
-        assert hashlib.sha256((root / path).read_bytes()).hexdigest() == facts["sha256"], path
+        assert sha256_of(root / path) == facts["sha256"], path
     assert listed["bin/ntfs-3g"]["from"].startswith("ntfs-3g_")
     assert listed["lib/x86_64-linux-gnu/libntfs-3g.so.89"]["from"].startswith("libntfs-3g89_")
     assert listed["lib/x86_64-linux-gnu/libc.so.6"]["from"].startswith("host:/")

@@ -12,7 +12,8 @@ import socket
 import aiohttp
 
 from netdeploy.multicast import wire
-from tests.integration.mc_harness import IMAGE, run_receiver, running_server, sha256_of, wait_for
+from tests.conftest import sha256_of
+from tests.integration.mc_harness import IMAGE, run_receiver, running_server, wait_for
 
 
 def only_session(server):

@@ -11,14 +11,8 @@ import aiohttp
 import pytest
 
 from netdeploy.multicast import wire
-from tests.integration.mc_harness import (
-    IMAGE,
-    REPO,
-    run_receiver,
-    running_server,
-    sha256_of,
-    wait_for,
-)
+from tests.conftest import sha256_of
+from tests.integration.mc_harness import IMAGE, REPO, run_receiver, running_server, wait_for
 
 SOURCE = REPO / "bootfiles" / "agent" / "ndmc-recv.c"
 

@@ -9,7 +9,8 @@ import aiohttp
 from sqlalchemy import select
 
 from netdeploy.store.models import Event, Node
-from tests.integration.mc_harness import run_receiver, running_server, sha256_of, wait_for
+from tests.conftest import sha256_of
+from tests.integration.mc_harness import run_receiver, running_server, wait_for
 
 
 async def test_three_receivers_get_verified_copies(tmp_path):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.mc_harness import ndmc_recv_shell_argv, receive_argv, sha256_of
+from tests.conftest import sha256_of
+from tests.integration.mc_harness import ndmc_recv_shell_argv, receive_argv
 from tests.integration.mc_netns import REPO, SENDER_IP, netns_unavailable, rig, wait_line
 
 pytestmark = pytest.mark.netns
