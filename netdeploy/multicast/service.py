@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,10 @@ class MulticastService:
                 409, f"image {name!r} has no sha256 yet; run `netdeploy image add {name} PATH`"
             )
         try:
-            size = os.stat(path).st_size
+            found = os.stat(path)
+            size = found.st_size
+            if not stat.S_ISREG(found.st_mode):  # a FIFO would block the loop in sniff_format
+                raise JoinError(409, f"image {name!r}: {path} is not a regular file")
             # the bytes decide too, as in `image add`: a file served by its config's sha256
             # alone was never looked at
             compressed = sniff_format(Path(path)) == "raw+zstd"

@@ -142,6 +142,22 @@ async def test_join_errors_say_what_to_do(tmp_path):
             assert r.status == 401
 
 
+async def test_a_fifo_at_the_image_path_is_refused_without_blocking_the_server(tmp_path):
+    """Reading the first bytes of a FIFO blocks until someone writes: the join must refuse it
+    from its stat, and the server must go on answering (the version route, at once)."""
+    async with running_server(tmp_path) as server, aiohttp.ClientSession() as http:
+        path = server.ctx.config.image_path(IMAGE)
+        path.unlink()
+        os.mkfifo(path)
+        url = f"{server.url}/api/multicast/join"
+        async with asyncio.timeout(10):
+            async with http.post(url, json={"image": IMAGE}, headers=server.admin) as r:
+                assert r.status == 409
+                assert "not a regular file" in (await r.json())["error"]
+            async with http.get(f"{server.url}/api/version") as r:
+                assert r.status == 200
+
+
 async def test_sender_restart_mid_session_is_repaired(tmp_path):
     """The server dies mid-transfer; receivers notice the silence, join the new server's
     session and keep every slice they already verified by CRC."""
