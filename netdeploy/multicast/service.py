@@ -208,8 +208,19 @@ class MulticastService:
         finally:
             self._free_ports.append(session.params.data_port)
             self._free_ports.sort()
-            self.sessions.pop(session.id, None)
-            self.finished.appendleft(session.json())
+            # Listed as finished once its events are stored (the last ones were queued as it
+            # ended), so whoever sees it finished finds its record in the event log too.
+            summary = session.json()
+
+            def listed(_: object = None) -> None:
+                self.sessions.pop(session.id, None)
+                self.finished.appendleft(summary)
+
+            if self._writes:
+                writing = asyncio.gather(*self._writes, return_exceptions=True)
+                writing.add_done_callback(listed)
+            else:
+                listed()
             SESSIONS.labels(session.state).inc()
             BYTES_SENT.inc(session.bytes_sent)
             REPAIRS.inc(session.repair_slices)

@@ -8,6 +8,7 @@ import json
 import aiohttp
 from sqlalchemy import select
 
+from netdeploy.multicast.service import MulticastService
 from netdeploy.store.models import Event, Node
 from tests.conftest import sha256_of
 from tests.integration.mc_harness import run_receiver, running_server, wait_for
@@ -78,3 +79,22 @@ async def test_a_node_that_is_already_imaged_is_not_waited_for(tmp_path):
         [session] = server.service.finished
         assert session["expected"] == 2
         assert sorted(r["mac"] for r in session["receivers"]) == macs
+
+
+async def test_a_session_is_listed_finished_only_once_its_events_are_stored(tmp_path, monkeypatch):
+    """Whoever sees a session finished (the status API, a test) finds its events in the log:
+    the event store is slowed down here, as a loaded host slows it."""
+    store = MulticastService._store
+
+    async def slow_store(self, event):
+        await asyncio.sleep(0.5)
+        await store(self, event)
+
+    monkeypatch.setattr(MulticastService, "_store", slow_store)
+    async with running_server(tmp_path, min_receivers=1, max_wait=0.3) as server:
+        status, output = await run_receiver(server.url, tmp_path / "copy.img")
+        assert status == 0, output
+        await wait_for(lambda: server.service.finished)
+        async with server.ctx.sessions() as db:
+            rows = (await db.scalars(select(Event).where(Event.kind == "multicast"))).all()
+        assert "session_finished" in {e.detail["what"] for e in rows}
