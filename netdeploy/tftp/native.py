@@ -35,6 +35,7 @@ except ImportError:  # built without a compiler: the Python plane serves everyth
 log = logging.getLogger("netdeploy.tftp")
 
 AVAILABLE = _native is not None
+MAX_THREADS = 64  # the C plane's limit (and [tftp] native_threads'); auto stops there
 
 
 def cpus() -> int:
@@ -238,4 +239,4 @@ def open_native(loop: asyncio.AbstractEventLoop, enabled: bool, threads: int) ->
             "(install gcc and Python's headers, then reinstall); see docs/tftp.md"
         )
         return None
-    return NativePlane(loop, threads or cpus())
+    return NativePlane(loop, threads or min(cpus(), MAX_THREADS))

@@ -3,6 +3,7 @@ Its behaviour on the wire is tested on real sockets in tests/integration/test_tf
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sysconfig
 from pathlib import Path
@@ -43,3 +44,17 @@ def test_the_plane_refuses_parameters_it_cannot_serve() -> None:
         core.close()
     with pytest.raises(RuntimeError, match="closed"):
         core.submit(0, b"data", -1, 4, 512, 1, 1.0, 5, 10.0, None, 1)
+
+
+def test_one_thread_per_cpu_stops_at_the_planes_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 128-CPU host gets 64 workers, not a plane that refuses to start."""
+    if not native.AVAILABLE:
+        pytest.skip("netdeploy.tftp._native was not built")
+    monkeypatch.setattr(native, "cpus", lambda: 128)
+    loop = asyncio.new_event_loop()
+    try:
+        plane = native.open_native(loop, True, 0)
+        assert plane is not None and plane.threads == native.MAX_THREADS
+        plane.close()
+    finally:
+        loop.close()
