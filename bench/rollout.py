@@ -26,6 +26,8 @@ release of 10,000 held nodes in < 1 s.
                         [--reps 3] [--release-held 10000] [--skip-reports]
                         [--dashboards 100]   (live SSE streams open the whole run; issue 15)
                         [--pin]   (server on CPU 0; this client and PostgreSQL on the others)
+                        [--loops asyncio,uvloop]   (the server's event loop, the runs
+                                                    alternating; docs/decisions/0020)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -206,6 +209,7 @@ async def run_mode(
     db_pid: int | None = None,
     dashboards: int = 0,
     fresh: bool = False,
+    loop: str | None = None,
 ) -> dict[str, float]:
     state = workdir / mode
     config = lab_config(
@@ -222,7 +226,7 @@ async def run_mode(
     config.write_text(text)
     print(f"[{mode}] preparing {held + 1} nodes in {state}", file=sys.stderr)
     tokens = await prepare_nodes(config)
-    server = pinned(start_server_process(config, log=state / "serve.log"))
+    server = pinned(start_server_process(config, log=state / "serve.log", **on_loop(loop)))
     result: dict[str, float] = {}
     try:
         connector = aiohttp.TCPConnector(limit=0)
@@ -347,7 +351,43 @@ async def run_mode(
         server.kill()
     log = (state / "serve.log").read_text(errors="replace")
     result["locked"] = log.count("database is locked")
+    check_loop(log, loop, state / "serve.log")
     return result
+
+
+# `netdeploy serve` on a chosen event loop (--loops): asyncio.run makes its loop with the
+# policy's new_event_loop, so the policy decides; the loop's class goes to the server's log.
+# uvloop is not a dependency of netdeploy (decision 0020); the bench extra installs it.
+LOOP_LAUNCHER = """
+import asyncio, sys
+name = sys.argv.pop(1)
+if name == "uvloop":
+    import uvloop
+    base = uvloop.EventLoopPolicy
+else:
+    base = asyncio.DefaultEventLoopPolicy
+class Policy(base):
+    def new_event_loop(self):
+        loop = super().new_event_loop()
+        kind = type(loop)
+        print(f"event loop: {name} ({kind.__module__}.{kind.__name__})", file=sys.stderr)
+        return loop
+asyncio.set_event_loop_policy(Policy())
+from netdeploy.cli.main import main
+sys.exit(main())
+"""
+
+
+def on_loop(loop: str | None) -> dict[str, tuple[str, ...]]:
+    """start_server_process's arguments for a server on ``loop`` (None: as shipped)."""
+    return {} if loop is None else {"launcher": ("-c", LOOP_LAUNCHER, loop)}
+
+
+def check_loop(log: str, loop: str | None, path: Path) -> None:
+    """The server ran on the loop asked for (``uvloop.Loop``, ``asyncio``'s selector loop)."""
+    expected = {"uvloop": "(uvloop.", "asyncio": "(asyncio."}
+    if loop is not None and f"event loop: {loop} {expected[loop]}" not in log:
+        raise RuntimeError(f"the server did not run on {loop}; see {path}")
 
 
 async def held_store(config: Path, database: str | None, first: str) -> None:
@@ -449,7 +489,7 @@ async def open_polls(port: int, nodes: list[tuple[str, str]]) -> list[RawPoll]:
 
 
 async def run_release(
-    held: int, workdir: Path, reps: int, database: str | None = None
+    held: int, workdir: Path, reps: int, database: str | None = None, loop: str | None = None
 ) -> list[dict[str, float]]:
     """``held`` nodes parked on the gate, released by one healthy report, ``reps`` times."""
     state = workdir / f"release-{held}"
@@ -466,7 +506,7 @@ async def run_release(
     print(f"[release] preparing {held + 1} nodes in {state}", file=sys.stderr)
     tokens = await prepare_nodes(config)
     await held_store(config, database, "n1")
-    server = pinned(start_server_process(config, log=state / "serve.log"))
+    server = pinned(start_server_process(config, log=state / "serve.log", **on_loop(loop)))
     runs: list[dict[str, float]] = []
     try:
         timeout = aiohttp.ClientTimeout(total=600)
@@ -522,6 +562,7 @@ async def run_release(
                 poll.close()
     finally:
         server.kill()
+    check_loop((state / "serve.log").read_text(errors="replace"), loop, state / "serve.log")
     return runs
 
 
@@ -571,7 +612,7 @@ def print_table(title: str, results: dict[str, list[dict[str, float]]], rows: li
         ratio = ""
         if len(names) == 2 and medians[0] and medians[1]:
             a, b = medians
-            ratio = f"{(b / a if higher_better else a / b):8.1f}x"
+            ratio = f"{(b / a if higher_better else a / b):8.2f}x"
         print(f"{label:{width}}  {'  '.join(cells)}  {ratio}")
 
 
@@ -593,6 +634,12 @@ def main() -> int:
         action="store_true",
         help="phase 1: every report on a new connection closed after it, as the real agent's "
         "busybox wget sends it (default: one keep-alive connection per agent)",
+    )
+    parser.add_argument(
+        "--loops",
+        default="",
+        help="the server's event loop: asyncio, uvloop or both, the runs alternating and the "
+        "ratio printed (default: as shipped, asyncio's; uvloop comes with the bench extra)",
     )
     parser.add_argument(
         "--pg-durable",
@@ -623,6 +670,11 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    loops: list[str | None] = [x.strip() for x in args.loops.split(",") if x.strip()] or [None]
+    if unknown := set(loops) - {None, "asyncio", "uvloop"}:
+        parser.error(f"--loops: asyncio or uvloop, not {', '.join(map(str, unknown))}")
+    if "uvloop" in loops and importlib.util.find_spec("uvloop") is None:
+        parser.error("--loops uvloop: uvloop is not installed (pip install -e '.[bench]')")
     results: dict[str, list[dict[str, float]]] = {}
     releases: dict[str, list[dict[str, float]]] = {}
     with contextlib.ExitStack() as stack:
@@ -638,14 +690,16 @@ def main() -> int:
                 os.sched_setaffinity(pg.proc.pid, os.sched_getaffinity(0))
         for store in stores if not args.skip_reports else []:
             for rep in range(args.reps):
-                for mode in modes:  # alternating: load that comes and goes hits both
+                # alternating: load that comes and goes hits every mode and loop
+                for mode, loop in ((m, x) for m in modes for x in loops):
                     name = mode if len(stores) == 1 else f"{mode}/{store[:2]}"
+                    name += f"/{loop}" if len(loops) > 1 else ""
                     database = (
                         asyncio.run(pg.create_database()) if pg and store != "sqlite" else None
                     )
                     print(f"[{name}] rep {rep + 1}: {database or 'SQLite'}", file=sys.stderr)
                     db_pid = pg.proc.pid if pg and pg.proc and database else None
-                    work = tmp / store / f"{rep}"
+                    work = tmp / store / f"{rep}" / (loop or "default")
                     results.setdefault(name, []).append(
                         asyncio.run(
                             run_mode(
@@ -656,20 +710,31 @@ def main() -> int:
                                 db_pid,
                                 args.dashboards,
                                 fresh=args.fresh_connections,
+                                loop=loop,
                             )
                         )
                     )
         for store in stores if args.release_held else []:
-            database = asyncio.run(pg.create_database()) if pg and store != "sqlite" else None
-            name = "SQLite" if store == "sqlite" else "PostgreSQL"
-            releases[name] = asyncio.run(
-                run_release(args.release_held, tmp / f"{store}-release", args.reps, database)
-            )
+            for loop in loops:
+                database = asyncio.run(pg.create_database()) if pg and store != "sqlite" else None
+                name = "SQLite" if store == "sqlite" else "PostgreSQL"
+                name += f"/{loop}" if len(loops) > 1 else ""
+                releases[name] = asyncio.run(
+                    run_release(
+                        args.release_held,
+                        tmp / f"{store}-release-{loop}",
+                        args.reps,
+                        database,
+                        loop,
+                    )
+                )
     load = os.getloadavg()[0]
     what = " and ".join("SQLite" if s == "sqlite" else "PostgreSQL" for s in stores)
     host = f"{os.cpu_count()} CPUs, load average {load:.1f} at the end"
     if args.fresh_connections:
         what += ", every report on a new connection (as busybox wget)"
+    if loops != [None]:
+        what += f", server event loop {' vs '.join(str(x) for x in loops)}"
     if results:
         print_table(
             f"rollout bench: {args.nodes} held nodes + 1 first node, {what}, one client process, "

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,16 +176,19 @@ class ServerProcess:
 
 
 def start_server_process(
-    config: Path, port: int | None = None, log: Path | None = None
+    config: Path,
+    port: int | None = None,
+    log: Path | None = None,
+    launcher: Sequence[str] = ("-m", "netdeploy"),
 ) -> ServerProcess:
-    """``python -m netdeploy serve`` as a subprocess; returns once it answers HTTP."""
+    """``python -m netdeploy serve`` as a subprocess; returns once it answers HTTP.
+    ``launcher``: what runs the CLI instead of ``-m netdeploy`` (a bench's ``-c`` wrapper)."""
     port = port or free_port()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "netdeploy",
+            *launcher,
             "serve",
             "--config",
             str(config),
