@@ -29,6 +29,7 @@ from netdeploy.config import AUTO_HARDWARE, Config, ConfigError
 from netdeploy.context import ServiceError
 from netdeploy.media.build import media_status
 from netdeploy.store import StoreError
+from netdeploy.tftp import native
 
 # ---------------------------------------------------------------- serve
 
@@ -83,6 +84,8 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
     notes = []
     if status := media_status(cfg.server.bootfiles_dir, needs_ntfs=cfg.injects_into("ntfs")):
         notes.append(status)
+    if plane := native.missing_note(cfg.tftp.enabled and cfg.tftp.native):
+        notes.append(plane)
     for name in (n for n in cfg.images if not cfg.image_path(n).exists()):
         notes.append(
             f"image {name!r} has no file yet at {cfg.image_path(name)}; "

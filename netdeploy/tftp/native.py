@@ -228,15 +228,23 @@ class NativePlane:
         self.loop.remove_reader(self.core.fileno())
 
 
+def missing_note(enabled: bool) -> str | None:
+    """What `netdeploy check` says when TFTP would run on the Python plane for want of a build."""
+    if not enabled or AVAILABLE:
+        return None
+    return (
+        "TFTP will run on the slower Python data plane: netdeploy was installed without its C "
+        "part (install gcc and Python's headers, e.g. Debian's gcc python3-dev, then reinstall "
+        "netdeploy; docs/tftp.md), or set [tftp] native = false to say so"
+    )
+
+
 def open_native(loop: asyncio.AbstractEventLoop, enabled: bool, threads: int) -> NativePlane | None:
     """The native plane with ``threads`` workers (0: one per CPU), or None when it is off or
     was not built (the Python plane then serves every transfer)."""
     if not enabled:
         return None
     if _native is None:
-        log.warning(
-            "TFTP runs on the Python data plane: netdeploy was installed without its C part "
-            "(install gcc and Python's headers, then reinstall); see docs/tftp.md"
-        )
+        log.warning("%s", missing_note(enabled))
         return None
     return NativePlane(loop, threads or min(cpus(), MAX_THREADS))

@@ -58,3 +58,14 @@ def test_one_thread_per_cpu_stops_at_the_planes_limit(monkeypatch: pytest.Monkey
         plane.close()
     finally:
         loop.close()
+
+
+def test_check_says_when_tftp_would_run_on_the_python_plane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(native, "AVAILABLE", False)
+    note = native.missing_note(True)
+    assert note is not None and "python3-dev" in note and "native = false" in note
+    assert native.missing_note(False) is None  # TFTP off, or the Python plane chosen
+    monkeypatch.setattr(native, "AVAILABLE", True)
+    assert native.missing_note(True) is None
