@@ -938,6 +938,8 @@ PyMODINIT_FUNC PyInit__native(void) {
         {"END_BADOP", END_BADOP},     {"END_FIRST_ACK", END_FIRST_ACK},
         {"END_RETRIES", END_RETRIES}, {"END_SEND", END_SEND},
         {"END_READ", END_READ},       {"END_CANCELLED", END_CANCELLED},
+        {"EV_CONFIRMED", EV_CONFIRMED}, {"EV_DONE", EV_DONE},
+        {"EV_RUNNING", EV_RUNNING},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (PyModule_AddIntConstant(m, ints[i].name, ints[i].value) < 0) {

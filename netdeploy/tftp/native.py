@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from netdeploy.tftp import packets
+from netdeploy.tftp import packets, transfer
 from netdeploy.tftp.files import Content
 from netdeploy.tftp.packets import ErrorCode
 from netdeploy.tftp.transfer import Terms, TransferStats
@@ -143,20 +143,20 @@ class NativeTransfer:
 
 
 def _outcome(t: NativeTransfer, end: int, code: int, detail: bytes, errno: int) -> tuple[str, str]:
-    """The (outcome, message) the Python plane gives the same end (transfer.py)."""
+    """The (outcome, message) the Python plane gives the same end (transfer.py's words)."""
     assert _native is not None
     if end == _native.END_OK:
         return "ok", ""
     if end == _native.END_ABORTED:
-        return "aborted", f"client sent error {code}: {detail.decode('utf-8', 'replace')}"
+        return "aborted", transfer.client_error(code, detail.decode("utf-8", "replace"))
     if end == _native.END_BADOP:
-        return "error", f"client sent opcode {code} during a read"
+        return "error", transfer.client_opcode(code)
     if end == _native.END_FIRST_ACK:
-        return "timeout", f"no first ACK within {t.terms.first_ack_budget:g} s"
+        return "timeout", transfer.no_first_ack(t.terms.first_ack_budget)
     if end == _native.END_RETRIES:
-        return "timeout", f"no ACK after {t.terms.retries} retransmissions"
+        return "timeout", transfer.no_ack(t.terms.retries)
     if end == _native.END_SEND:
-        return "error", f"send failed: {os.strerror(errno)}"
+        return "error", transfer.send_failed(os.strerror(errno))
     if end == _native.END_READ:
         return "error", f"read failed: {os.strerror(errno)}"
     return "error", "shutdown"
@@ -202,21 +202,23 @@ class NativePlane:
         self.core.cancel(id_, packet)
 
     def _drain(self) -> None:
+        assert _native is not None
+        confirmed, going_on = _native.EV_CONFIRMED, _native.EV_RUNNING
         for event in self.core.events():
-            transfer = self.transfers.get(event[0])
-            if transfer is None:
+            running = self.transfers.get(event[0])
+            if running is None:
                 continue
             try:
-                if event[1] == 0:
-                    transfer.confirmed_now()
-                elif event[1] == 2:
-                    transfer.running()
+                if event[1] == confirmed:
+                    running.confirmed_now()
+                elif event[1] == going_on:
+                    running.running()
                 else:
                     del self.transfers[event[0]]
                     _, _, end, code, detail, sent, retransmits, resent, errno = event
-                    transfer.ended(end, code, detail, sent, retransmits, resent, errno)
-                    if transfer.again is not None and not self.closing:
-                        transfer.again()  # a new request from the same port
+                    running.ended(end, code, detail, sent, retransmits, resent, errno)
+                    if running.again is not None and not self.closing:
+                        running.again()  # a new request from the same port
             except Exception:  # one transfer's bookkeeping must not stop the others'
                 log.exception("TFTP transfer %d: its end could not be recorded", event[0])
 

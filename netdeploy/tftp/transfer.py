@@ -65,6 +65,27 @@ class TransferStats:
         return detail
 
 
+# What an ended transfer's record says; the C plane's ends (native.py) are told in these words.
+def send_failed(reason: str) -> str:
+    return f"send failed: {reason}"
+
+
+def no_first_ack(budget: float) -> str:
+    return f"no first ACK within {budget:g} s"
+
+
+def no_ack(retries: int) -> str:
+    return f"no ACK after {retries} retransmissions"
+
+
+def client_error(code: int, text: str) -> str:
+    return f"client sent error {code}: {text}"
+
+
+def client_opcode(code: int) -> str:
+    return f"client sent opcode {code} during a read"
+
+
 @dataclass(frozen=True, slots=True)
 class Terms:
     """What a transfer runs with: the negotiated options and the configured limits. Both
@@ -166,7 +187,7 @@ class Transfer:
         except (BlockingIOError, InterruptedError):
             pass  # a full socket buffer is a lost packet: the retransmission timer recovers
         except OSError as exc:  # e.g. network unreachable: nothing will get through
-            self.finish("error", f"send failed: {exc.strerror or exc}")
+            self.finish("error", send_failed(exc.strerror or str(exc)))
 
     def _send_window(self) -> None:
         """Send the window after the last acknowledged block (RFC 7440 §4), or the OACK."""
@@ -182,7 +203,7 @@ class Transfer:
             except (BlockingIOError, InterruptedError):
                 pass  # a full socket buffer is a lost packet: the timer recovers
             except OSError as exc:
-                self.finish("error", f"send failed: {exc.strerror or exc}")
+                self.finish("error", send_failed(exc.strerror or str(exc)))
                 return
             if block <= self.sent:
                 self.stats.retransmits += 1
@@ -221,7 +242,7 @@ class Transfer:
             except (BlockingIOError, InterruptedError):
                 pass  # a full socket buffer is a lost packet: the timer recovers
             except OSError as exc:
-                self.finish("error", f"send failed: {exc.strerror or exc}")
+                self.finish("error", send_failed(exc.strerror or str(exc)))
                 return False
         return True
 
@@ -266,12 +287,12 @@ class Transfer:
             return
         if not self.confirmed and self.loop.time() - self.begun >= self.first_ack_budget:
             # never ACKed (a spoofed or vanished requester): free the slot quickly and quietly
-            self.finish("timeout", f"no first ACK within {self.first_ack_budget:g} s")
+            self.finish("timeout", no_first_ack(self.first_ack_budget))
             return
         if self.tries >= self.retries:
             # Say why before letting go, so a client still listening does not wait in vain.
             self._send(packets.error(ErrorCode.UNDEFINED, "timed out waiting for ACK"))
-            self.finish("timeout", f"no ACK after {self.retries} retransmissions")
+            self.finish("timeout", no_ack(self.retries))
             return
         self.tries += 1  # back off: RFC 1350 leaves the schedule to us; we double it
         self._send_window()
@@ -323,7 +344,7 @@ class Transfer:
             except (BlockingIOError, InterruptedError):
                 pass  # a full socket buffer is a lost packet: the timer recovers
             except OSError as exc:
-                self.finish("error", f"send failed: {exc.strerror or exc}")
+                self.finish("error", send_failed(exc.strerror or str(exc)))
                 return
             self.sent = block + 1
             self.deadline = loop.time() + self.timeout  # what _arm sets with tries == 0
@@ -333,11 +354,11 @@ class Transfer:
     def _from_peer(self, packet: bytes) -> None:
         err = packets.parse_error(packet)
         if err is not None:
-            self.finish("aborted", f"client sent error {err[0]}: {err[1]}")
+            self.finish("aborted", client_error(*err))
         elif len(packet) >= 2:
             code = packets.opcode(packet)
             self._send(packets.error(ErrorCode.ILLEGAL_OPERATION, f"unexpected opcode {code}"))
-            self.finish("error", f"client sent opcode {code} during a read")
+            self.finish("error", client_opcode(code))
         # shorter than an opcode: noise, ignore
 
     def _acked(self, wire: int) -> None:

@@ -185,6 +185,7 @@ async def test_client_error_mid_transfer_frees_the_session(tmp_path: Path) -> No
         await client.send(b"\0\x05\0\x03disk full\0", tid)
         stats = (await finished.wait(1))[0]
         assert stats.outcome == "aborted" and "disk full" in stats.message
+        assert stats.message == "client sent error 3: disk full"  # the same on both planes
         assert server.active == 0
         assert await client.silent(0.3)  # never answer an ERROR
         client.close()

@@ -204,6 +204,7 @@ async def test_retransmission_backs_off_then_gives_up(root: Path) -> None:
         assert gaps[1] > 1.5 * gaps[0] and gaps[2] > 1.5 * gaps[1]  # doubling backoff
         stats = (await finished.wait(1))[0]
         assert (stats.outcome, stats.retransmits) == ("timeout", 3)
+        assert stats.message == "no ACK after 3 retransmissions"  # the same words on both planes
         assert server.active == 0
         client.close()
 
