@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.agent_shell import BUSYBOX, agent_functions, busybox_bin
 from tests.integration.conftest_boot import agent_credential
 from tests.integration.rollout_support import (
     ADMIN,
@@ -32,27 +32,15 @@ pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (Debian: 
 
 
 def bin_dir(tmp: Path) -> Path:
-    path = tmp / "bin"
-    path.mkdir()
-    for applet in APPLETS:
-        (path / applet).symlink_to(BUSYBOX)  # type: ignore[arg-type]
-    return path
+    return busybox_bin(tmp / "bin", APPLETS)
 
 
 async def start_agent(tmp: Path, url: str, mac: str, token: str) -> asyncio.subprocess.Process:
     """``wait_at_gate`` as the agent runs it; ``reboot`` is the one thing stubbed (it prints
     and ends the agent with 42), and the agent's own scratch files live in ``tmp``."""
-    functions = "".join(
-        agent_function(name)
-        for name in (
-            "wait_at_gate",
-            "gate_field",
-            "gate_step",
-            "reimage_now",
-            "token_dead",
-            "outage",
-        )
-    ).replace("/tmp/", f"{tmp}/")
+    functions = agent_functions(
+        "wait_at_gate", "gate_field", "gate_step", "reimage_now", "token_dead", "outage", tmp=tmp
+    )
     script = f"""
 log() {{ echo "[agent] $*"; }}
 reboot() {{ echo "[reboot] $*"; exit 42; }}

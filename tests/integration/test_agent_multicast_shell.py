@@ -8,7 +8,6 @@ copy, missed ranges fetched by HTTP, and a join the server answers with unicast.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.agent_shell import (
+    BUSYBOX,
+    STANDINS,
+    agent_functions,
+    any_block_device,
+    busybox_bin,
+    run_script,
+)
 from tests.integration.conftest_boot import agent_credential
 from tests.integration.mc_harness import running_server
 
@@ -61,41 +67,23 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory) -> Path:
     """busybox applets and the real C receiver, as the media has them in /bin."""
-    path = tmp_path_factory.mktemp("bin")
-    for applet in APPLETS:
-        (path / applet).symlink_to(BUSYBOX)
+    path = busybox_bin(tmp_path_factory.mktemp("bin"), APPLETS)
     source = REPO / "bootfiles" / "agent" / "ndmc-recv.c"
     subprocess.run(["gcc", "-static", "-O2", "-o", path / "ndmc-recv", source], check=True)
     return path
 
 
-def agent_functions(*names: str, tmp: Path) -> str:
-    text = "".join(agent_function(name) for name in names)
-    return text.replace("/tmp/", f"{tmp}/")  # the agent's scratch files, kept per test
-
-
 async def run_agent(bin_dir: Path, tmp: Path, server, token: str, disk: Path, call: str) -> str:  # type: ignore[no-untyped-def]
-    block = next(p.name for p in Path("/sys/block").iterdir())  # any: progress is cosmetic here
-    script = f"""
-set -o pipefail
-log() {{ echo "[agent] $*"; }}
-report() {{ echo "[report] $*"; }}
-fail() {{ echo "FAILED: $*"; exit 1; }}
+    script = f"""{STANDINS}
 SERVER={server.url}; MAC={SQL_N1}; API="$SERVER/api/nodes/$MAC"
-AUTH="Authorization: Bearer {token}"; IP=127.0.0.1/8; DEV={block}
+AUTH="Authorization: Bearer {token}"; IP=127.0.0.1/8; DEV={any_block_device()}
 {agent_functions(*SHELL_FUNCTIONS, tmp=tmp)}
 fetch_plan || exit 9
 ND_DISK={disk}
 disk_target
 {call}
 """
-    proc = await asyncio.create_subprocess_exec(
-        BUSYBOX, "sh", "-c", script,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), 90)
-    return out.decode(errors="replace")
+    return await run_script(bin_dir, script)
 
 
 async def test_a_clean_multicast_copy_is_verified(bin_dir, tmp_path):

@@ -17,7 +17,14 @@ import pytest
 from sqlalchemy import select
 
 from netdeploy.store.models import Event
-from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.agent_shell import (
+    BUSYBOX,
+    STANDINS,
+    agent_functions,
+    any_block_device,
+    busybox_bin,
+    run_script,
+)
 from tests.integration.conftest_images import make_image, start_lab
 from tests.integration.test_images_http import StalledClient
 
@@ -40,39 +47,20 @@ def agent_script(
 ) -> str:
     names = ("ordinal", "image_queue_wait", "watch", "is_zstd", "not_zstd", "stream_http",
              "disk_target", "verify_disk")  # fmt: skip
-    functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp}/")
-    block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
-    return f"""
-set -o pipefail
-log() {{ echo "[agent] $*"; }}
-report() {{ echo "[report] $*"; }}
-fail() {{ echo "FAILED: $*"; exit 1; }}
-DEV={block}; ND_DISK={disk}; ND_IMAGE_SIZE={size}; ND_IMAGE_SHA256={sha}
+    return f"""{STANDINS}
+DEV={any_block_device()}; ND_DISK={disk}; ND_IMAGE_SIZE={size}; ND_IMAGE_SHA256={sha}
 ND_IMAGE_URL="{url}/images/base?mac={mac}"
 AUTH="{auth}"
-{functions}
+{agent_functions(*names, tmp=tmp)}
 disk_target && stream_http && verify_disk && echo "VERIFIED $SUM"
 """
-
-
-async def run_agent(bin_dir: Path, script: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        BUSYBOX, "sh", "-c", script,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    return out.decode(errors="replace")
 
 
 async def test_more_agents_than_slots_all_verify_and_stalled_clients_lose_their_slots(
     tmp_path: Path,
 ) -> None:
     assert BUSYBOX is not None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for applet in APPLETS:
-        (bin_dir / applet).symlink_to(BUSYBOX)
+    bin_dir = busybox_bin(tmp_path / "bin", APPLETS)
     lab = await start_lab(tmp_path / "lab", max_streams=2, http_extra=HTTP, extra=NODES)
     stalled: list[StalledClient] = []
     try:
@@ -92,7 +80,7 @@ async def test_more_agents_than_slots_all_verify_and_stalled_clients_lose_their_
             scripts.append(
                 agent_script(lab.url, mac, sha, src.stat().st_size, disk, tmp, auth=admin)
             )
-        outputs = await asyncio.gather(*(run_agent(bin_dir, s) for s in scripts))
+        outputs = await asyncio.gather(*(run_script(bin_dir, s, timeout=120) for s in scripts))
         for out in outputs:
             assert f"VERIFIED {sha}" in out and "FAILED" not in out, out
         places = {line for o in outputs for line in o.splitlines() if "in line" in line}

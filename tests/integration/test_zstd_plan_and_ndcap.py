@@ -20,7 +20,14 @@ import pytest
 
 from netdeploy.images.hashing import compress_and_hash
 from tests.conftest import sha256_of
-from tests.integration.agent_shell import BUSYBOX, agent_function
+from tests.integration.agent_shell import (
+    BUSYBOX,
+    STANDINS,
+    agent_functions,
+    any_block_device,
+    busybox_bin,
+    run_script,
+)
 from tests.integration.conftest_boot import agent_credential, curl
 from tests.integration.conftest_images import start_lab
 from tests.integration.mc_harness import REPO, free_port_pair, receive_argv
@@ -227,10 +234,7 @@ async def test_the_agent_decompresses_onto_the_disk_and_verifies_the_raw_sha256(
     """fetch_plan, disk_target, stream_http, verify_disk from bootfiles/agent/init, run by the
     host's busybox with the host-built ndcap against a real server."""
     assert BUSYBOX is not None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for applet in APPLETS:
-        (bin_dir / applet).symlink_to(BUSYBOX)
+    bin_dir = busybox_bin(tmp_path / "bin", APPLETS)
     build_ndcap(bin_dir)
     lab = await start_lab(tmp_path / "lab", extra=Z_NODE)
     try:
@@ -243,25 +247,16 @@ async def test_the_agent_decompresses_onto_the_disk_and_verifies_the_raw_sha256(
         disk.write_bytes(b"\x55" * (size + 2**20))
         names = ("fetch_plan", "watch", "image_queue_wait", "stream_http", "disk_target",
                  "hold_mbr_now", "is_zstd", "verify_disk")  # fmt: skip
-        functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp_path}/")
-        block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
-        script = f"""
-set -o pipefail
-log() {{ echo "[agent] $*"; }}
-report() {{ echo "[report] $*"; }}
-fail() {{ echo "FAILED: $*"; exit 1; }}
-API="{lab.url}/api/nodes/{Z1}"; AUTH="Authorization: Bearer {token}"; DEV={block}
+        functions = agent_functions(*names, tmp=tmp_path)
+        script = f"""{STANDINS}
+API="{lab.url}/api/nodes/{Z1}"; AUTH="Authorization: Bearer {token}"
+DEV={any_block_device()}
 {functions}
 fetch_plan || exit 9
 ND_DISK={disk}
 disk_target && stream_http && verify_disk && echo "VERIFIED $DISK_SIZE $SUM"
 """
-        proc = await asyncio.create_subprocess_exec(
-            BUSYBOX, "sh", "-c", script,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-        )  # fmt: skip
-        out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode(errors="replace")
+        out = await run_script(bin_dir, script)
         assert f"VERIFIED {size} {want}" in out and "FAILED" not in out, out
         assert hashlib.sha256(disk.read_bytes()[:size]).hexdigest() == want
     finally:
@@ -275,10 +270,7 @@ async def test_the_agent_writes_no_zstd_stream_a_plan_calls_raw(tmp_path: Path) 
     against. The agent looks at the stream's first 4 bytes and writes nothing; a raw image
     passes through untouched; a disk some other path filled with a zstd stream is not trusted."""
     assert BUSYBOX is not None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for applet in APPLETS:
-        (bin_dir / applet).symlink_to(BUSYBOX)
+    bin_dir = busybox_bin(tmp_path / "bin", APPLETS)
     lab = await start_lab(tmp_path / "lab", extra=Z_NODE)
     try:
         raw = tmp_path / "raw.img"
@@ -291,8 +283,7 @@ async def test_the_agent_writes_no_zstd_stream_a_plan_calls_raw(tmp_path: Path) 
         token = await agent_credential(lab.url, Z1)
         names = ("watch", "image_queue_wait", "is_zstd", "not_zstd", "stream_http",
                  "disk_target", "hold_mbr_now", "verify_disk")  # fmt: skip
-        functions = "".join(agent_function(n) for n in names).replace("/tmp/", f"{tmp_path}/")
-        block = next(p.name for p in Path("/sys/block").iterdir())  # progress is cosmetic here
+        functions = agent_functions(*names, tmp=tmp_path)
         old = b"\x55" * (size + 2**20)
 
         async def agent(
@@ -303,22 +294,13 @@ async def test_the_agent_writes_no_zstd_stream_a_plan_calls_raw(tmp_path: Path) 
             plan = f"ND_IMAGE={image}; ND_IMAGE_SHA256={sha}; ND_IMAGE_SIZE={length}"
             if fmt is not None:
                 plan += f"; ND_IMAGE_FORMAT={fmt}"
-            script = f"""
-set -o pipefail
-log() {{ echo "[agent] $*"; }}
-report() {{ echo "[report] $*"; }}
-fail() {{ echo "FAILED: $*"; exit 1; }}
-AUTH="Authorization: Bearer {auth}"; DEV={block}; ND_DISK={disk}
+            script = f"""{STANDINS}
+AUTH="Authorization: Bearer {auth}"; DEV={any_block_device()}; ND_DISK={disk}
 ND_IMAGE_URL="{lab.url}/images/{image}?mac={Z1}"; {plan}
 {functions}
 {call}
 """
-            proc = await asyncio.create_subprocess_exec(
-                BUSYBOX, "sh", "-c", script,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-            )  # fmt: skip
-            return (await asyncio.wait_for(proc.communicate(), 90))[0].decode(errors="replace")
+            return await run_script(bin_dir, script)
 
         write = 'disk_target && stream_http && verify_disk && echo "VERIFIED $SUM"'
         for fmt, says in ((None, "names no format (a server older than this media), which means "
